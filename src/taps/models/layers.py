@@ -1,0 +1,220 @@
+"""The transformer blocks shared by the target and the drafter (llama / qwen2 families).
+
+A compact forward of our own instead of the `transformers` modules: it takes an explicit tree
+attention mask and position ids and writes into a preallocated KV cache that can be compacted in
+place, which is what speculative decoding needs, and it has far less per-layer overhead on a CPU.
+Parameter names follow Hugging Face so checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taps.errors import TapsError
+
+SUPPORTED_FAMILIES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture numbers of a llama/qwen2 decoder, read from a HF `config.json`."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    attention_bias: bool
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    rope_scaling: dict | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> "ModelShape":
+        family = cfg.get("model_type", "?")
+        if family not in SUPPORTED_FAMILIES:
+            raise TapsError(
+                f"model type {family!r} is not supported (taps runs {', '.join(SUPPORTED_FAMILIES)}); "
+                "use a llama- or qwen2-family model"
+            )
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise TapsError(f"rope scaling {rope_type!r} is not supported; use a model with default or llama3 rope")
+        heads = cfg["num_attention_heads"]
+        return cls(
+            family=family,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+            attention_bias=bool(cfg.get("attention_bias", family == "qwen2")),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            rope_scaling=rope if rope_type == "llama3" else None,
+        )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 as the reference implementations do; bf16 variance is too coarse.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Rotary:
+    """cos/sin tables for rotary position embeddings, grown on demand."""
+
+    def __init__(self, shape: ModelShape):
+        dim = shape.head_dim
+        inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        if shape.rope_scaling is not None:
+            inv_freq = _llama3_scaled(inv_freq, shape.rope_scaling)
+        self.inv_freq = inv_freq.float()
+        self._cos = self._sin = torch.empty(0)
+        self._dtype: torch.dtype | None = None
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        need = int(positions.max()) + 1
+        if need > self._cos.shape[0] or dtype != self._dtype:
+            self._build(max(need, 2 * self._cos.shape[0], 256), dtype)
+        return self._cos[positions], self._sin[positions]
+
+    def _build(self, length: int, dtype: torch.dtype) -> None:
+        angles = torch.outer(torch.arange(length, dtype=torch.float32), self.inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self._cos, self._sin, self._dtype = angles.cos().to(dtype), angles.sin().to(dtype), dtype
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Llama-3.1 frequency scaling: long wavelengths slowed by `factor`, smooth in between."""
+    factor, low, high = cfg["factor"], cfg.get("low_freq_factor", 1.0), cfg.get("high_freq_factor", 4.0)
+    old_len = cfg["original_max_position_embeddings"]
+    wavelen = 2 * torch.pi / inv_freq
+    smooth = (old_len / wavelen - low) / (high - low)
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+    return torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys/values for every layer of one sequence, compacted in place.
+
+    `length` counts the committed slots. A forward writes its new tokens right after them; after
+    verification `compact` moves the accepted ones down so the cache holds exactly the accepted path
+    (no recompute of the context).
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 512):
+        self.length = 0
+        self._shape = (num_kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(self._shape, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(self._shape, dtype=dtype) for _ in range(num_layers)]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[1]
+
+    def reserve(self, total: int) -> None:
+        if total <= self.capacity:
+            return
+        new_cap = max(total, 2 * self.capacity)
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                grown = old.new_zeros((old.shape[0], new_cap, old.shape[2]))
+                grown[:, : self.length] = old[:, : self.length]
+                store[i] = grown
+
+    def compact(self, start: int, slots: torch.Tensor) -> None:
+        """Make slots `slots` (absolute indices >= start) the cache tail from `start` on, in order."""
+        n = len(slots)
+        if n and not torch.equal(slots, torch.arange(start, start + n)):
+            for store in (self.keys, self.values):
+                for t in store:
+                    t[:, start : start + n] = t[:, slots]
+        self.length = start + n
+
+
+class Attention(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        h, hd = shape.hidden_size, shape.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, hd
+        self.q_proj = nn.Linear(h, shape.num_heads * hd, bias=shape.attention_bias)
+        self.k_proj = nn.Linear(h, shape.num_kv_heads * hd, bias=shape.attention_bias)
+        self.v_proj = nn.Linear(h, shape.num_kv_heads * hd, bias=shape.attention_bias)
+        self.o_proj = nn.Linear(shape.num_heads * hd, h, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
+        """x: [n, H] (no batch) or [B, n, H] (training, no cache). mask: bool, True = may attend."""
+        *lead, n, _ = x.shape
+        q = self.q_proj(x).view(*lead, n, self.num_heads, self.head_dim).transpose(-2, -3)
+        k = self.k_proj(x).view(*lead, n, self.num_kv_heads, self.head_dim).transpose(-2, -3)
+        v = self.v_proj(x).view(*lead, n, self.num_kv_heads, self.head_dim).transpose(-2, -3)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            cache.keys[layer][:, start : start + n] = k
+            cache.values[layer][:, start : start + n] = v
+            k, v = cache.keys[layer][:, : start + n], cache.values[layer][:, : start + n]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.o_proj(out.transpose(-2, -3).reshape(*lead, n, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.gate_proj = nn.Linear(shape.hidden_size, shape.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(shape.hidden_size, shape.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(shape.intermediate_size, shape.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, shape: ModelShape, input_norm: bool = True):
+        super().__init__()
+        # EAGLE drafters drop the first input norm: their input is already the fc projection.
+        self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps) if input_norm else nn.Identity()
+        self.self_attn = Attention(shape)
+        self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.mlp = MLP(shape)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def attention_mask(n_new: int, n_cached: int, tree_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Bool mask [n_new, n_cached + n_new]: all cached slots, then causal or the given tree mask."""
+    if n_new == 1 and tree_mask is None:
+        return None
+    local = tree_mask if tree_mask is not None else torch.ones(n_new, n_new, dtype=torch.bool).tril_()
+    return torch.cat([torch.ones(n_new, n_cached, dtype=torch.bool), local], dim=1)

@@ -1,0 +1,126 @@
+"""TargetModel: the model being accelerated, with one forward for prefill, decoding and tree verification.
+
+`forward` runs new tokens (plus, when verifying, a draft tree under an ancestor mask with
+depth-based positions) on top of the KV cache and returns the last hidden states after the final
+norm: the features EAGLE drafters read, from which `logits` computes the next-token scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from taps.errors import TapsError
+from taps.models.layers import DecoderLayer, KVCache, ModelShape, RMSNorm, Rotary, attention_mask
+
+
+class _Backbone(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(shape) for _ in range(shape.num_layers))
+        self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+
+
+class TargetModel(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.shape = shape
+        self.model = _Backbone(shape)
+        self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
+        if shape.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rotary = Rotary(shape)
+        self.requires_grad_(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def new_cache(self, capacity: int = 512) -> KVCache:
+        s = self.shape
+        return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        positions: torch.Tensor | None = None,
+        tree_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run `tokens` [n] after the cache's committed slots; returns normed hidden states [n, H].
+
+        Without `tree_mask` the new tokens are causal; with it ([n, n] bool, True = may attend)
+        they see all committed slots plus what the mask allows, at the given `positions`.
+        The new keys/values sit in slots `cache.length ..` and are committed (the caller compacts).
+        """
+        n, start = tokens.shape[0], cache.length
+        if positions is None:
+            positions = torch.arange(start, start + n)
+        cache.reserve(start + n)
+        cos, sin = self.rotary(positions, self.dtype)
+        mask = attention_mask(n, start, tree_mask)
+        x = self.model.embed_tokens(tokens)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        cache.length = start + n
+        return self.model.norm(x)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def fingerprint(self) -> dict:
+        """What a drafter must match: architecture, sizes and a hash of the embedding it reuses."""
+        emb = self.model.embed_tokens.weight.detach().float()
+        probe = emb[:: max(1, emb.shape[0] // 256)].to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+        return {
+            "family": self.shape.family,
+            "hidden_size": self.shape.hidden_size,
+            "vocab_size": self.shape.vocab_size,
+            "embedding_sha256": hashlib.sha256(probe).hexdigest()[:16],
+        }
+
+    @classmethod
+    def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> "TargetModel":
+        """Load a Hugging Face model directory (config.json + safetensors) of the llama/qwen2 family."""
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise TapsError(f"{path} has no config.json; pass a Hugging Face model directory, a .gguf file or a target name")
+        shape = ModelShape.from_hf_config(json.loads(cfg_file.read_text()))
+        with torch.device("meta"):
+            model = cls(shape)
+        state = _read_safetensors(path)
+        if shape.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        expected = {k for k in model.state_dict() if not (shape.tie_word_embeddings and k == "lm_head.weight")}
+        missing = sorted(expected - state.keys())
+        if missing:
+            raise TapsError(f"{path}: weights are missing {len(missing)} tensors (e.g. {missing[0]}); the checkpoint is incomplete or not a {shape.family} model")
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items() if k in expected}, strict=False, assign=True)
+        if shape.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.rotary = Rotary(shape)
+        return model.eval()
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise TapsError(f"{path} has no *.safetensors weights; convert the checkpoint to safetensors first")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for key in sf.keys():
+                    state[key] = sf.get_tensor(key)
+        except Exception as exc:  # safetensors raises several types for truncated / corrupt files
+            raise TapsError(f"cannot read {f} ({exc}); the file is truncated or corrupt, re-create it") from exc
+    return state

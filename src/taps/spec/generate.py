@@ -1,0 +1,195 @@
+"""The generation loop: prefill, then propose -> verify -> accept until done.
+
+One target forward per step verifies the whole draft tree; the KV cache is then compacted to the
+accepted path and the proposer receives the target features of the newly committed positions.
+With no proposer every tree is empty and this is plain decoding on the same forward and cache:
+the 1.0x line of every speed figure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from taps.errors import TapsError
+from taps.models.target import TargetModel
+from taps.spec.propose import Proposer
+from taps.spec.tree import DraftTree
+from taps.spec.verify import sample_token, verify_greedy, verify_sampling
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    eos_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise TapsError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise TapsError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise TapsError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class StepRecord:
+    """One target forward: what was drafted, what was accepted, and where the time went."""
+
+    accepted: int  # drafted tokens accepted (the bonus token comes on top)
+    tree_size: int
+    draft_ms: float
+    verify_ms: float
+    node_confidence: list[float] = field(default_factory=list)
+    node_entropy: list[float] = field(default_factory=list)
+    node_accepted: list[bool] = field(default_factory=list)
+    node_source: list[int] = field(default_factory=list)
+    accepted_sources: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    steps: list[StepRecord]
+    prefill_ms: float
+    wall_ms: float
+    finish_reason: str  # "length" | "eos" | "stop"
+    text: str | None = None
+
+    @property
+    def tau(self) -> float:
+        """Acceptance length: tokens emitted per verifying target forward (accepted + bonus)."""
+        return sum(s.accepted + 1 for s in self.steps) / len(self.steps) if self.steps else 1.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / (self.wall_ms / 1000) if self.wall_ms > 0 else 0.0
+
+
+class SpeculativeGenerator:
+    def __init__(self, target: TargetModel, proposer: Proposer | None = None):
+        self.target, self.proposer = target, proposer
+
+    def generate(self, prompt_ids: list[int], config: GenerationConfig, tokenizer=None) -> Generation:
+        """Run to completion; with a tokenizer, honour `config.stop` strings and decode the text."""
+        start = time.perf_counter()
+        tokens: list[int] = []
+        steps: list[StepRecord] = []
+        prefill_ms, reason = 0.0, "length"
+        for new, record in self.stream(prompt_ids, config):
+            if record is None:
+                prefill_ms = (time.perf_counter() - start) * 1000
+            else:
+                steps.append(record)
+            tokens.extend(new)
+            if tokens and tokens[-1] in config.eos_token_ids:
+                reason = "eos"
+            if tokenizer is not None and config.stop:
+                cut = _stop_cut(tokenizer, tokens, config.stop)
+                if cut is not None:
+                    tokens, reason = tokens[:cut], "stop"
+                    break
+        wall_ms = (time.perf_counter() - start) * 1000
+        text = None
+        if tokenizer is not None:
+            text = _strip_stop(tokenizer.decode(tokens, skip_special_tokens=True), config.stop)
+        return Generation(tokens, steps, prefill_ms, wall_ms, reason, text)
+
+    @torch.inference_mode()
+    def stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], StepRecord | None]]:
+        """Yield the tokens each target forward commits (the prefill's first token comes with None),
+        never past `max_new_tokens` and stopping right after an EOS token."""
+        if not prompt_ids:
+            raise TapsError("the prompt is empty; give at least one token of input")
+        target, budget = self.target, config.max_new_tokens
+        generator = torch.Generator().manual_seed(config.seed)
+        cache = target.new_cache(len(prompt_ids) + budget + 64)
+        if self.proposer is not None:
+            self.proposer.reset()
+        tokens = list(prompt_ids)
+        hidden = target(torch.tensor(tokens), cache)
+        root = sample_token(target.logits(hidden[-1]), config.temperature, generator, config.top_p)
+        tokens.append(root)
+        yield [root], None
+        produced, features = 1, hidden
+        while produced < budget and root not in config.eos_token_ids:
+            t0 = time.perf_counter()
+            tree = self.proposer.propose(torch.tensor(tokens), features) if self.proposer else DraftTree.empty()
+            t1 = time.perf_counter()
+            base = cache.length
+            new, features, record = self._verify(tree, root, cache, config, generator)
+            record.draft_ms, record.verify_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+            new = _until_eos(new[: budget - produced], config.eos_token_ids)
+            produced += len(new)
+            tokens.extend(new)
+            root = new[-1]
+            assert cache.length == base + record.accepted + 1
+            yield new, record
+
+    def _verify(self, tree: DraftTree, root: int, cache, config: GenerationConfig, generator):
+        base = cache.length
+        if len(tree):
+            tok, pos, mask = tree.verification_inputs(root, base)
+            hidden = self.target(tok, cache, pos, mask)
+        else:
+            hidden = self.target(torch.tensor([root]), cache)
+        logits = self.target.logits(hidden)
+        if config.temperature <= 0:
+            verdict = verify_greedy(tree, logits)
+        else:
+            verdict = verify_sampling(tree, logits, config.temperature, generator, config.top_p)
+        rows = torch.tensor([0] + [a + 1 for a in verdict.accepted])
+        cache.compact(base, rows + base)
+        new = tree.tokens[verdict.accepted].tolist() + [verdict.bonus]
+        return new, hidden[rows], _record(tree, verdict.accepted)
+
+
+def _record(tree: DraftTree, accepted: list[int]) -> StepRecord:
+    on_path = torch.zeros(len(tree), dtype=torch.bool)
+    on_path[accepted] = True
+    return StepRecord(
+        accepted=len(accepted),
+        tree_size=len(tree),
+        draft_ms=0.0,
+        verify_ms=0.0,
+        node_confidence=tree.scores.exp().tolist(),
+        node_entropy=tree.entropies.tolist(),
+        node_accepted=on_path.tolist(),
+        node_source=tree.sources.tolist(),
+        accepted_sources=tree.sources[accepted].tolist(),
+    )
+
+
+def _until_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _stop_cut(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> int | None:
+    """Length of the shortest token prefix whose text contains a stop string, if any."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if not any(s in text for s in stops):
+        return None
+    lo, hi = 1, len(tokens)
+    while lo < hi:  # the property "prefix text contains a stop" is monotone in the prefix length
+        mid = (lo + hi) // 2
+        if any(s in tokenizer.decode(tokens[:mid], skip_special_tokens=True) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _strip_stop(text: str, stops: tuple[str, ...]) -> str:
+    cuts = [text.find(s) for s in stops if s in text]
+    return text[: min(cuts)] if cuts else text

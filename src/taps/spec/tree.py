@@ -1,0 +1,89 @@
+"""DraftTree: the candidate continuations a proposer hands to the verifier.
+
+Nodes 0..m-1 hang under a root (the last verified token, which is not a node). Each node has a
+token, a parent (-1 for the root, otherwise an earlier node: the order is topological), a score
+(sum of draft log-probs along its path, so exp(score) is its cumulative confidence), the draft
+entropy of the distribution it was drawn from, and the index of the proposer that drafted it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    tokens: torch.Tensor  # [m] long
+    parents: torch.Tensor  # [m] long, -1 = root
+    scores: torch.Tensor  # [m] float, cumulative draft log-prob
+    entropies: torch.Tensor  # [m] float, entropy of the draft distribution at the parent (nan if none)
+    sources: torch.Tensor  # [m] long, which proposer drafted the node
+
+    def __post_init__(self) -> None:
+        m = self.tokens.shape[0]
+        if any(t.shape != (m,) for t in (self.parents, self.scores, self.entropies, self.sources)):
+            raise ValueError("DraftTree fields must all have shape [m]")
+        if m and bool((self.parents >= torch.arange(m)).any()):
+            raise ValueError("DraftTree parents must precede their children")
+
+    @classmethod
+    def empty(cls) -> "DraftTree":
+        return cls.from_paths([])
+
+    @classmethod
+    def from_paths(cls, paths: list[list[int]], source: int = 0) -> "DraftTree":
+        """Merge token paths under the root into one trie: shared prefixes become one node."""
+        tokens: list[int] = []
+        parents: list[int] = []
+        index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        for path in paths:
+            parent = -1
+            for tok in path:
+                if (parent, tok) not in index:
+                    index[(parent, tok)] = len(tokens)
+                    tokens.append(tok)
+                    parents.append(parent)
+                parent = index[(parent, tok)]
+        m = len(tokens)
+        return cls(
+            tokens=torch.tensor(tokens, dtype=torch.long),
+            parents=torch.tensor(parents, dtype=torch.long),
+            scores=torch.zeros(m),
+            entropies=torch.full((m,), float("nan")),
+            sources=torch.full((m,), source, dtype=torch.long),
+        )
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def depths(self) -> torch.Tensor:
+        """Depth of each node (children of the root have depth 1)."""
+        depth = torch.zeros(len(self), dtype=torch.long)
+        for i, p in enumerate(self.parents.tolist()):
+            depth[i] = 1 if p < 0 else depth[p] + 1
+        return depth
+
+    def verification_inputs(self, root: int, base: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens, positions and ancestor mask for one target pass over [root] + nodes.
+
+        Row i of the mask lets entry i see the root, its ancestors and itself; the committed
+        context (before `base`) is visible to all and added by the forward. Position = base + depth.
+        """
+        m = len(self)
+        mask = torch.zeros(m + 1, m + 1, dtype=torch.bool)
+        mask[0, 0] = True
+        for i, p in enumerate(self.parents.tolist()):
+            mask[i + 1] = mask[p + 1]
+            mask[i + 1, i + 1] = True
+        tokens = torch.cat([torch.tensor([root]), self.tokens])
+        positions = base + torch.cat([torch.zeros(1, dtype=torch.long), self.depths()])
+        return tokens, positions, mask
+
+    def children(self) -> list[list[int]]:
+        """children()[0] lists the root's children, children()[i + 1] node i's (node order kept)."""
+        out: list[list[int]] = [[] for _ in range(len(self) + 1)]
+        for i, p in enumerate(self.parents.tolist()):
+            out[p + 1].append(i)
+        return out

@@ -1,0 +1,86 @@
+"""Tree verification: which drafted nodes the target accepts, and the bonus token after them.
+
+Both rules are lossless: greedy reproduces the target's argmax path exactly, and the sampling rule
+(for deterministic drafts, such as top-k trees) makes each emitted token follow the target's own
+distribution. `logits[0]` belongs to the root, `logits[i + 1]` to node i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from taps.spec.tree import DraftTree
+
+
+@dataclass
+class Verdict:
+    accepted: list[int]  # node indices along the accepted path, root's child first
+    bonus: int  # the target's own token after the last accepted node
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution the target samples from at `temperature` (nucleus-truncated if top_p < 1)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
+    """Follow the child whose token is the target's argmax until none is."""
+    best = logits.argmax(dim=-1).tolist()
+    children = tree.children()
+    tokens = tree.tokens.tolist()
+    accepted: list[int] = []
+    row = 0
+    while True:
+        nxt = next((c for c in children[row] if tokens[c] == best[row]), None)
+        if nxt is None:
+            return Verdict(accepted, best[row])
+        accepted.append(nxt)
+        row = nxt + 1
+
+
+def verify_sampling(
+    tree: DraftTree, logits: torch.Tensor, temperature: float, generator: torch.Generator, top_p: float = 1.0
+) -> Verdict:
+    """Try children in order: accept token x with the residual probability p(x); on rejection zero
+    p(x) and renormalise; if no child is accepted, the bonus token is drawn from the residual."""
+    probs = target_probs(logits, temperature, top_p)
+    children = tree.children()
+    tokens = tree.tokens.tolist()
+    accepted: list[int] = []
+    row = 0
+    while True:
+        p = probs[row].clone()
+        nxt = None
+        for c in children[row]:
+            x = tokens[c]
+            px = float(p[x])
+            if px > 0.0 and float(torch.rand((), generator=generator)) < px:
+                nxt = c
+                break
+            p[x] = 0.0
+            total = float(p.sum())
+            if total <= 0.0:  # x held all the mass; only float rounding can reject it
+                nxt = c
+                break
+            p /= total
+        if nxt is None:
+            return Verdict(accepted, int(torch.multinomial(p, 1, generator=generator)))
+        accepted.append(nxt)
+        row = nxt + 1
+
+
+def sample_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_p: float = 1.0) -> int:
+    """One token from the target's distribution (argmax at temperature 0)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(target_probs(logits, temperature, top_p), 1, generator=generator))

@@ -1,0 +1,56 @@
+"""Tiny random llama / qwen2 targets built from a config (no download), shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from taps.models.drafter import Drafter, DrafterConfig
+from taps.models.target import TargetModel
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_hf_model(family: str, vocab: int = 96, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=family == "qwen2", bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=1e6))
+    # Sharpen the output so greedy decoding has clear winners and repeats (like a real LM).
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for family in ("llama", "qwen2"):
+        d = tmp_path_factory.mktemp(f"tiny-{family}")
+        tiny_hf_model(family).save_pretrained(str(d))
+        out[family] = d
+    return out
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_target(request, tiny_dirs) -> TargetModel:
+    return TargetModel.from_dir(tiny_dirs[request.param], dtype=torch.float32)
+
+
+def random_drafter(target: TargetModel, seed: int = 0, draft_vocab: int | None = None) -> Drafter:
+    torch.manual_seed(seed)
+    drafter = Drafter(DrafterConfig(shape=target.shape, draft_vocab_size=draft_vocab))
+    if draft_vocab:
+        drafter.d2t = torch.randperm(target.shape.vocab_size)[:draft_vocab].sort().values
+    for p in drafter.parameters():
+        torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
+    return drafter.float().requires_grad_(False).attach(target)
