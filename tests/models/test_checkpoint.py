@@ -1,0 +1,37 @@
+import json
+
+import pytest
+import torch
+
+from taps.errors import TapsError
+from taps.models.checkpoint import load_drafter, save_drafter
+from taps.models.target import TargetModel
+from tests.conftest import random_drafter
+
+
+def test_round_trip_gives_identical_outputs(tiny_target, tmp_path):
+    drafter = random_drafter(tiny_target, seed=0, draft_vocab=30)
+    save_drafter(drafter, tmp_path / "d", tiny_target.fingerprint(), card={"note": "test"})
+    loaded = load_drafter(tmp_path / "d", tiny_target, dtype=torch.float32)
+    tok, feat, pos = torch.tensor([3, 4, 5]), torch.randn(3, 64), torch.arange(3)
+    torch.testing.assert_close(loaded(tok, feat, pos, loaded.new_cache()), drafter(tok, feat, pos, drafter.new_cache()), rtol=0, atol=0)
+    assert loaded.d2t.tolist() == drafter.d2t.tolist()
+    assert not list((tmp_path).glob(".d-*"))  # no temp folder left behind
+
+
+def test_wrong_target_truncated_and_missing(tiny_dirs, tmp_path):
+    llama = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    qwen = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32)
+    save_drafter(random_drafter(llama), tmp_path / "d", llama.fingerprint())
+    with pytest.raises(TapsError, match="another target"):
+        load_drafter(tmp_path / "d", qwen)
+    weights = tmp_path / "d" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(TapsError, match="truncated"):
+        load_drafter(tmp_path / "d", llama)
+    with pytest.raises(TapsError, match="no config.json"):
+        load_drafter(tmp_path / "nowhere", llama)
+    cfg = tmp_path / "d" / "config.json"
+    cfg.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(TapsError, match="format"):
+        load_drafter(tmp_path / "d", llama)

@@ -1,0 +1,86 @@
+"""Greedy speculative decoding must reproduce the target's own greedy tokens exactly."""
+
+import random
+
+import pytest
+import torch
+
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.ngram import NgramProposer
+from taps.spec.propose import DrafterProposer, Proposer, TreeShape
+from taps.spec.tree import DraftTree
+from tests.conftest import random_drafter, tiny_hf_model
+
+PROMPTS = [[0, 5, 17, 23, 5, 17], [0, 44, 3], [0, 9, 9, 9, 9, 12, 80, 31, 9, 9]]
+
+
+class OracleProposer(Proposer):
+    """Knows the true greedy continuation; hides it among random siblings, cuts and corrupts it,
+    so that every accept length (0 .. full) and deep compactions get exercised."""
+
+    def __init__(self, reference: list[int], vocab: int, seed: int):
+        self.reference, self.vocab, self.rng = reference, vocab, random.Random(seed)
+
+    def propose(self, tokens, features):
+        done = len(tokens)
+        truth = self.reference[done : done + self.rng.randint(0, 6)]
+        if truth and self.rng.random() < 0.3:
+            truth[self.rng.randrange(len(truth))] = self.rng.randrange(self.vocab)
+        paths = [[self.rng.randrange(self.vocab) for _ in range(self.rng.randint(1, 3))] for _ in range(self.rng.randint(0, 3))]
+        paths.insert(self.rng.randint(0, len(paths)), truth)
+        return DraftTree.from_paths([p for p in paths if p])
+
+
+def greedy(target, prompt, n=40):
+    return SpeculativeGenerator(target).generate(prompt, GenerationConfig(max_new_tokens=n)).tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_plain_decoding_equals_transformers_greedy(family, tiny_dirs):
+    from taps.models.target import TargetModel
+
+    target = TargetModel.from_dir(tiny_dirs[family], dtype=torch.float32)
+    hf = tiny_hf_model(family)
+    for prompt in PROMPTS:
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None,
+                          pad_token_id=1)[0, len(prompt):].tolist()
+        assert greedy(target, prompt, 30) == ref
+
+
+@pytest.mark.parametrize("shape", [TreeShape(1, 1, 1), TreeShape(4, 3, 10), TreeShape(8, 5, 24), TreeShape(3, 6, 60)])
+@pytest.mark.parametrize("draft_vocab", [None, 40])
+def test_drafter_trees_are_lossless(tiny_target, shape, draft_vocab):
+    drafter = random_drafter(tiny_target, seed=3, draft_vocab=draft_vocab)
+    gen = SpeculativeGenerator(tiny_target, DrafterProposer(drafter, shape))
+    for prompt in PROMPTS:
+        out = gen.generate(prompt, GenerationConfig(max_new_tokens=40))
+        assert out.tokens == greedy(tiny_target, prompt)
+        assert all(s.tree_size <= shape.total_tokens for s in out.steps)
+
+
+def test_oracle_trees_are_lossless_and_accept_deep_paths(tiny_target):
+    for seed, prompt in enumerate(PROMPTS):
+        ref = greedy(tiny_target, prompt, 60)
+        gen = SpeculativeGenerator(tiny_target, OracleProposer(list(prompt) + ref, 96, seed))
+        out = gen.generate(prompt, GenerationConfig(max_new_tokens=60))
+        assert out.tokens == ref
+        assert max(s.accepted for s in out.steps) >= 4
+        assert out.tau > 1.5
+
+
+def test_ngram_proposer_is_lossless(tiny_target):
+    gen = SpeculativeGenerator(tiny_target, NgramProposer(max_ngram=3, length=6, branches=3))
+    for prompt in PROMPTS:
+        assert gen.generate(prompt, GenerationConfig(max_new_tokens=50)).tokens == greedy(tiny_target, prompt, 50)
+
+
+def test_eos_and_budget_are_respected(tiny_target):
+    prompt = PROMPTS[0]
+    ref = greedy(tiny_target, prompt, 40)
+    eos = ref[7]
+    out = SpeculativeGenerator(tiny_target, OracleProposer(prompt + ref, 96, 0)).generate(
+        prompt, GenerationConfig(max_new_tokens=40, eos_token_ids=(eos,)))
+    assert out.tokens == ref[: ref.index(eos) + 1] and out.finish_reason == "eos"
+    for n in (1, 2, 5):
+        out = SpeculativeGenerator(tiny_target, OracleProposer(prompt + ref, 96, 1)).generate(prompt, GenerationConfig(max_new_tokens=n))
+        assert out.tokens == ref[:n]
