@@ -157,3 +157,31 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         state.pop("lm_head.weight", None)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(out_dir))
+
+
+@dataclass
+class LoadedTarget:
+    name: str
+    path: Path
+    model: "TargetModel"  # noqa: F821
+    tokenizer: object
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        cfg_eos = json.loads((self.path / "config.json").read_text()).get("eos_token_id")
+        ids.update(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None else [])
+        return tuple(sorted(ids))
+
+
+def load_target(spec: str = DEFAULT_TARGET, dtype=None) -> LoadedTarget:
+    """Resolve, load weights (bf16 by default: the fast path on CPUs with avx512_bf16) and tokenizer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from taps.models.target import TargetModel
+
+    path = resolve_target(spec)
+    model = TargetModel.from_dir(path, dtype=dtype or torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return LoadedTarget(spec, path, model, tokenizer)

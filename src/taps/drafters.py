@@ -1,0 +1,41 @@
+"""Proposer names: what `--drafter` accepts, resolved to a Proposer for a loaded target.
+
+A name is `ngram` (prompt lookup, no training), the name of a drafter shipped with taps for this
+target (`src/taps/drafters/<target>/<name>/`), or a path to a drafter folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from taps.errors import TapsError
+from taps.models.checkpoint import load_drafter
+from taps.spec.ngram import NgramProposer
+from taps.spec.propose import DrafterProposer, Proposer, TreeShape
+
+SHIPPED_ROOT = Path(__file__).parent / "drafters"
+
+
+def shipped_drafters(target_name: str) -> list[str]:
+    """Names of the drafters shipped for a named target, sorted."""
+    folder = SHIPPED_ROOT / target_name
+    return sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+
+
+def drafter_path(name: str, target_name: str) -> Path:
+    shipped = SHIPPED_ROOT / target_name / name
+    if (shipped / "config.json").is_file():
+        return shipped
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    known = ", ".join(["ngram", *shipped_drafters(target_name)])
+    raise TapsError(f"unknown drafter {name!r} for target {target_name!r}: use one of {known} or a drafter folder")
+
+
+def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int = 0) -> Proposer:
+    """`target` is a LoadedTarget; drafters are checked against it before use."""
+    if name == "ngram":
+        return NgramProposer(source=source)
+    drafter = load_drafter(drafter_path(name, target.name), target.model, dtype=target.model.dtype)
+    return DrafterProposer(drafter, shape, source=source, name=name)
