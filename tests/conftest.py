@@ -54,3 +54,14 @@ def random_drafter(target: TargetModel, seed: int = 0, draft_vocab: int | None =
     for p in drafter.parameters():
         torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
     return drafter.float().requires_grad_(False).attach(target)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The local data mirror: TAPS_DATA_DIR, else ../shared/data beside the checkout (tests only)."""
+    path = Path(os.environ.get("TAPS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (path / "gsm8k").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"data mirror not found at {path}; set TAPS_DATA_DIR")
+        pytest.skip(f"data mirror not found at {path}; set TAPS_DATA_DIR")
+    return path

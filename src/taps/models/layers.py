@@ -17,6 +17,7 @@ from torch import nn
 from taps.errors import TapsError
 
 SUPPORTED_FAMILIES = ("llama", "qwen2")
+CAUSAL = "causal"  # mask sentinel: plain causal attention with nothing cached (lets SDPA use its fast path)
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,21 @@ class Attention(nn.Module):
             cache.keys[layer][:, start : start + n] = k
             cache.values[layer][:, start : start + n] = v
             k, v = cache.keys[layer][:, : start + n], cache.values[layer][:, : start + n]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
+        if self.num_heads != self.num_kv_heads:
+            # Expanding by hand keeps SDPA on its fused CPU kernel (enable_gqa forces the slow math path).
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+        out = _sdpa(q, k, v, mask)
         return self.o_proj(out.transpose(-2, -3).reshape(*lead, n, self.num_heads * self.head_dim))
+
+
+def _sdpa(q, k, v, mask) -> torch.Tensor:
+    """Attention on 4-D inputs only: 3-D inputs make torch fall back to a far slower CPU path."""
+    if q.dim() == 3:
+        return _sdpa(q[None], k[None], v[None], mask)[0]
+    if isinstance(mask, str):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MLP(nn.Module):
@@ -212,9 +226,10 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def attention_mask(n_new: int, n_cached: int, tree_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Bool mask [n_new, n_cached + n_new]: all cached slots, then causal or the given tree mask."""
-    if n_new == 1 and tree_mask is None:
-        return None
+def attention_mask(n_new: int, n_cached: int, tree_mask: torch.Tensor | None) -> torch.Tensor | str | None:
+    """Bool mask [n_new, n_cached + n_new]: all cached slots, then causal or the given tree mask
+    (None when one new token sees everything, CAUSAL when nothing is cached)."""
+    if tree_mask is None and (n_new == 1 or n_cached == 0):
+        return None if n_new == 1 else CAUSAL
     local = tree_mask if tree_mask is not None else torch.ones(n_new, n_new, dtype=torch.bool).tril_()
     return torch.cat([torch.ones(n_new, n_cached, dtype=torch.bool), local], dim=1)

@@ -1,0 +1,128 @@
+"""Engine micro- and end-to-end benchmark: every figure measured side by side in one run.
+
+    python benchmarks/engine.py [--target smollm2-135m] [--threads 1] [--prompts 4] [--max-new-tokens 64]
+
+Prints (1) target forward latency by number of tree tokens, (2) one EAGLE-2 drafting step with the
+full vs a reduced draft vocabulary, (3) our plain decoding vs `transformers` generate, and
+(4) speculative decoding with the n-gram proposer vs plain decoding. Not a test: no assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from taps.data.benchmarks import load_benchmark
+from taps.data.chat import encode_chat
+from taps.models.catalog import load_target
+from taps.models.drafter import Drafter, DrafterConfig
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.ngram import NgramProposer
+from taps.spec.propose import DrafterProposer, TreeShape
+
+
+def median_ms(fn, repeat: int = 10) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def forward_latency(target, context: int = 128) -> list[tuple[int, float]]:
+    model = target.model
+    cache = model.new_cache()
+    model(torch.randint(0, 1000, (context,)), cache)
+    rows = []
+    for n in (1, 8, 16, 32, 64):
+        tokens, positions = torch.randint(0, 1000, (n,)), torch.arange(context, context + n)
+        mask = torch.ones(n, n, dtype=torch.bool).tril()
+
+        def step():
+            cache.length = context
+            model.logits(model(tokens, cache, positions, mask if n > 1 else None))
+
+        rows.append((n, median_ms(step)))
+    return rows
+
+
+def draft_latency(target, shape: TreeShape, vocab: int | None) -> float:
+    drafter = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=vocab)).to(target.model.dtype)
+    if vocab:
+        drafter.d2t = torch.arange(vocab)
+    proposer = DrafterProposer(drafter.requires_grad_(False).attach(target.model), shape)
+    ctx = torch.randint(0, 1000, (128,))
+    feats = target.model(ctx, target.model.new_cache())
+    proposer.propose(ctx, feats)
+    return median_ms(lambda: proposer.propose(ctx[-1:], feats[-1:]))
+
+
+def decode(target, prompts, proposer, max_new: int):
+    gen = SpeculativeGenerator(target.model, proposer)
+    cfg = GenerationConfig(max_new_tokens=max_new, eos_token_ids=target.eos_token_ids)
+    outs = [gen.generate(p, cfg) for p in prompts]
+    toks, ms = sum(len(o.tokens) for o in outs), sum(o.wall_ms for o in outs)
+    steps = [s.accepted + 1 for o in outs for s in o.steps]
+    return [o.tokens for o in outs], toks / (ms / 1000), sum(steps) / max(1, len(steps))
+
+
+def hf_generate(target, prompts, max_new: int):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).eval()
+    outs, toks, sec = [], 0, 0.0
+    for p in prompts:
+        t = time.perf_counter()
+        out = hf.generate(torch.tensor([p]), max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=list(target.eos_token_ids), pad_token_id=target.eos_token_ids[0])
+        sec += time.perf_counter() - t
+        outs.append(out[0, len(p):].tolist())
+        toks += len(outs[-1])
+    return outs, toks / sec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=4, help="GSM8K prompts for the decoding comparisons")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    target = load_target(args.target)
+    print(f"target {args.target} ({target.model.dtype}), torch {torch.__version__}, {args.threads} thread(s)\n")
+
+    print("| tree tokens | target forward ms | vs 1 token |\n|---|---|---|")
+    lat = forward_latency(target)
+    for n, ms in lat:
+        print(f"| {n} | {ms:.1f} | {ms / lat[0][1]:.2f}x |")
+
+    shape = TreeShape()
+    full = draft_latency(target, shape, None)
+    print(f"\n| draft step (top_k {shape.top_k}, depth {shape.depth}, total {shape.total_tokens}) | ms |\n|---|---|")
+    print(f"| full vocabulary ({target.model.shape.vocab_size}) | {full:.1f} |")
+    for v in (16384, 8192, 4096):
+        print(f"| reduced vocabulary ({v}) | {draft_latency(target, shape, v):.1f} |")
+
+    prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
+               for p in load_benchmark("gsm8k", args.data_dir, limit=args.prompts, seed=0)]
+    ours, plain_tps, _ = decode(target, prompts, None, args.max_new_tokens)
+    theirs, hf_tps = hf_generate(target, prompts, args.max_new_tokens)
+    ngram, ngram_tps, ngram_tau = decode(target, prompts, NgramProposer(), args.max_new_tokens)
+    same = sum(a == b for a, b in zip(ours, theirs))
+    print(f"\n| decoding ({args.prompts} GSM8K prompts, {args.max_new_tokens} new tokens max) | tok/s | vs our plain | tau |\n|---|---|---|---|")
+    print(f"| transformers generate (greedy) | {hf_tps:.1f} | {hf_tps / plain_tps:.2f}x | 1.00 |")
+    print(f"| taps plain decoding | {plain_tps:.1f} | 1.00x | 1.00 |")
+    print(f"| taps + n-gram proposer | {ngram_tps:.1f} | {ngram_tps / plain_tps:.2f}x | {ngram_tau:.2f} |")
+    print(f"\nn-gram output == plain output: {sum(a == b for a, b in zip(ours, ngram))}/{len(prompts)}; "
+          f"taps plain == transformers greedy: {same}/{len(prompts)} (bf16 kernels may break near-ties differently)")
+
+
+if __name__ == "__main__":
+    main()

