@@ -16,6 +16,7 @@ def test_round_trip_gives_identical_outputs(tiny_target, tmp_path):
     tok, feat, pos = torch.tensor([3, 4, 5]), torch.randn(3, 64), torch.arange(3)
     torch.testing.assert_close(loaded(tok, feat, pos, loaded.new_cache()), drafter(tok, feat, pos, drafter.new_cache()), rtol=0, atol=0)
     assert loaded.d2t.tolist() == drafter.d2t.tolist()
+    assert set(loaded.state_dict()) == {k for k in drafter.state_dict()} and not any("embed" in k for k in drafter.state_dict())
     assert not list((tmp_path).glob(".d-*"))  # no temp folder left behind
 
 

@@ -45,12 +45,14 @@ class Drafter(nn.Module):
         # d2t[i] = target token id of draft token i (identity for the full vocabulary).
         self.register_buffer("d2t", torch.arange(vocab), persistent=True)
         self.rotary = Rotary(s)
-        self.embed: nn.Embedding | None = None
         self.head_weight: torch.Tensor | None = None
 
     def attach(self, target) -> "Drafter":
-        """Borrow the target's frozen embedding and LM-head rows (restricted to the draft vocabulary)."""
-        self.embed = target.model.embed_tokens
+        """Borrow the target's frozen embedding and LM-head rows (restricted to the draft vocabulary).
+
+        Stored outside the module registry, so they are neither saved nor trained with the drafter.
+        """
+        self.__dict__["embed"] = target.model.embed_tokens
         self.refresh_head(target)
         return self
 

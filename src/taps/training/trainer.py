@@ -1,0 +1,244 @@
+"""Drafter training loop (EAGLE-2 or HASS) on cached target features, built on `accelerate`.
+
+`accelerate launch taps train ...` spreads it over GPUs unchanged; on a CPU it runs as is. State
+(drafter, optimizer, schedule, data position, RNG) is checkpointed atomically every N steps and
+`resume=True` continues an interrupted run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from taps.errors import TapsError
+from taps.models.checkpoint import save_drafter
+from taps.models.drafter import Drafter, DrafterConfig
+from taps.models.layers import CAUSAL
+from taps.training.features import Sequence, load_sequences
+from taps.training.losses import LossWeights, drafter_loss, top1_accuracy
+
+
+@dataclass
+class TrainConfig:
+    method: str = "eagle2"  # "eagle2" | "hass"
+    epochs: float = 1.0
+    batch_tokens: int = 8192
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    grad_clip: float = 0.5
+    noise: float = 0.2  # uniform feature noise width, as in EAGLE
+    draft_vocab_size: int | None = 8192
+    align_steps: int = 3  # HASS harmonized context alignment steps (1 = none)
+    topk_weight: float = 1.0  # HASS top-K distillation weight
+    topk: int = 10
+    checkpoint_every: int = 200
+    seed: int = 0
+    max_steps: int | None = None  # stop early (e.g. to split a run over sessions)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("eagle2", "hass"):
+            raise TapsError(f"unknown method {self.method!r}: use eagle2 or hass")
+        if self.epochs <= 0 or self.batch_tokens <= 0 or self.lr <= 0:
+            raise TapsError("epochs, batch_tokens and lr must be > 0")
+
+    @property
+    def weights(self) -> LossWeights:
+        return LossWeights(topk=self.topk_weight if self.method == "hass" else 0.0, k=self.topk)
+
+    @property
+    def steps_of_alignment(self) -> int:
+        return self.align_steps if self.method == "hass" else 1
+
+
+def draft_vocabulary(seqs: list[Sequence], vocab_size: int, size: int | None, always: tuple[int, ...] = ()) -> torch.Tensor:
+    """The `size` most frequent target-side tokens of the corpus (plus `always`), sorted: the d2t map."""
+    if size is None or size >= vocab_size:
+        return torch.arange(vocab_size)
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for s in seqs:
+        counts += torch.bincount(s.tokens[s.loss_mask], minlength=vocab_size)
+    counts[list(always)] = counts.max() + 1
+    return counts.topk(size).indices.sort().values
+
+
+def make_batches(seqs: list[Sequence], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-bucketed batches (little padding) in an order fixed by (seed, epoch)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].tokens))
+    batches, current, longest = [], [], 0
+    for i in order:
+        n = len(seqs[i].tokens)
+        if current and max(longest, n) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    random.Random(seed * 1000 + epoch).shuffle(batches)
+    return batches
+
+
+def collate(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = max(len(s.tokens) for s in seqs)
+    h = seqs[0].features.shape[-1]
+    tokens = torch.zeros(len(seqs), n, dtype=torch.long)
+    feats = torch.zeros(len(seqs), n, h, dtype=seqs[0].features.dtype)
+    mask = torch.zeros(len(seqs), n, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        tokens[b, : len(s.tokens)], feats[b, : len(s.tokens)], mask[b, : len(s.tokens)] = s.tokens, s.features, s.loss_mask
+    return tokens, feats, mask
+
+
+def alignment_mask(n: int, steps: int) -> torch.Tensor | str:
+    """HASS attention over `steps` stacked copies of the sequence: a query of step a at position t sees
+    step-1 keys at s <= t - a + 1 and the key of step b at s = t - a + b (its own draft ancestors)."""
+    if steps == 1:
+        return CAUSAL
+    t = torch.arange(n)
+    mask = torch.zeros(steps * n, steps * n, dtype=torch.bool)
+    for a in range(1, steps + 1):
+        rows = slice((a - 1) * n, a * n)
+        mask[rows, :n] = t[None, :] <= (t[:, None] - a + 1)
+        for b in range(2, a + 1):
+            mask[rows, (b - 1) * n : b * n] = t[None, :] == (t[:, None] - a + b)
+    return mask
+
+
+def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig, generator: torch.Generator | None):
+    """Loss over all alignment steps: step 1 reads target features, step j the drafter's own step j-1
+    predictions, as at draft depth j during decoding."""
+    tokens, feats, mask = batch
+    n = tokens.shape[1] - 1
+    inp_tok, inp_feat, tgt_feat = tokens[:, 1:], feats[:, :-1].float(), feats[:, 1:].float()
+    loss_mask = torch.zeros_like(mask[:, 1:], dtype=torch.float)
+    loss_mask[:, :-1] = mask[:, 2:].float()  # the predicted token x_{t+2} is assistant-written
+    if cfg.noise > 0 and generator is not None:
+        inp_feat = inp_feat + (torch.rand(inp_feat.shape, generator=generator) - 0.5) * cfg.noise
+    positions = torch.arange(n)
+    steps = cfg.steps_of_alignment
+    step_inputs = [inp_feat]
+    with torch.no_grad():
+        for j in range(2, steps + 1):
+            prev = drafter(inp_tok.repeat(1, j - 1), torch.cat(step_inputs, 1), positions.repeat(j - 1), mask=alignment_mask(n, j - 1))
+            shifted = torch.zeros_like(inp_feat)
+            shifted[:, 1:] = prev[:, -n:-1]  # step j-1's prediction of f_t feeds position t
+            step_inputs.append(shifted)
+    pred = drafter(inp_tok.repeat(1, steps), torch.cat(step_inputs, 1), positions.repeat(steps), mask=alignment_mask(n, steps))
+    valid = torch.cat([loss_mask * (positions >= j).float() for j in range(steps)], 1)
+    target_feat = tgt_feat.repeat(1, steps)
+    draft_logits = pred.float() @ head.T
+    target_logits = target_feat @ head.T
+    loss, parts = drafter_loss(pred, target_feat, draft_logits, target_logits, valid, cfg.weights)
+    parts["top1"] = top1_accuracy(draft_logits[:, :n], target_logits[:, :n], loss_mask)
+    return loss, parts
+
+
+def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig, resume: bool = False, card: dict | None = None) -> Path:
+    """Train a drafter on the features in `feature_dirs`; writes `out_dir` (drafter) and `out_dir/.state`."""
+    from accelerate import Accelerator
+
+    out_dir = Path(out_dir)
+    state_dir = out_dir.parent / f".{out_dir.name}.train"
+    seqs: list[Sequence] = []
+    for d in feature_dirs:
+        manifest, part = load_sequences(d)
+        if manifest["target"] != target.model.fingerprint():
+            raise TapsError(f"features in {d} were made with another target; rerun `taps features` for this target")
+        seqs += part
+    if not seqs:
+        raise TapsError("no training sequences in the feature folders; run `taps features` with a larger --tokens")
+    torch.manual_seed(cfg.seed)
+    d2t = draft_vocabulary(seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids))
+    drafter = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=len(d2t) if cfg.draft_vocab_size else None))
+    drafter.d2t = d2t
+    drafter.attach(target.model)
+    head = target.model.lm_head.weight.detach()[d2t].float()
+    accelerator = Accelerator(mixed_precision="no")
+    optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
+    total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, total_steps))
+    drafter, optimizer = accelerator.prepare(drafter, optimizer)
+    step, log = 0, []
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if resume and (state_dir / "state.pt").is_file():
+        step, log = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
+        print(f"[train] resumed at step {step}/{total_steps}", flush=True)
+    start, stop_at = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.method}]", unit="step", dynamic_ncols=True)
+    drafter.train()
+    while step < stop_at:
+        epoch, idx = divmod(step, per_epoch)
+        batch_ids = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch)[idx]
+        loss, parts = training_loss(drafter, head, collate([seqs[i] for i in batch_ids]), cfg, generator)
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        log.append({"step": step, "loss": float(loss), **parts, "lr": schedule.get_last_lr()[0]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}", top1=f"{parts['top1']:.3f}")
+        if step % cfg.checkpoint_every == 0 or step == stop_at:
+            _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t)
+    bar.close()
+    wall = time.perf_counter() - start
+    if step < total_steps:
+        print(f"[train] stopped at step {step}/{total_steps}; continue with --resume", flush=True)
+        return state_dir
+    drafter = accelerator.unwrap_model(drafter).eval()
+    recent = log[-min(50, len(log)):]
+    summary = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0] if k not in ("step", "lr")}
+    card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "train_tokens": sum(len(s.tokens) for s in seqs),
+                              "final_losses_last50": summary, "wall_s_last_run": round(wall, 1)}
+    save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
+    _write_json(out_dir.parent / f".{out_dir.name}.train" / "log.json", log)
+    return out_dir
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _save_state(state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / ".state.pt.tmp"
+    torch.save({"drafter": drafter.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "log": log,
+                "d2t": d2t}, tmp)
+    os.replace(tmp, state_dir / "state.pt")
+
+
+def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -> tuple[int, list]:
+    try:
+        state = torch.load(state_dir / "state.pt", weights_only=False)
+    except Exception as exc:
+        raise TapsError(f"training state {state_dir / 'state.pt'} is unreadable ({exc}); delete it to start over") from exc
+    if not torch.equal(state["d2t"], d2t):
+        raise TapsError(f"training state in {state_dir} was made with other features; delete it to start over")
+    drafter.load_state_dict(state["drafter"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["log"]
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
