@@ -41,7 +41,7 @@ def extract_features(target, conversations: list, out_dir: str | Path, corpus: s
     manifest = _load_or_start(out_dir, target, corpus, max_len)
     done, total = manifest["conversations_done"], manifest["tokens"]
     buffer: list[Sequence] = []
-    bar = tqdm(total=max_tokens, initial=total, unit="tok", desc=f"features[{corpus}]", dynamic_ncols=True)
+    bar = tqdm(total=max_tokens, initial=total, unit="tok", desc=f"features[{corpus}]", dynamic_ncols=True, disable=None)
     start = time.perf_counter()
     for conv in conversations[done:]:
         if total >= max_tokens:

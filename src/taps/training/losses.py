@@ -57,7 +57,7 @@ def drafter_loss(pred, target_feat, draft_logits, target_logits, mask, w: LossWe
     if w.topk > 0:
         parts["topk"] = topk_loss(draft_logits, target_logits, mask, w.k)
         total = total + w.topk * parts["topk"]
-    return total, {k: float(v) for k, v in parts.items()}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
 def top1_accuracy(draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> float:

@@ -135,7 +135,7 @@ def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig,
             step_inputs.append(shifted)
     pred = drafter(inp_tok.repeat(1, steps), torch.cat(step_inputs, 1), positions.repeat(steps), mask=alignment_mask(n, steps))
     valid = torch.cat([loss_mask * (positions >= j).float() for j in range(steps)], 1)
-    target_feat = tgt_feat.repeat(1, steps)
+    target_feat = tgt_feat.repeat(1, steps, 1)
     draft_logits = pred.float() @ head.T
     target_logits = target_feat @ head.T
     loss, parts = drafter_loss(pred, target_feat, draft_logits, target_logits, valid, cfg.weights)
@@ -175,7 +175,7 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
         step, log = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
         print(f"[train] resumed at step {step}/{total_steps}", flush=True)
     start, stop_at = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.method}]", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.method}]", unit="step", dynamic_ncols=True, disable=None)
     drafter.train()
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)

@@ -1,0 +1,101 @@
+"""A tiny end-to-end run: features -> training (EAGLE-2 and HASS) -> resume -> corrupt inputs."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from taps.errors import TapsError
+from taps.models.checkpoint import load_drafter
+from taps.training.features import extract_features, load_sequences
+from taps.training.trainer import TrainConfig, train
+
+
+class CharTokenizer:
+    """Chat template stand-in for the tiny random targets: role marker, characters, end marker."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+        ids = []
+        for m in messages:
+            ids += [2 if m["role"] == "user" else 3] + [5 + ord(c) % 90 for c in m["content"]] + [1]
+        return ids + ([3] if add_generation_prompt else [])
+
+
+def conversations(n=48, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+        out.append([{"role": "user", "content": f"repeat {word}"}, {"role": "assistant", "content": " ".join([word] * rng.randint(3, 6))}])
+    return out
+
+
+@pytest.fixture(scope="module")
+def features(tiny_dirs, tmp_path_factory):
+    from taps.models.target import TargetModel
+
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    target = SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny")
+    out = tmp_path_factory.mktemp("features")
+    extract_features(target, conversations(), out, corpus="toy", max_tokens=10**6, shard_tokens=500)
+    return target, out
+
+
+def test_features_are_resumable_and_complete(features, tmp_path):
+    target, full = features
+    manifest, seqs = load_sequences(full)
+    assert manifest["sequences"] == 48 and len(manifest["shards"]) > 1 and manifest["complete"]
+    part = tmp_path / "part"
+    extract_features(target, conversations(), part, corpus="toy", max_tokens=400, shard_tokens=100)
+    m2 = extract_features(target, conversations(), part, corpus="toy", max_tokens=10**6, shard_tokens=100)
+    assert m2["tokens"] == manifest["tokens"] and m2["sequences"] == 48
+    _, seqs2 = load_sequences(part)
+    for a, b in zip(seqs, seqs2):
+        assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.features.float(), b.features.float(), atol=1e-2)
+    with pytest.raises(TapsError, match="another target"):
+        extract_features(target, conversations(), part, corpus="other", max_tokens=10)
+
+
+@pytest.mark.parametrize("method", ["eagle2", "hass"])
+def test_loss_decreases(features, tmp_path, method):
+    target, feats = features
+    cfg = TrainConfig(method=method, epochs=12, batch_tokens=400, lr=3e-3, warmup_steps=5, draft_vocab_size=40, checkpoint_every=1000)
+    out = train(target, [feats], tmp_path / method, cfg)
+    log = __import__("json").loads((tmp_path / f".{method}.train" / "log.json").read_text())
+    first = sum(r["loss"] for r in log[:5]) / 5
+    last = sum(r["loss"] for r in log[-5:]) / 5
+    assert last < 0.85 * first
+    assert sum(r["top1"] for r in log[-10:]) > 2 * sum(r["top1"] for r in log[:10])
+    drafter = load_drafter(out, target.model, dtype=torch.float32)
+    assert drafter.d2t.numel() == 40 and drafter.config.draft_vocab_size == 40
+    assert 1 in drafter.d2t.tolist()  # EOS is always in the draft vocabulary
+
+
+def test_resume_gives_the_same_state(features, tmp_path):
+    target, feats = features
+    cfg = dict(method="hass", epochs=3, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=2)
+    straight = train(target, [feats], tmp_path / "a", TrainConfig(**cfg))
+    train(target, [feats], tmp_path / "b", TrainConfig(**cfg, max_steps=5))
+    assert not (tmp_path / "b").exists()
+    resumed = train(target, [feats], tmp_path / "b", TrainConfig(**cfg), resume=True)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_shard_and_state_are_clear_errors(features, tmp_path):
+    import shutil
+
+    target, feats = features
+    broken = tmp_path / "broken"
+    shutil.copytree(feats, broken)
+    shard = broken / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    with pytest.raises(TapsError, match="unreadable"):
+        load_sequences(broken)
+    state = tmp_path / ".d.train"
+    state.mkdir()
+    (state / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TapsError, match="unreadable"):
+        train(target, [feats], tmp_path / "d", TrainConfig(epochs=1, batch_tokens=400, draft_vocab_size=40), resume=True)
