@@ -108,6 +108,39 @@ def cmd_demo(args) -> None:
         print(f"| {name} | {bench} | {tau:.2f} | {tps:.1f} | {tps / plain[bench]:.2f}x |")
 
 
+def cmd_features(args) -> None:
+    from taps.data.corpora import load_corpus, split
+    from taps.training.features import extract_features
+
+    target = _load(args)
+    convs = load_corpus(args.corpus, args.data_dir, seed=args.seed)
+    train_part, held = split(convs, args.held_out, seed=args.seed)
+    print(f"[features] {args.corpus}: {len(convs)} conversations ({len(held)} held out for tau), up to {args.tokens} tokens", flush=True)
+    extract_features(target, train_part, args.out, args.corpus, args.tokens, args.max_len)
+
+
+def cmd_train(args) -> None:
+    import platform
+
+    from taps.training.features import read_manifest
+    from taps.training.heldout import heldout_tau
+    from taps.training.trainer import TrainConfig, train
+
+    target = _load(args)
+    cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_tokens=args.batch_tokens, lr=args.lr,
+                      draft_vocab_size=args.draft_vocab or None, align_steps=args.align_steps, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, mixed_precision=args.mixed_precision)
+    corpora = [read_manifest(d)["corpus"] for d in args.features]
+    card = {"command": "taps " + " ".join(sys.argv[1:]), "target": args.target, "method": args.method, "corpora": corpora,
+            "hardware": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)"}
+    start = time.perf_counter()
+    out = train(target, args.features, args.out, cfg, resume=args.resume, card=card)
+    if out.name.startswith("."):
+        return  # stopped early (--max-steps); resume later
+    tau = heldout_tau(target, out, corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
+    print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taps", description="Task-aware speculative decoding: EAGLE-2/HASS drafters, combined at inference time.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +164,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("features", help="run the target over a training corpus once and cache its features in shards")
+    p.add_argument("--corpus", required=True, help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH")
+    p.add_argument("--out", required=True, help="feature folder (resumable: rerun to continue)")
+    p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
+    p.add_argument("--max-len", type=int, default=1024, help="tokens per conversation, longer ones are cut (default: %(default)s)")
+    p.add_argument("--held-out", type=int, default=64, help="conversations kept out of training for tau (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR)")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train an EAGLE-2 or HASS drafter on cached features (accelerate; resumable)")
+    p.add_argument("--features", required=True, nargs="+", help="feature folder(s) from `taps features`")
+    p.add_argument("--out", required=True, help="drafter folder to write")
+    p.add_argument("--method", choices=["eagle2", "hass"], default="eagle2")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary size, 0 = full (default: %(default)s)")
+    p.add_argument("--align-steps", type=int, default=3, help="HASS context-alignment steps (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (continue later with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--mixed-precision", choices=["bf16", "no"], default="bf16")
+    p.add_argument("--heldout-prompts", type=int, default=16, help="held-out prompts for the final tau (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

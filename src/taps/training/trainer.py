@@ -43,6 +43,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     max_steps: int | None = None  # stop early (e.g. to split a run over sessions)
+    mixed_precision: str = "bf16"  # accelerate's setting: bf16 autocast (CPUs with avx512_bf16, GPUs) or "no"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -163,7 +164,7 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     drafter.d2t = d2t
     drafter.attach(target.model)
     head = target.model.lm_head.weight.detach()[d2t].float()
-    accelerator = Accelerator(mixed_precision="no")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
@@ -187,9 +188,9 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
         optimizer.step()
         schedule.step()
         step += 1
-        log.append({"step": step, "loss": float(loss), **parts, "lr": schedule.get_last_lr()[0]})
+        log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", top1=f"{parts['top1']:.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
         if step % cfg.checkpoint_every == 0 or step == stop_at:
             _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t)
     bar.close()

@@ -1,0 +1,95 @@
+"""Evaluation prompts: MT-Bench, GSM8K, MATH-500, SVAMP and user JSONL files, as `Prompt`s."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from taps.data.sources import resolve
+from taps.errors import TapsError
+
+BENCHMARKS = ("mt_bench", "gsm8k", "math500", "svamp")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    benchmark: str
+    turns: tuple[str, ...]  # user messages, each asked after the model's answer to the previous one
+    category: str | None = None
+    reference: str | None = None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise TapsError(f"{path} line {n} is not valid JSON ({exc.msg}); fix or remove that line") from exc
+    if not rows:
+        raise TapsError(f"{path} has no records")
+    return rows
+
+
+def _mt_bench(data_dir) -> list[Prompt]:
+    return [Prompt(f"mt_bench/{r['question_id']}", "mt_bench", tuple(r["turns"]), r["category"],
+                   (r.get("reference") or [None])[0]) for r in read_jsonl(resolve("mt_bench", data_dir))]
+
+
+def _gsm8k(data_dir) -> list[Prompt]:
+    return [Prompt(f"gsm8k/{i}", "gsm8k", (r["question"],), None, r["answer"].split("####")[-1].strip())
+            for i, r in enumerate(read_jsonl(resolve("gsm8k/test", data_dir)))]
+
+
+def _math500(data_dir) -> list[Prompt]:
+    return [Prompt(f"math500/{r['unique_id']}", "math500", (r["problem"],), r["subject"], r["answer"])
+            for r in read_jsonl(resolve("math500", data_dir))]
+
+
+def _svamp(data_dir) -> list[Prompt]:
+    rows = json.loads(resolve("svamp", data_dir).read_text(encoding="utf-8"))
+    out = []
+    for r in rows:
+        body = r["Body"].strip()
+        body = body if body.endswith((".", "?", "!")) else body + "."
+        out.append(Prompt(f"svamp/{r['ID']}", "svamp", (f"{body} {r['Question'].strip()}",), r["Type"], f"{r['Answer']:g}"))
+    return out
+
+
+def _user_jsonl(path: str) -> list[Prompt]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TapsError(f"prompt file {file} not found")
+    out = []
+    for i, r in enumerate(read_jsonl(file)):
+        turns = r.get("turns") or ([r["prompt"]] if isinstance(r.get("prompt"), str) else None)
+        if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+            raise TapsError(f"{file} record {i + 1} needs a non-empty \"prompt\" string or \"turns\" list of strings")
+        out.append(Prompt(str(r.get("id", f"{file.stem}/{i}")), f"jsonl:{file.name}", tuple(turns), r.get("category"), r.get("reference")))
+    return out
+
+
+_LOADERS = {"mt_bench": _mt_bench, "gsm8k": _gsm8k, "math500": _math500, "svamp": _svamp}
+
+
+def load_benchmark(name: str, data_dir=None, limit: int | None = None, seed: int | None = None) -> list[Prompt]:
+    """Prompts of a benchmark (or `jsonl:PATH`); `limit` keeps the first ones, or a seeded sample in file order."""
+    if limit is not None and limit <= 0:
+        raise TapsError(f"limit must be > 0, got {limit}")
+    if name.startswith("jsonl:"):
+        prompts = _user_jsonl(name[len("jsonl:"):])
+    elif name in _LOADERS:
+        prompts = _LOADERS[name](data_dir)
+    else:
+        raise TapsError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARKS)} or jsonl:PATH")
+    if limit is None or limit >= len(prompts):
+        return prompts
+    if seed is None:
+        return prompts[:limit]
+    keep = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+    return [prompts[i] for i in keep]
