@@ -21,6 +21,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="target/drafter weights (default: %(default)s)")
 
 
+def _add_strategy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drafters", default="ngram", help="comma-separated: ngram, a shipped drafter name or a drafter folder; "
+                   "`none` = plain decoding (default: %(default)s)")
+    p.add_argument("--strategy", default="single", help="single (one drafter), route:confidence, route:entropy, merged "
+                   "(union trie of all trees), merged:cut (union cut to --total-tokens); e.g. "
+                   "--strategy merged --drafters eagle2-math,eagle2-chat (default: %(default)s)")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -62,17 +70,17 @@ def cmd_setup(args) -> None:
 
 def cmd_generate(args) -> None:
     from taps.data.chat import encode_chat
-    from taps.drafters import make_proposer
+    from taps.drafters import make_strategy
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
     target = _load(args)
-    proposer = None if args.drafter == "none" else make_proposer(args.drafter, target, _tree_shape(args))
+    proposer = make_strategy(args.strategy, args.drafters.split(","), target, _tree_shape(args))
     config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop))
     ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
     out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
     print(out.text)
     print(
-        f"\n[{args.drafter}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s ({out.tokens_per_s:.1f} tok/s), "
+        f"\n[{args.strategy} {args.drafters}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s ({out.tokens_per_s:.1f} tok/s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads {args.threads}",
         file=sys.stderr,
     )
@@ -106,6 +114,17 @@ def cmd_demo(args) -> None:
     print(f"| proposer | benchmark | tau | tok/s | speed-up |\n|---|---|---|---|---|")
     for name, bench, tau, tps in rows:
         print(f"| {name} | {bench} | {tau:.2f} | {tps:.1f} | {tps / plain[bench]:.2f}x |")
+
+
+def cmd_average(args) -> None:
+    from pathlib import Path
+
+    from taps.drafters import drafter_path
+    from taps.models.average import write_average
+
+    paths = [drafter_path(n, args.target) for n in args.drafters.split(",")]
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    print(f"[average] wrote {write_average(paths, Path(args.out), weights)}")
 
 
 def cmd_features(args) -> None:
@@ -151,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate a reply to one prompt with speculative decoding")
     p.add_argument("prompt", help="the user message")
-    p.add_argument("--drafter", default="ngram", help="ngram, none (plain decoding), a shipped drafter name or a drafter folder (default: %(default)s)")
+    _add_strategy_args(p)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     _add_engine_args(p)
     _add_sampling_args(p)
@@ -164,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("average", help="checkpoint averaging: one drafter with the (weighted) mean weights of several")
+    p.add_argument("--drafters", required=True, help="comma-separated drafter names or folders (same target and shape)")
+    p.add_argument("--weights", default=None, help="comma-separated weights (default: equal)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("features", help="run the target over a training corpus once and cache its features in shards")
     p.add_argument("--corpus", required=True, help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH")

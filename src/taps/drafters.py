@@ -39,3 +39,27 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
         return NgramProposer(source=source)
     drafter = load_drafter(drafter_path(name, target.name), target.model, dtype=target.model.dtype)
     return DrafterProposer(drafter, shape, source=source, name=name)
+
+
+def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = TreeShape()) -> Proposer | None:
+    """A proposer for `--strategy` over `--drafters` (`none` alone = plain decoding).
+
+    single: exactly one drafter. route:confidence / route:entropy: verify the best member's tree.
+    merged: all members' trees as one trie. merged:cut: the same, cut to `shape.total_tokens` nodes.
+    """
+    from taps.spec.combine import STRATEGIES, MergedProposer, RoutedProposer
+
+    if names == ["none"]:
+        return None
+    if strategy not in STRATEGIES:
+        raise TapsError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if strategy == "single":
+        if len(names) != 1:
+            raise TapsError(f"strategy single takes one drafter, got {len(names)}; pick a combining --strategy")
+        return make_proposer(names[0], target, shape)
+    if len(names) < 2:
+        raise TapsError(f"strategy {strategy} combines >= 2 drafters; pass --drafters a,b[,...]")
+    members = [make_proposer(n, target, shape, source=i) for i, n in enumerate(names)]
+    if strategy.startswith("route:"):
+        return RoutedProposer(members, strategy.split(":")[1])
+    return MergedProposer(members, shape.total_tokens if strategy == "merged:cut" else None)

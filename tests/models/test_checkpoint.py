@@ -36,3 +36,26 @@ def test_wrong_target_truncated_and_missing(tiny_dirs, tmp_path):
     cfg.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(TapsError, match="format"):
         load_drafter(tmp_path / "d", llama)
+
+
+def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
+    from taps.models.average import average_drafters
+
+    llama = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    a, b = random_drafter(llama, seed=1, draft_vocab=30), random_drafter(llama, seed=2, draft_vocab=30)
+    b.d2t = a.d2t.clone()
+    save_drafter(a, tmp_path / "a", llama.fingerprint())
+    save_drafter(b, tmp_path / "b", llama.fingerprint())
+    avg, _ = average_drafters([tmp_path / "a", tmp_path / "b"], [1.0, 3.0])
+    torch.testing.assert_close(avg.fc.weight, 0.25 * a.fc.weight + 0.75 * b.fc.weight)
+    save_drafter(random_drafter(llama, seed=3, draft_vocab=20), tmp_path / "c", llama.fingerprint())
+    with pytest.raises(TapsError, match="cannot be averaged"):
+        average_drafters([tmp_path / "a", tmp_path / "c"])
+    c2 = random_drafter(llama, seed=4, draft_vocab=30)
+    save_drafter(c2, tmp_path / "d", llama.fingerprint())
+    with pytest.raises(TapsError, match="draft vocabulary"):
+        average_drafters([tmp_path / "a", tmp_path / "d"])
+    qwen = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32)
+    save_drafter(random_drafter(qwen, seed=1, draft_vocab=30), tmp_path / "q", qwen.fingerprint())
+    with pytest.raises(TapsError, match="another target"):
+        average_drafters([tmp_path / "a", tmp_path / "q"])

@@ -18,8 +18,8 @@ class OracleProposer(Proposer):
     """Knows the true greedy continuation; hides it among random siblings, cuts and corrupts it,
     so that every accept length (0 .. full) and deep compactions get exercised."""
 
-    def __init__(self, reference: list[int], vocab: int, seed: int):
-        self.reference, self.vocab, self.rng = reference, vocab, random.Random(seed)
+    def __init__(self, reference: list[int], vocab: int, seed: int, source: int = 0):
+        self.reference, self.vocab, self.rng, self.source = reference, vocab, random.Random(seed), source
 
     def propose(self, tokens, features):
         done = len(tokens)
@@ -28,7 +28,7 @@ class OracleProposer(Proposer):
             truth[self.rng.randrange(len(truth))] = self.rng.randrange(self.vocab)
         paths = [[self.rng.randrange(self.vocab) for _ in range(self.rng.randint(1, 3))] for _ in range(self.rng.randint(0, 3))]
         paths.insert(self.rng.randint(0, len(paths)), truth)
-        return DraftTree.from_paths([p for p in paths if p])
+        return DraftTree.from_paths([p for p in paths if p], self.source)
 
 
 def greedy(target, prompt, n=40):

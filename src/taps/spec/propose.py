@@ -145,5 +145,5 @@ class _Pool:
             parents=torch.tensor(parents, dtype=torch.long),
             scores=self.scores[idx],
             entropies=self.entropies[idx],
-            sources=torch.full((len(keep),), source, dtype=torch.long),
+            sources=torch.full((len(keep),), 1 << source, dtype=torch.long),
         )

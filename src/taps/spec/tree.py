@@ -3,7 +3,8 @@
 Nodes 0..m-1 hang under a root (the last verified token, which is not a node). Each node has a
 token, a parent (-1 for the root, otherwise an earlier node: the order is topological), a score
 (sum of draft log-probs along its path, so exp(score) is its cumulative confidence), the draft
-entropy of the distribution it was drawn from, and the index of the proposer that drafted it.
+entropy of the distribution it was drawn from, and a bit mask of the proposers that drafted it
+(bit i = member i of a combination; a lone proposer is member 0).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class DraftTree:
     parents: torch.Tensor  # [m] long, -1 = root
     scores: torch.Tensor  # [m] float, cumulative draft log-prob
     entropies: torch.Tensor  # [m] float, entropy of the draft distribution at the parent (nan if none)
-    sources: torch.Tensor  # [m] long, which proposer drafted the node
+    sources: torch.Tensor  # [m] long, bit mask of the proposers that drafted the node
 
     def __post_init__(self) -> None:
         m = self.tokens.shape[0]
@@ -52,7 +53,7 @@ class DraftTree:
             parents=torch.tensor(parents, dtype=torch.long),
             scores=torch.zeros(m),
             entropies=torch.full((m,), float("nan")),
-            sources=torch.full((m,), source, dtype=torch.long),
+            sources=torch.full((m,), 1 << source, dtype=torch.long),
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,116 @@
+"""Several drafters at inference time: confidence / entropy routing and merged-tree verification.
+
+Every strategy is itself a Proposer, so the verifier and the loop do not change. All member
+proposers see every step's accepted tokens and target features, so none falls behind whichever
+tree was verified. Node `sources` are bit masks: bit i set = member i drafted that node.
+(Weight averaging makes a new drafter instead: see `taps.models.average`.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from taps.spec.propose import Proposer
+from taps.spec.tree import DraftTree
+
+STRATEGIES = ("single", "route:confidence", "route:entropy", "merged", "merged:cut")
+
+
+def tree_confidence(tree: DraftTree) -> float:
+    """Mean cumulative confidence exp(score) over the kept nodes (0 for an empty tree)."""
+    return float(tree.scores.exp().mean()) if len(tree) else 0.0
+
+
+def tree_entropy(tree: DraftTree) -> float:
+    """Mean draft entropy over the kept nodes (inf for an empty or entropy-less tree: never preferred)."""
+    finite = tree.entropies[torch.isfinite(tree.entropies)]
+    return float(finite.mean()) if len(finite) else math.inf
+
+
+class RoutedProposer(Proposer):
+    """Verify only the tree of the member with the best score: highest mean confidence, or lowest
+    mean entropy. `last_choice` and `last_trees` let evaluation compare the router with an oracle."""
+
+    def __init__(self, members: list[Proposer], signal: str = "confidence"):
+        if len(members) < 2 or signal not in ("confidence", "entropy"):
+            raise ValueError("routing needs >= 2 members and signal 'confidence' or 'entropy'")
+        self.members, self.signal = members, signal
+        self.name = f"route:{signal}"
+        self.last_choice, self.last_trees = -1, []
+
+    def reset(self) -> None:
+        for m in self.members:
+            m.reset()
+
+    def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
+        self.last_trees = [m.propose(tokens, features) for m in self.members]
+        if self.signal == "confidence":
+            scores = [tree_confidence(t) for t in self.last_trees]
+        else:
+            scores = [-tree_entropy(t) for t in self.last_trees]
+        self.last_choice = max(range(len(scores)), key=lambda i: scores[i])
+        return self.last_trees[self.last_choice]
+
+
+def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
+    """Union of trees under the shared root as one trie: a path drafted by several members is one node
+    (best score kept, source bits OR-ed). With `budget`, keep only the best `budget` nodes by score
+    (ties to the shallower node, so a kept node's parent is always kept)."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    scores: list[float] = []
+    entropies: list[float] = []
+    sources: list[int] = []
+    index: dict[tuple[int, int], int] = {}
+    for tree in trees:
+        local: list[int] = []
+        for i in range(len(tree)):
+            p = int(tree.parents[i])
+            key = (local[p] if p >= 0 else -1, int(tree.tokens[i]))
+            if key in index:
+                j = index[key]
+                scores[j] = max(scores[j], float(tree.scores[i]))
+                sources[j] |= int(tree.sources[i])
+            else:
+                j = index[key] = len(tokens)
+                tokens.append(key[1])
+                parents.append(key[0])
+                scores.append(float(tree.scores[i]))
+                entropies.append(float(tree.entropies[i]))
+                sources.append(int(tree.sources[i]))
+            local.append(j)
+    merged = DraftTree(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long),
+                       torch.tensor(scores), torch.tensor(entropies), torch.tensor(sources, dtype=torch.long))
+    return merged if budget is None or budget >= len(merged) else keep_best(merged, budget)
+
+
+def keep_best(tree: DraftTree, budget: int) -> DraftTree:
+    depth = tree.depths()
+    order = sorted(range(len(tree)), key=lambda i: (-float(tree.scores[i]), int(depth[i]), i))
+    keep = sorted(order[:budget])  # original order is topological
+    new_index = {old: new for new, old in enumerate(keep)}
+    idx = torch.tensor(keep, dtype=torch.long)
+    parents = torch.tensor([new_index[int(tree.parents[i])] if tree.parents[i] >= 0 else -1 for i in keep], dtype=torch.long)
+    return DraftTree(tree.tokens[idx], parents, tree.scores[idx], tree.entropies[idx], tree.sources[idx])
+
+
+class MergedProposer(Proposer):
+    """All members' trees merged into one trie and verified in one target pass; `budget` cuts the
+    merged tree to a fixed node count (equal verification cost to a single drafter)."""
+
+    def __init__(self, members: list[Proposer], budget: int | None = None):
+        if len(members) < 2:
+            raise ValueError("merging needs >= 2 members")
+        self.members, self.budget = members, budget
+        self.name = "merged" if budget is None else "merged:cut"
+        self.last_trees: list[DraftTree] = []
+
+    def reset(self) -> None:
+        for m in self.members:
+            m.reset()
+
+    def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
+        self.last_trees = [m.propose(tokens, features) for m in self.members]
+        return merge_trees(self.last_trees, self.budget)

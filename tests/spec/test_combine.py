@@ -1,0 +1,92 @@
+"""Combination strategies: trie merge, routing, and losslessness for N >= 2 drafters."""
+
+import numpy as np
+import pytest
+import torch
+
+from taps.spec.combine import MergedProposer, RoutedProposer, merge_trees, tree_confidence, tree_entropy
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.tree import DraftTree
+from tests.conftest import random_drafter
+from taps.models.target import TargetModel
+from tests.spec.test_lossless import PROMPTS, OracleProposer, greedy
+from tests.spec.test_sampling import _chi2_ok
+
+
+def _tree(paths, scores, source):
+    t = DraftTree.from_paths(paths, source)
+    t.scores = torch.tensor(scores, dtype=torch.float)
+    t.entropies = -t.scores
+    return t
+
+
+def test_merge_shares_prefixes_and_keeps_attribution():
+    a = _tree([[5, 6, 7], [9]], [-0.1, -0.5, -1.0, -2.0], source=0)
+    b = _tree([[5, 6, 8], [5, 2]], [-0.3, -0.4, -0.9, -1.5], source=1)
+    m = merge_trees([a, b])
+    assert m.tokens.tolist() == [5, 6, 7, 9, 8, 2]
+    assert m.parents.tolist() == [-1, 0, 1, -1, 1, 0]
+    assert m.sources.tolist() == [0b11, 0b11, 0b01, 0b01, 0b10, 0b10]
+    assert m.scores.tolist() == pytest.approx([-0.1, -0.4, -1.0, -2.0, -0.9, -1.5])
+    _, positions, mask = m.verification_inputs(root=1, base=10)
+    assert positions.tolist() == [10, 11, 12, 13, 11, 13, 12]
+    assert mask[5].tolist() == [True, True, True, False, False, True, False]  # node 4 (token 8) sees 5, 6
+    cut = merge_trees([a, b], budget=4)
+    assert cut.tokens.tolist() == [5, 6, 7, 8]  # best four scores, ancestors first
+    assert cut.parents.tolist() == [-1, 0, 1, 1]
+
+
+def test_router_picks_by_signal():
+    confident = _tree([[1, 2]], [-0.1, -0.2], 0)
+    unsure = _tree([[3, 4]], [-2.0, -3.0], 1)
+    assert tree_confidence(confident) > tree_confidence(unsure)
+    assert tree_entropy(confident) < tree_entropy(unsure)
+    assert tree_confidence(DraftTree.empty()) == 0 and tree_entropy(DraftTree.empty()) == float("inf")
+
+
+def _members(target, n, shape, oracle_ref=None, seed=0):
+    members = [DrafterProposer(random_drafter(target, seed=seed + i, draft_vocab=None if i % 2 else 50), shape, source=i) for i in range(n)]
+    if oracle_ref is not None:
+        members[-1] = OracleProposer(oracle_ref, 96, seed, source=n - 1)
+    return members
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("make", [lambda m: RoutedProposer(m, "confidence"), lambda m: RoutedProposer(m, "entropy"),
+                                  lambda m: MergedProposer(m), lambda m: MergedProposer(m, budget=12)])
+def test_strategies_are_lossless(tiny_target, n, make):
+    for i, prompt in enumerate(PROMPTS):
+        ref = greedy(tiny_target, prompt)
+        shape = TreeShape(*[(2, 3, 6), (4, 4, 16)][i % 2])
+        gen = SpeculativeGenerator(tiny_target, make(_members(tiny_target, n, shape, list(prompt) + ref, seed=i)))
+        out = gen.generate(prompt, GenerationConfig(max_new_tokens=40))
+        assert out.tokens == ref
+
+
+def test_merged_attributes_accepted_tokens(tiny_target):
+    prompt = PROMPTS[0]
+    ref = greedy(tiny_target, prompt, 40)
+    members = _members(tiny_target, 2, TreeShape(3, 3, 8), list(prompt) + ref)
+    out = SpeculativeGenerator(tiny_target, MergedProposer(members)).generate(prompt, GenerationConfig(max_new_tokens=40))
+    accepted = [s for step in out.steps for s in step.accepted_sources]
+    assert accepted and all(s & 0b10 for s in accepted if s)  # the oracle (member 1) drafted every accepted node
+    assert max(s.tree_size for s in out.steps) > 8  # the merged tree holds both members' nodes
+
+
+@pytest.mark.parametrize("strategy", ["route", "merged"])
+def test_combined_sampling_follows_the_target(tiny_dirs, strategy):
+    """Two members drafting identical trees (every path duplicated) must not bias sampling."""
+    target = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    prompt = [0, 3, 7]
+    p1 = torch.softmax(target.logits(target(torch.tensor(prompt), target.new_cache()))[-1], -1)
+    p2 = sum(p1[a] * torch.softmax(target.logits(target(torch.tensor(prompt + [a]), target.new_cache()))[-1], -1)
+             for a in range(96))
+    shape = TreeShape(3, 2, 6)
+    members = [DrafterProposer(random_drafter(target, seed=7), shape, source=i) for i in range(2)]
+    combo = RoutedProposer(members, "confidence") if strategy == "route" else MergedProposer(members)
+    gen = SpeculativeGenerator(target, combo)
+    counts = np.zeros(96)
+    for seed in range(2000):
+        counts[gen.generate(prompt, GenerationConfig(max_new_tokens=2, temperature=1.0, seed=seed)).tokens[1]] += 1
+    assert _chi2_ok(counts, p2.numpy())
