@@ -1,4 +1,4 @@
-"""`taps` command line: setup, generate, demo (more subcommands register themselves here)."""
+"""`taps` command line: setup, generate, features, train, average, eval, report, reproduce."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="single", help="single (one drafter), route:confidence, route:entropy, merged "
                    "(union trie of all trees), merged:cut (union cut to --total-tokens); e.g. "
                    "--strategy merged --drafters eagle2-math,eagle2-chat (default: %(default)s)")
+
+
+def _add_eval_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64, help="per turn (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)")
+    _add_engine_args(p)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -86,34 +93,61 @@ def cmd_generate(args) -> None:
     )
 
 
-def cmd_demo(args) -> None:
-    from taps.data.benchmarks import BENCHMARKS, load_benchmark
-    from taps.drafters import make_proposer, shipped_drafters
-    from taps.eval.runner import run_prompt
-    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+def _grid_args(args, rows: list[str], benchmarks: list[str], temperatures: list[float], prompts: int | None):
+    from taps.eval.runner import GridConfig
+
+    return GridConfig(rows=rows, benchmarks=benchmarks, temperatures=temperatures, prompts=prompts,
+                      max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
+                      shape=_tree_shape(args), threads=args.threads)
+
+
+def _run_and_report(args, grid) -> None:
+    from taps.eval.report import write_report
+    from taps.eval.runner import run_grid
+    from taps.models.catalog import load_target
 
     target = _load(args)
-    proposers = args.drafters.split(",") if args.drafters else ["ngram", *shipped_drafters(target.name)]
-    if proposers == ["ngram"]:
-        print("[demo] no trained drafter is shipped for this target yet: using the n-gram (prompt lookup) proposer")
-    config = GenerationConfig(args.max_new_tokens, 0.0, 1.0, 0, target.eos_token_ids)
-    prompts = [p for b in BENCHMARKS for p in load_benchmark(b, args.data_dir, limit=args.prompts, seed=0)]
-    rows = []
-    for name in ["plain", *proposers]:
-        proposer = None if name == "plain" else make_proposer(name, target, _tree_shape(args))
-        gen = SpeculativeGenerator(target.model, proposer)
-        for bench in BENCHMARKS:
-            recs = [run_prompt(gen, target.tokenizer, p, name, config) for p in prompts if p.benchmark == bench]
-            toks, ms = sum(r.new_tokens for r in recs), sum(r.wall_ms for r in recs)
-            steps = [a for r in recs for a in r.accept_lengths]
-            rows.append((name, bench, sum(a + 1 for a in steps) / max(1, len(steps)), toks / (ms / 1000)))
-            print(f"[demo] {name:>12} {bench:>9}: tau {rows[-1][2]:.2f}, {rows[-1][3]:.1f} tok/s", flush=True)
-    plain = {b: tps for n, b, _, tps in rows if n == "plain"}
-    print(f"\ntarget {target.name}, {len(prompts)} prompts ({args.prompts} per benchmark), T=0, "
-          f"{args.max_new_tokens} new tokens max, {args.threads} thread(s), {args.dtype}")
-    print(f"| proposer | benchmark | tau | tok/s | speed-up |\n|---|---|---|---|---|")
-    for name, bench, tau, tps in rows:
-        print(f"| {name} | {bench} | {tau:.2f} | {tps:.1f} | {tps / plain[bench]:.2f}x |")
+    assistant = load_target(args.assistant, dtype=target.model.dtype) if getattr(args, "assistant", None) else None
+    print(f"[eval] target {target.name}, {len(grid.rows)} rows x {len(grid.benchmarks)} benchmarks x "
+          f"{len(grid.temperatures)} temperatures, {grid.prompts or 'all'} prompts each, {args.threads} thread(s)", flush=True)
+    run_grid(target, grid, args.out, assistant)
+    print("\n" + write_report(args.out))
+    print(f"[eval] records, report.md, summary.csv and plots in {args.out}")
+
+
+def cmd_eval(args) -> None:
+    temps = [float(t) for t in args.temperatures.split(",")]
+    _run_and_report(args, _grid_args(args, args.rows.split(";"), args.benchmarks.split(","), temps, args.prompts or None))
+
+
+def cmd_report(args) -> None:
+    from taps.eval.report import write_report
+
+    print(write_report(args.run, with_plots=not args.no_plots))
+
+
+def default_rows(target_name: str) -> list[str]:
+    """The paper's comparison for a target: baselines, single drafters, and their combinations."""
+    from taps.drafters import shipped_drafters
+
+    shipped = shipped_drafters(target_name)
+    rows = ["plain", "ngram", *shipped]
+    for family in ("eagle2", "hass"):
+        pair = [f"{family}-math", f"{family}-chat"]
+        if all(p in shipped for p in pair):
+            rows += [f"average={','.join(pair)}", f"route:confidence={','.join(pair)}", f"route:entropy={','.join(pair)}", f"merged={','.join(pair)}"]
+    return rows
+
+
+def cmd_reproduce(args) -> None:
+    from taps.data.benchmarks import BENCHMARKS
+
+    rows = default_rows(args.target)
+    if rows == ["plain", "ngram"]:
+        print("[reproduce] no trained drafter is shipped for this target: comparing the n-gram proposer with plain decoding")
+    prompts = None if args.full else args.prompts
+    temps = [0.0, 0.6, 1.0] if args.full else [0.0, 1.0]
+    _run_and_report(args, _grid_args(args, rows, list(BENCHMARKS), temps, prompts))
 
 
 def cmd_average(args) -> None:
@@ -176,13 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="speculative vs plain decoding on a few prompts of each benchmark; prints tau and tok/s")
-    p.add_argument("--drafters", default=None, help="comma-separated proposers (default: ngram + every shipped drafter)")
-    p.add_argument("--prompts", type=int, default=2, help="prompts per benchmark (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)")
-    _add_engine_args(p)
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("eval", help="grid of rows x benchmarks x temperatures -> per-prompt records, tables and plots")
+    p.add_argument("--rows", required=True, help="semicolon-separated rows: plain; hf; hf-prompt-lookup; hf-assisted; ngram; "
+                   "a drafter; STRATEGY=d1,d2 (route:confidence, route:entropy, merged, merged:cut), "
+                   "e.g. 'plain;eagle2-math;merged=eagle2-math,eagle2-chat'")
+    p.add_argument("--benchmarks", default="mt_bench,gsm8k,math500,svamp", help="comma-separated, or jsonl:PATH (default: %(default)s)")
+    p.add_argument("--temperatures", default="0,0.6,1.0", help="comma-separated (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=10, help="prompts per benchmark, a seeded sample; 0 = all (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run folder (rerun to resume: finished cells are kept)")
+    p.add_argument("--assistant", default=None, help="assistant target for the hf-assisted row (e.g. smollm2-135m)")
+    _add_eval_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="tables (markdown, CSV) and plots from an eval run folder")
+    p.add_argument("run", help="run folder written by `taps eval` or `taps reproduce`")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="the paper's study on a target with its shipped drafters: quick preset, or --full")
+    p.add_argument("--full", action="store_true", help="every prompt of every benchmark at T = 0, 0.6, 1.0")
+    p.add_argument("--prompts", type=int, default=2, help="quick preset: prompts per benchmark (default: %(default)s)")
+    p.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s)")
+    _add_eval_common(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("average", help="checkpoint averaging: one drafter with the (weighted) mean weights of several")
     p.add_argument("--drafters", required=True, help="comma-separated drafter names or folders (same target and shape)")

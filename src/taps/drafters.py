@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from taps.errors import TapsError
-from taps.models.checkpoint import load_drafter
+from taps.models.checkpoint import check_fingerprint, load_drafter
 from taps.spec.ngram import NgramProposer
 from taps.spec.propose import DrafterProposer, Proposer, TreeShape
 
@@ -44,7 +44,7 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
 def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = TreeShape()) -> Proposer | None:
     """A proposer for `--strategy` over `--drafters` (`none` alone = plain decoding).
 
-    single: exactly one drafter. route:confidence / route:entropy: verify the best member's tree.
+    single: exactly one drafter. average: one drafter with the members' mean weights. route:confidence / route:entropy: verify the best member's tree.
     merged: all members' trees as one trie. merged:cut: the same, cut to `shape.total_tokens` nodes.
     """
     from taps.spec.combine import STRATEGIES, MergedProposer, RoutedProposer
@@ -59,6 +59,14 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
         return make_proposer(names[0], target, shape)
     if len(names) < 2:
         raise TapsError(f"strategy {strategy} combines >= 2 drafters; pass --drafters a,b[,...]")
+    if strategy == "average":
+        from taps.models.average import average_drafters
+
+        paths = [drafter_path(n, target.name) for n in names]
+        drafter, fingerprint = average_drafters(paths)
+        check_fingerprint(fingerprint, target.model.fingerprint(), paths[0])
+        drafter = drafter.to(target.model.dtype).requires_grad_(False).eval().attach(target.model)
+        return DrafterProposer(drafter, shape, name="average=" + ",".join(names))
     members = [make_proposer(n, target, shape, source=i) for i, n in enumerate(names)]
     if strategy.startswith("route:"):
         return RoutedProposer(members, strategy.split(":")[1])

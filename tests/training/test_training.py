@@ -16,6 +16,15 @@ from taps.training.trainer import TrainConfig, train
 class CharTokenizer:
     """Chat template stand-in for the tiny random targets: role marker, characters, end marker."""
 
+    chat_template = "char-level"
+    eos_token_id = 1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + (i - 5) % 26) if i >= 5 else "" for i in ids)
+
+    def get_vocab(self):
+        return {str(i): i for i in range(96)}
+
     def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
         ids = []
         for m in messages:

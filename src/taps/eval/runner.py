@@ -1,15 +1,59 @@
-"""Run one proposer over benchmark prompts and record what happened, prompt by prompt.
+"""The evaluation grid: rows (decoders) x benchmarks x temperatures -> per-prompt JSONL records.
 
-Multi-turn prompts (MT-Bench) are asked turn by turn: the second question follows the model's own
-first answer, as in the benchmark. A record sums all turns of one prompt.
+A row is `plain` (our target alone: the 1.0x line), a `transformers` baseline (`hf`,
+`hf-prompt-lookup`, `hf-assisted`), a single proposer (`ngram`, a drafter name or folder) or a
+combination `STRATEGY=d1,d2,...` (e.g. `merged=eagle2-math,eagle2-chat`). Each finished cell is
+written atomically to its own file, so an interrupted run resumes by skipping finished cells.
+Multi-turn prompts (MT-Bench) are asked turn by turn, the second after the model's own answer.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
+from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
-from taps.spec.generate import GenerationConfig, SpeculativeGenerator, StepRecord
+from taps.errors import TapsError
+from taps.eval.baselines import HF_BASELINES, HFDecoder
+from taps.spec.combine import STRATEGIES, RoutedProposer
+from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
+from taps.spec.propose import TreeShape
+
+
+@dataclass(frozen=True)
+class Row:
+    spec: str  # as given on the command line; also the row's name in tables
+    kind: str  # "plain" | an HF baseline | a strategy from STRATEGIES
+    drafters: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec)
+
+
+def parse_row(spec: str) -> Row:
+    spec = spec.strip()
+    if not spec:
+        raise TapsError("empty row name in --rows")
+    if spec == "plain" or spec in HF_BASELINES:
+        return Row(spec, spec)
+    if "=" in spec:
+        strategy, names = spec.split("=", 1)
+        if strategy not in STRATEGIES or strategy == "single":
+            raise TapsError(f"unknown strategy {strategy!r} in {spec!r}: use one of {', '.join(STRATEGIES[1:])}")
+        drafters = tuple(n for n in names.split(",") if n)
+        if len(drafters) < 2:
+            raise TapsError(f"{spec!r} combines fewer than two drafters")
+        return Row(spec, strategy, drafters)
+    return Row(spec, "single", (spec,))
 
 
 @dataclass
@@ -17,51 +61,148 @@ class PromptRecord:
     prompt_id: str
     benchmark: str
     category: str | None
-    proposer: str
+    row: str
     temperature: float
-    new_tokens: int
-    target_steps: int
-    wall_ms: float
-    draft_ms: float
-    verify_ms: float
+    new_tokens: int = 0
+    target_steps: int = 0
+    wall_ms: float = 0.0
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
     accept_lengths: list[int] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)  # per-step node stats (confidence, entropy, accepted, source)
+    router_choices: list[int] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)  # per step: node confidence / entropy / accepted / source
     text: list[str] = field(default_factory=list)
 
     @property
-    def tau(self) -> float:
-        return sum(a + 1 for a in self.accept_lengths) / len(self.accept_lengths) if self.accept_lengths else 1.0
+    def tau(self) -> float | None:
+        if not self.accept_lengths:
+            return None if self.target_steps == 0 else 1.0
+        return sum(a + 1 for a in self.accept_lengths) / len(self.accept_lengths)
 
     def to_json(self) -> dict:
         return asdict(self) | {"tau": self.tau}
 
 
-def run_prompt(generator: SpeculativeGenerator, tokenizer, prompt, proposer_name: str, config: GenerationConfig,
-               keep_steps: bool = False) -> PromptRecord:
+class Decoder:
+    """Uniform `decode(ids, config) -> Generation` over our engine and the HF baselines."""
+
+    def __init__(self, row: Row, target, shape: TreeShape, assistant=None):
+        from taps.drafters import make_strategy
+
+        self.row, self.hf, self.proposer = row, None, None
+        if row.kind in HF_BASELINES:
+            self.hf = HFDecoder(row.kind, target, assistant)
+        elif row.kind != "plain":
+            self.proposer = make_strategy(row.kind, list(row.drafters), target, shape)
+        self.engine = SpeculativeGenerator(target.model, self.proposer)
+        self.tokenizer = target.tokenizer
+
+    def decode(self, ids: list[int], config: GenerationConfig) -> tuple[Generation, list[int]]:
+        if self.hf is not None:
+            out = self.hf.generate(ids, config.max_new_tokens, config.temperature, config.seed)
+            return Generation(out.tokens, [], 0.0, out.wall_ms, "hf", out.text), []
+        out = self.engine.generate(ids, config, self.tokenizer)
+        return out, list(self.proposer.choices) if isinstance(self.proposer, RoutedProposer) else []
+
+
+def run_prompt(decoder: Decoder, prompt, config: GenerationConfig, keep_steps: bool = True) -> PromptRecord:
+    rec = PromptRecord(prompt.id, prompt.benchmark, prompt.category, decoder.row.spec, config.temperature)
     messages: list[dict[str, str]] = []
-    rec = PromptRecord(prompt.id, prompt.benchmark, prompt.category, proposer_name, config.temperature, 0, 0, 0.0, 0.0, 0.0)
     for turn in prompt.turns:
         messages.append({"role": "user", "content": turn})
-        out = generator.generate(encode_chat(tokenizer, messages), config, tokenizer)
-        messages.append({"role": "assistant", "content": out.text})
-        rec.text.append(out.text)
+        out, choices = decoder.decode(encode_chat(decoder.tokenizer, messages), config)
+        messages.append({"role": "assistant", "content": out.text or ""})
+        rec.text.append(out.text or "")
         rec.new_tokens += len(out.tokens)
-        rec.target_steps += len(out.steps) + 1  # + the prefill forward
         rec.wall_ms += out.wall_ms
-        rec.draft_ms += sum(s.draft_ms for s in out.steps)
-        rec.verify_ms += sum(s.verify_ms for s in out.steps)
-        rec.accept_lengths += [s.accepted for s in out.steps]
-        if keep_steps:
-            rec.steps += [_step_json(s) for s in out.steps]
+        rec.router_choices += choices
+        if decoder.hf is None:
+            rec.target_steps += len(out.steps) + 1  # + the prefill forward
+            rec.draft_ms += sum(s.draft_ms for s in out.steps)
+            rec.verify_ms += sum(s.verify_ms for s in out.steps)
+            if decoder.proposer is not None:
+                rec.accept_lengths += [s.accepted for s in out.steps]
+                if keep_steps:
+                    rec.steps += [_step_json(s) for s in out.steps]
     return rec
 
 
 def _step_json(s: StepRecord) -> dict:
-    return {
-        "accepted": s.accepted,
-        "confidence": [round(c, 5) for c in s.node_confidence],
-        "entropy": [round(e, 4) for e in s.node_entropy],
-        "node_accepted": s.node_accepted,
-        "source": s.node_source,
-        "accepted_sources": s.accepted_sources,
-    }
+    return {"accepted": s.accepted, "confidence": [round(c, 5) for c in s.node_confidence],
+            "entropy": [round(e, 4) for e in s.node_entropy], "node_accepted": s.node_accepted,
+            "source": s.node_source, "accepted_sources": s.accepted_sources}
+
+
+@dataclass
+class GridConfig:
+    rows: list[str]
+    benchmarks: list[str]
+    temperatures: list[float]
+    prompts: int | None = 10  # per benchmark; None = all
+    max_new_tokens: int = 128
+    seed: int = 0
+    data_dir: str | None = None
+    shape: TreeShape = field(default_factory=TreeShape)
+    threads: int = 1
+
+
+def cell_path(out_dir: Path, row: Row, benchmark: str, temperature: float) -> Path:
+    bench = re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark)
+    return out_dir / "records" / f"{row.slug}__{bench}__T{temperature:g}.jsonl"
+
+
+def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> Path:
+    out_dir = Path(out_dir)
+    rows = [parse_row(r) for r in grid.rows]
+    prompts = {b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
+               for b in grid.benchmarks}
+    (out_dir / "records").mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "meta.json", {"target": target.name, "threads": grid.threads, "torch": torch.__version__,
+                                        "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpus": os.cpu_count(),
+                                        "grid": asdict(grid) | {"shape": asdict(grid.shape)}})
+    todo = [(r, b, t) for r in rows for b in grid.benchmarks for t in grid.temperatures if not cell_path(out_dir, r, b, t).is_file()]
+    skipped = len(rows) * len(grid.benchmarks) * len(grid.temperatures) - len(todo)
+    if skipped:
+        print(f"[eval] {skipped} finished cells kept, {len(todo)} to run", flush=True)
+    decoders: dict[str, Decoder] = {}
+    bar = tqdm(total=sum(len(prompts[b]) for _, b, _ in todo), unit="prompt", desc="eval", dynamic_ncols=True, disable=None)
+    for row, bench, temp in todo:
+        decoder = decoders.get(row.spec) or decoders.setdefault(row.spec, Decoder(row, target, grid.shape, assistant))
+        config = GenerationConfig(grid.max_new_tokens, temp, 1.0, grid.seed, target.eos_token_ids)
+        records = []
+        for prompt in prompts[bench]:
+            records.append(run_prompt(decoder, prompt, config))
+            bar.update(1)
+        _write_jsonl(cell_path(out_dir, row, bench, temp), [r.to_json() for r in records])
+        taus = [r.tau for r in records if r.tau is not None]
+        tps = sum(r.new_tokens for r in records) / max(1e-9, sum(r.wall_ms for r in records) / 1000)
+        tau_text = f"tau {sum(taus) / len(taus):.2f}, " if taus else ""
+        print(f"[eval] {row.spec} | {bench} | T={temp:g}: {tau_text}{tps:.1f} tok/s", flush=True)
+    bar.close()
+    return out_dir
+
+
+def load_records(out_dir: str | Path) -> list[dict]:
+    files = sorted((Path(out_dir) / "records").glob("*.jsonl"))
+    if not files:
+        raise TapsError(f"{out_dir} holds no eval records; run `taps eval --out {out_dir}` first")
+    records = []
+    for f in files:
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TapsError(f"{f} line {n} is corrupt ({exc.msg}); delete that file and rerun `taps eval` to redo the cell") from exc
+    return records
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

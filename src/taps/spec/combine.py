@@ -15,7 +15,7 @@ import torch
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
 
-STRATEGIES = ("single", "route:confidence", "route:entropy", "merged", "merged:cut")
+STRATEGIES = ("single", "average", "route:confidence", "route:entropy", "merged", "merged:cut")
 
 
 def tree_confidence(tree: DraftTree) -> float:
@@ -31,16 +31,18 @@ def tree_entropy(tree: DraftTree) -> float:
 
 class RoutedProposer(Proposer):
     """Verify only the tree of the member with the best score: highest mean confidence, or lowest
-    mean entropy. `last_choice` and `last_trees` let evaluation compare the router with an oracle."""
+    mean entropy. `choices` (per step since reset) and `last_trees` let evaluation study the router."""
 
     def __init__(self, members: list[Proposer], signal: str = "confidence"):
         if len(members) < 2 or signal not in ("confidence", "entropy"):
             raise ValueError("routing needs >= 2 members and signal 'confidence' or 'entropy'")
         self.members, self.signal = members, signal
         self.name = f"route:{signal}"
-        self.last_choice, self.last_trees = -1, []
+        self.choices: list[int] = []
+        self.last_trees: list[DraftTree] = []
 
     def reset(self) -> None:
+        self.choices = []
         for m in self.members:
             m.reset()
 
@@ -50,8 +52,8 @@ class RoutedProposer(Proposer):
             scores = [tree_confidence(t) for t in self.last_trees]
         else:
             scores = [-tree_entropy(t) for t in self.last_trees]
-        self.last_choice = max(range(len(scores)), key=lambda i: scores[i])
-        return self.last_trees[self.last_choice]
+        self.choices.append(max(range(len(scores)), key=lambda i: scores[i]))
+        return self.last_trees[self.choices[-1]]
 
 
 def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:

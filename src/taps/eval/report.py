@@ -1,0 +1,218 @@
+"""Tables and plots from eval records: tau and speed-up per row x benchmark x temperature,
+MT-Bench categories, router behaviour, and confidence vs entropy as signals of acceptance."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from taps.eval.runner import load_records
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(values):  # average ranks over ties
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def summarise(records: list[dict]) -> dict[tuple[str, str, float], dict]:
+    """Per (row, benchmark, temperature): tau (tokens per verifying forward), tok/s, speed-up vs plain."""
+    cells: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
+    for r in records:
+        cells[(r["row"], r["benchmark"], r["temperature"])].append(r)
+    out = {}
+    for key, recs in cells.items():
+        accepts = [a for r in recs for a in r["accept_lengths"]]
+        tokens, seconds = sum(r["new_tokens"] for r in recs), sum(r["wall_ms"] for r in recs) / 1000
+        out[key] = {"tau": (sum(a + 1 for a in accepts) / len(accepts)) if accepts else (1.0 if key[0] == "plain" else float("nan")),
+                    "tok_s": tokens / seconds if seconds else float("nan"), "prompts": len(recs),
+                    "draft_ms_per_step": sum(r["draft_ms"] for r in recs) / max(1, len(accepts))}
+    for (row, bench, temp), cell in out.items():
+        plain = out.get(("plain", bench, temp))
+        cell["speedup"] = cell["tok_s"] / plain["tok_s"] if plain else float("nan")
+    return out
+
+
+def _fmt(x: float, spec: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def tables(summary: dict) -> tuple[str, list[list]]:
+    rows = list(dict.fromkeys(k[0] for k in summary))
+    cols = sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
+    head = "| row | " + " | ".join(f"{b} T={t:g}" for b, t in cols) + " | mean tau |"
+    lines = ["**Acceptance length tau** (tokens per target forward; speed-up over our plain decoding in the same run)", "",
+             head, "|" + "---|" * (len(cols) + 2)]
+    csv_rows = [["row", "benchmark", "temperature", "tau", "tok_s", "speedup", "prompts"]]
+    for row in rows:
+        cells, taus = [], []
+        for b, t in cols:
+            c = summary.get((row, b, t))
+            if c is None:
+                cells.append("")
+                continue
+            cells.append(f"{_fmt(c['tau'], '.2f')} ({_fmt(c['speedup'], '.2f')}x)")
+            if not math.isnan(c["tau"]):
+                taus.append(c["tau"])
+            csv_rows.append([row, b, t, c["tau"], c["tok_s"], c["speedup"], c["prompts"]])
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_fmt(sum(taus) / len(taus) if taus else float('nan'), '.2f')} |")
+    return "\n".join(lines), csv_rows
+
+
+def category_table(records: list[dict]) -> str:
+    """Is drafter accuracy a property of the task? tau per MT-Bench category and row (T = 0)."""
+    per: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for r in records:
+        if r["benchmark"] == "mt_bench" and r["temperature"] == 0 and r["accept_lengths"]:
+            per[(r["row"], r["category"])] += r["accept_lengths"]
+    if not per:
+        return ""
+    cats = sorted({c for _, c in per})
+    rows = list(dict.fromkeys(r for r, _ in per))
+    lines = ["**MT-Bench tau by category** (T = 0)", "", "| row | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]
+    for row in rows:
+        vals = [per.get((row, c)) for c in cats]
+        lines.append(f"| {row} | " + " | ".join(_fmt(sum(a + 1 for a in v) / len(v), ".2f") if v else "" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def router_table(records: list[dict]) -> str:
+    """How often each routed row picked each member, per benchmark."""
+    per: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for r in records:
+        if r.get("router_choices"):
+            per[(r["row"], r["benchmark"])] += r["router_choices"]
+    if not per:
+        return ""
+    lines = ["**Router choices** (share of steps routed to each member, in --rows order)", "", "| row | benchmark | shares |", "|---|---|---|"]
+    for (row, bench), choices in sorted(per.items()):
+        members = row.split("=", 1)[1].split(",")
+        shares = ", ".join(f"{m}: {choices.count(i) / len(choices):.0%}" for i, m in enumerate(members))
+        lines.append(f"| {row} | {bench} | {shares} |")
+    return "\n".join(lines)
+
+
+def node_signals(records: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """Per row: confidence, entropy and accepted flag of every drafted node."""
+    out: dict[str, dict[str, list]] = defaultdict(lambda: {"confidence": [], "entropy": [], "accepted": []})
+    for r in records:
+        for s in r.get("steps", []):
+            d = out[r["row"]]
+            d["confidence"] += s["confidence"]
+            d["entropy"] += s["entropy"]
+            d["accepted"] += s["node_accepted"]
+    return {row: {k: np.asarray(v, dtype=float) for k, v in d.items()} for row, d in out.items()}
+
+
+def signal_table(signals: dict) -> str:
+    lines = ["**Confidence vs entropy** as signals of acceptance (AUROC, 0.5 = no signal)", "",
+             "| row | drafted nodes | accepted | AUROC confidence | AUROC -entropy | mean entropy accepted / rejected |",
+             "|---|---|---|---|---|---|"]
+    for row, d in signals.items():
+        acc = d["accepted"].astype(bool)
+        finite = np.isfinite(d["entropy"])
+        if not finite.any() or acc.all() or not acc.any():
+            continue
+        a_conf = auroc(d["confidence"], acc)
+        a_ent = auroc(-d["entropy"][finite], acc[finite])
+        lines.append(f"| {row} | {len(acc)} | {acc.mean():.1%} | {a_conf:.3f} | {a_ent:.3f} | "
+                     f"{d['entropy'][finite & acc].mean():.2f} / {d['entropy'][finite & ~acc].mean():.2f} |")
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rows = [r for r in dict.fromkeys(k[0] for k in summary) if not r.startswith("hf")]
+    for metric, label, fname in (("tau", "acceptance length tau (tokens / target forward)", "tau.png"),
+                                 ("speedup", "speed-up over plain decoding (tokens/s ratio)", "speedup.png")):
+        temps = sorted({k[2] for k in summary})
+        benches = list(dict.fromkeys(k[1] for k in summary))
+        fig, axes = plt.subplots(1, len(temps), figsize=(5 + 3 * len(temps), 4.5), squeeze=False)
+        for ax, t in zip(axes[0], temps):
+            width = 0.8 / max(1, len(rows))
+            for i, row in enumerate(rows):
+                vals = [summary.get((row, b, t), {}).get(metric, np.nan) for b in benches]
+                ax.bar(np.arange(len(benches)) + i * width, vals, width, label=row)
+            ax.set_xticks(np.arange(len(benches)) + 0.4 - width / 2, benches)
+            ax.set_title(f"T = {t:g}")
+            ax.set_ylabel(label)
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle(label)
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        written.append(out_dir / fname)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        acc = [a + 1 for r in records if r["row"] == row and r["temperature"] == 0 for a in r["accept_lengths"]]
+        if acc:
+            ax.hist(acc, bins=np.arange(0.5, max(acc) + 1.5), histtype="step", density=True, label=row)
+    ax.set_xlabel("tokens emitted per target forward (accepted + bonus)")
+    ax.set_ylabel("share of steps")
+    ax.set_title("Accepted length per step (T = 0)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accept_hist.png", dpi=110)
+    plt.close(fig)
+    written.append(out_dir / "accept_hist.png")
+    if signals:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        conf = np.concatenate([d["confidence"] for d in signals.values()])
+        ent = np.concatenate([d["entropy"] for d in signals.values()])
+        acc = np.concatenate([d["accepted"] for d in signals.values()]).astype(bool)
+        fin = np.isfinite(ent)
+        for ax, values, name, score in ((axes[0], conf, "cumulative confidence exp(s)", conf),
+                                        (axes[1], ent, "draft entropy at the parent (nats)", -ent)):
+            ok = np.isfinite(values)
+            ax.hist(values[ok & acc], bins=40, alpha=0.6, density=True, label="accepted")
+            ax.hist(values[ok & ~acc], bins=40, alpha=0.6, density=True, label="rejected")
+            ax.set_xlabel(name)
+            ax.set_ylabel("density")
+            ax.set_title(f"AUROC {auroc(score[ok], acc[ok]):.3f}")
+            ax.legend()
+        fig.suptitle(f"Drafted nodes, all rows ({int(fin.sum())} with entropy)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "confidence_vs_entropy.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "confidence_vs_entropy.png")
+    return written
+
+
+def write_report(run_dir: str | Path, with_plots: bool = True) -> str:
+    """Write report.md, summary.csv and PNG plots into the run folder; return the markdown."""
+    run_dir = Path(run_dir)
+    records = load_records(run_dir)
+    summary = summarise(records)
+    table, csv_rows = tables(summary)
+    signals = node_signals(records)
+    parts = [table, category_table(records), router_table(records), signal_table(signals)]
+    markdown = "\n\n".join(p for p in parts if p) + "\n"
+    (run_dir / "report.md").write_text(markdown)
+    with open(run_dir / "summary.csv", "w", newline="") as f:
+        csv.writer(f).writerows(csv_rows)
+    if with_plots:
+        plots(summary, records, signals, run_dir)
+    return markdown

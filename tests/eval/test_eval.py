@@ -1,0 +1,86 @@
+"""A tiny grid end to end: records, resume, tables, plots, and clear errors."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from taps.errors import TapsError
+from taps.eval.report import auroc, write_report
+from taps.eval.runner import GridConfig, load_records, parse_row, run_grid
+from taps.models.checkpoint import save_drafter
+from taps.models.target import TargetModel
+from taps.spec.propose import TreeShape
+from tests.conftest import random_drafter
+from tests.training.test_training import CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dirs, tmp_path_factory, monkeypatch_module):
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    target = SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny", path=tiny_dirs["llama"])
+    shipped = tmp_path_factory.mktemp("shipped")  # plays src/taps/drafters/, with drafters for target "tiny"
+    for i, name in enumerate(("d-math", "d-chat")):
+        save_drafter(random_drafter(model, seed=i), shipped / "tiny" / name, model.fingerprint())
+    monkeypatch_module.setattr("taps.drafters.SHIPPED_ROOT", shipped)
+    return target
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
+    rows = ["plain", "hf", "ngram", "d-math", "route:confidence=d-math,d-chat", "merged=d-math,d-chat", "average=d-math,d-chat"]
+    grid = GridConfig(rows=rows, benchmarks=["gsm8k", "mt_bench"], temperatures=[0.0, 1.0], prompts=2, max_new_tokens=12,
+                      data_dir=str(data_dir), shape=TreeShape(3, 3, 8))
+    run_grid(tiny, grid, tmp_path)
+    records = load_records(tmp_path)
+    assert len(records) == len(rows) * 2 * 2 * 2
+    by_row = {r["row"]: r for r in records if r["benchmark"] == "mt_bench"}
+    assert len(by_row["d-math"]["text"]) == 2  # both MT-Bench turns were asked
+    assert by_row["plain"]["tau"] == 1.0 and by_row["hf"]["tau"] is None
+    assert all(len(s["confidence"]) == len(s["node_accepted"]) for s in by_row["merged=d-math,d-chat"]["steps"])
+    assert set(by_row["route:confidence=d-math,d-chat"]["router_choices"]) <= {0, 1}
+    report = write_report(tmp_path)
+    assert report.count("\n| ") >= len(rows) and "gsm8k T=0" in report and "AUROC" in report
+    for png in ("tau.png", "speedup.png", "accept_hist.png", "confidence_vs_entropy.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    csv = (tmp_path / "summary.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(rows) * 4
+    # resume: delete one cell; only it is rerun, the others are untouched
+    cells = sorted((tmp_path / "records").glob("*.jsonl"))
+    kept = cells[1].stat().st_mtime_ns
+    cells[0].unlink()
+    run_grid(tiny, grid, tmp_path)
+    assert cells[0].is_file() and cells[1].stat().st_mtime_ns == kept
+
+
+def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
+    with pytest.raises(TapsError, match="unknown strategy"):
+        parse_row("blend=a,b")
+    with pytest.raises(TapsError, match="fewer than two"):
+        parse_row("merged=a")
+    with pytest.raises(TapsError, match="unknown benchmark"):
+        run_grid(tiny, GridConfig(rows=["plain"], benchmarks=["nope"], temperatures=[0.0], data_dir=str(data_dir)), tmp_path)
+    with pytest.raises(TapsError, match="unknown drafter"):
+        run_grid(tiny, GridConfig(rows=["missing"], benchmarks=["gsm8k"], temperatures=[0.0], prompts=1, data_dir=str(data_dir)), tmp_path)
+    (tmp_path / "records").mkdir(exist_ok=True)
+    (tmp_path / "records" / "x.jsonl").write_text('{"row": "plain"}\n{broken\n')
+    with pytest.raises(TapsError, match="corrupt"):
+        load_records(tmp_path)
+    with pytest.raises(TapsError, match="no eval records"):
+        load_records(tmp_path / "empty")
+
+
+def test_auroc_on_hand_made_data():
+    assert auroc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0])) == 1.0
+    assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0])) == 0.0
+    assert auroc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+    # one of four positive/negative pairs is mis-ordered
+    assert auroc(np.array([0.9, 0.3, 0.4, 0.1]), np.array([1, 1, 0, 0])) == 0.75
