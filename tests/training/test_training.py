@@ -108,3 +108,21 @@ def test_corrupt_shard_and_state_are_clear_errors(features, tmp_path):
     (state / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TapsError, match="unreadable"):
         train(target, [feats], tmp_path / "d", TrainConfig(epochs=1, batch_tokens=400, draft_vocab_size=40), resume=True)
+
+
+def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, tiny_dirs):
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+    from taps.training.regenerate import regenerate
+
+    target, _ = features
+    target = SimpleNamespace(**vars(target), path=tiny_dirs["llama"])
+    convs = conversations(6)
+    out = tmp_path / "regen.jsonl"
+    first = regenerate(target, convs, out, max_new_tokens=8, batch_size=4, limit=4)
+    assert len(out.read_text().splitlines()) == 4
+    again = regenerate(target, convs, out, max_new_tokens=8, batch_size=4)
+    assert len(out.read_text().splitlines()) == 6 and again[:len(first)] == first
+    # the reply is the target's own greedy continuation (batched, left-padded generation agrees with ours)
+    ids = target.tokenizer.apply_chat_template([convs[0][0]], add_generation_prompt=True)
+    ours = SpeculativeGenerator(target.model).generate(ids, GenerationConfig(max_new_tokens=8, eos_token_ids=(1,)), target.tokenizer)
+    assert again[0][1]["content"] == ours.text.strip()

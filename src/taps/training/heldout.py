@@ -14,9 +14,9 @@ from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 def heldout_tau(target, drafter_dir: Path, corpora: list[str], data_dir, seed: int, prompts: int = 16, max_new_tokens: int = 64) -> float:
     """Mean tau (T = 0) over the first user turns of held-out conversations; written into the model card."""
     held = []
-    for name in dict.fromkeys(corpora):
+    for name in dict.fromkeys(c.split("+")[0] for c in corpora):
         _, part = split(load_corpus(name, data_dir, seed=seed), 64, seed=seed)
-        held += part[: max(1, prompts // len(set(corpora)))]
+        held += part[: max(1, prompts // len({c.split("+")[0] for c in corpora}))]
     gen = SpeculativeGenerator(target.model, make_proposer(str(drafter_dir), target))
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=target.eos_token_ids)
     steps = []

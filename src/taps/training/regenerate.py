@@ -1,0 +1,65 @@
+"""Self-distillation data: the target's own replies to a corpus's prompts.
+
+A drafter imitates the target, and the target's own text is what it will draft at inference time,
+so training on regenerated replies can beat training on the corpus's original (human or other
+model) replies. Generation is batched with `transformers` (left padding, greedy) and appended to a
+JSONL file after every batch, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from taps.data.chat import encode_chat
+
+
+def regenerate(target, conversations: list, out_file: str | Path, max_new_tokens: int = 256, batch_size: int = 16,
+               limit: int | None = None) -> list:
+    """First user turn of each conversation + the target's greedy reply, as 2-turn conversations."""
+    from transformers import AutoModelForCausalLM
+
+    out_file = Path(out_file)
+    done = _read(out_file)  # one row per source conversation, empty replies included, so resuming lines up
+    todo = conversations[len(done): limit]
+    if not todo:
+        return [c for c in done[:limit] if c[1]["content"]]
+    model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).eval()
+    pad = target.eos_token_ids[0]
+    bar = tqdm(total=len(todo) + len(done), initial=len(done), unit="conv", desc="regenerate", dynamic_ncols=True, disable=None)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        prompts = [encode_chat(target.tokenizer, [c[0]]) for c in batch]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=list(target.eos_token_ids), pad_token_id=pad)
+        rows = []
+        for conv, seq in zip(batch, out[:, width:].tolist()):
+            text = target.tokenizer.decode(seq, skip_special_tokens=True).strip()
+            rows.append([conv[0], {"role": "assistant", "content": text}])
+        _append(out_file, rows)
+        done += rows
+        bar.update(len(batch))
+    bar.close()
+    return [c for c in done if c[1]["content"]]
+
+
+def _read(path: Path) -> list:
+    if not path.is_file():
+        return []
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append(path: Path, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
