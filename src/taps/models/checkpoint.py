@@ -8,8 +8,6 @@ folder that is renamed into place, so an interrupted save never leaves half a ch
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from taps.errors import TapsError
+from taps.files import atomic_dir
 from taps.models.drafter import Drafter, DrafterConfig
 
 FORMAT = "taps-drafter/1"
@@ -25,18 +24,11 @@ FORMAT = "taps-drafter/1"
 def save_drafter(drafter: Drafter, path: str | Path, target_fingerprint: dict, card: dict | None = None) -> Path:
     """Write the drafter's own weights (never the borrowed embedding/head) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {k: v.detach().contiguous() for k, v in drafter.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         config = {"format": FORMAT, "drafter": drafter.config.to_dict(), "target": target_fingerprint, "card": card or {}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.replace(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

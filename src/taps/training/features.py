@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from taps.data.chat import encode_conversation
 from taps.errors import TapsError
+from taps.files import write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -41,7 +42,7 @@ def extract_features(target, conversations: list, out_dir: str | Path, corpus: s
     manifest = _load_or_start(out_dir, target, corpus, max_len)
     done, total = manifest["conversations_done"], manifest["tokens"]
     buffer: list[Sequence] = []
-    bar = tqdm(total=max_tokens, initial=total, unit="tok", desc=f"features[{corpus}]", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=max_tokens, initial=total, unit="tok", desc=f"features[{corpus}]", dynamic_ncols=True, mininterval=20)
     start = time.perf_counter()
     for conv in conversations[done:]:
         if total >= max_tokens:
@@ -102,9 +103,7 @@ def _write_shard(out_dir: Path, manifest: dict, seqs: list[Sequence], done: int)
 
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out_dir / MANIFEST)
+    write_json_atomic(out_dir / MANIFEST, manifest)
 
 
 def read_manifest(out_dir: str | Path) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 from taps.data.chat import encode_chat
 from taps.data.corpora import load_corpus, split
 from taps.drafters import make_proposer
+from taps.files import write_json_atomic
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
 
@@ -27,7 +28,5 @@ def heldout_tau(target, drafter_dir: Path, corpora: list[str], data_dir, seed: i
     cfg_file = drafter_dir / "config.json"
     config_json = json.loads(cfg_file.read_text())
     config_json["card"]["heldout_tau"] = {"tau": round(tau, 3), "prompts": len(held), "max_new_tokens": max_new_tokens, "temperature": 0}
-    tmp = cfg_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config_json, indent=2))
-    tmp.replace(cfg_file)
+    write_json_atomic(cfg_file, config_json)
     return tau

@@ -30,7 +30,7 @@ def regenerate(target, conversations: list, out_file: str | Path, max_new_tokens
         return [c for c in done[:limit] if c[1]["content"]]
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).eval()
     pad = target.eos_token_ids[0]
-    bar = tqdm(total=len(todo) + len(done), initial=len(done), unit="conv", desc="regenerate", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=len(todo) + len(done), initial=len(done), unit="conv", desc="regenerate", dynamic_ncols=True, mininterval=20)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         prompts = [encode_chat(target.tokenizer, [c[0]]) for c in batch]

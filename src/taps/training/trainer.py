@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -19,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from taps.errors import TapsError
+from taps.files import write_json_atomic
 from taps.models.checkpoint import save_drafter
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.models.layers import CAUSAL
@@ -176,7 +176,7 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
         step, log = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
         print(f"[train] resumed at step {step}/{total_steps}", flush=True)
     start, stop_at = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.method}]", unit="step", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.method}]", unit="step", dynamic_ncols=True, mininterval=20)
     drafter.train()
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)
@@ -204,7 +204,7 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "train_tokens": sum(len(s.tokens) for s in seqs),
                               "final_losses_last50": summary, "wall_s_last_run": round(wall, 1)}
     save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
-    _write_json(out_dir.parent / f".{out_dir.name}.train" / "log.json", log)
+    write_json_atomic(state_dir / "log.json", log, indent=None)
     return out_dir
 
 
@@ -236,10 +236,3 @@ def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return state["step"], state["log"]
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)

@@ -1,0 +1,51 @@
+"""File helpers shared across taps: atomic writes, and data files inside installed packages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from taps.errors import TapsError
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` that replaces `path` only if the block succeeds,
+    so an interrupted write never leaves half a model, drafter or checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.replace(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj, indent: int | None = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent))
+
+
+def package_file(import_name: str, relpath: str, install_command: str, needed_for: str) -> Path:
+    """A file shipped inside an installed package, found without importing the package
+    (its own code may import things we do not have, and we only want its data)."""
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise TapsError(f"{needed_for} needs a package that is not installed: run `{install_command}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    if not path.is_file():
+        raise TapsError(f"{path} is missing; reinstall with `{install_command} --force-reinstall`")
+    return path
