@@ -179,13 +179,13 @@ def cmd_features(args) -> None:
         need = int(1.3 * args.tokens / (args.regenerate_tokens + 64)) + 1
         train_part = regenerate(target, train_part, Path(args.out) / "regenerated.jsonl", args.regenerate_tokens, limit=need)
         corpus += "+regenerated"
-    extract_features(target, train_part, args.out, corpus, args.tokens, args.max_len)
+    extract_features(target, train_part, args.out, corpus, args.tokens, args.max_len, command="taps " + " ".join(sys.argv[1:]))
 
 
 def cmd_train(args) -> None:
-    import platform
-
+    from taps.config import machine_description
     from taps.training.features import read_manifest
+    from taps.training.card import write_model_card
     from taps.training.heldout import heldout_tau
     from taps.training.trainer import TrainConfig, train
 
@@ -195,12 +195,14 @@ def cmd_train(args) -> None:
                       checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, mixed_precision=args.mixed_precision)
     corpora = [read_manifest(d)["corpus"] for d in args.features]
     card = {"command": "taps " + " ".join(sys.argv[1:]), "target": args.target, "method": args.method, "corpora": corpora,
-            "hardware": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)"}
+            "hardware": f"{machine_description()}, {args.threads} torch thread(s)"}
     start = time.perf_counter()
     out = train(target, args.features, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith("."):
         return  # stopped early (--max-steps); resume later
     tau = heldout_tau(target, out, corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
+    commands = [read_manifest(d).get("command") for d in args.features]
+    write_model_card(out, "\n".join(c for c in commands if c) or None)
     print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 

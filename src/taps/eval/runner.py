@@ -10,8 +10,6 @@ Multi-turn prompts (MT-Bench) are asked turn by turn, the second after the model
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from taps.config import machine_description
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
 from taps.errors import TapsError
@@ -159,7 +158,7 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
                for b in grid.benchmarks}
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "meta.json", {"target": target.name, "threads": grid.threads, "torch": torch.__version__,
-                                        "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpus": os.cpu_count(),
+                                        "machine": machine_description(),
                                         "grid": asdict(grid) | {"shape": asdict(grid.shape)}})
     todo = [(r, b, t) for r in rows for b in grid.benchmarks for t in grid.temperatures if not cell_path(out_dir, r, b, t).is_file()]
     skipped = len(rows) * len(grid.benchmarks) * len(grid.temperatures) - len(todo)

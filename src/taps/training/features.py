@@ -35,11 +35,12 @@ class Sequence:
 
 
 def extract_features(target, conversations: list, out_dir: str | Path, corpus: str, max_tokens: int,
-                     max_len: int = 1024, shard_tokens: int = 1 << 18) -> dict:
+                     max_len: int = 1024, shard_tokens: int = 1 << 18, command: str | None = None) -> dict:
     """Write feature shards for `conversations` until `max_tokens` tokens; resumes a partial run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _load_or_start(out_dir, target, corpus, max_len)
+    manifest.setdefault("command", command)
     done, total = manifest["conversations_done"], manifest["tokens"]
     buffer: list[Sequence] = []
     bar = tqdm(total=max_tokens, initial=total, unit="tok", desc=f"features[{corpus}]", dynamic_ncols=True, mininterval=20)

@@ -1,0 +1,54 @@
+"""A drafter's model card (README.md beside its weights), written from what training recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from taps.files import write_text_atomic
+from taps.models.checkpoint import read_config
+
+
+def write_model_card(drafter_dir: str | Path, features_command: str | None = None) -> Path:
+    drafter_dir = Path(drafter_dir)
+    config = read_config(drafter_dir)
+    card, shape = config["card"], config["drafter"]
+    cfg = card.get("config", {})
+    losses = card.get("final_losses_last50", {})
+    held = card.get("heldout_tau", {})
+    size = (drafter_dir / "model.safetensors").stat().st_size / 1e6
+    lines = [
+        f"# {drafter_dir.name}",
+        "",
+        f"{card.get('method', '?').upper()} drafter for target `{card.get('target', '?')}` "
+        f"(fingerprint `{config['target'].get('embedding_sha256')}`), trained on: {', '.join(card.get('corpora', []))}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | fc(2H->H) + {shape['num_layers']} {shape['shape']['family']} decoder layer, target's embedding and LM head borrowed |",
+        f"| draft vocabulary | {shape['draft_vocab_size'] or shape['shape']['vocab_size']} tokens (most frequent in the training replies) |",
+        f"| weights | {size:.1f} MB, bf16 safetensors |",
+        f"| training tokens | {card.get('train_tokens')} (x {cfg.get('epochs')} epochs, {card.get('steps')} steps of <= {cfg.get('batch_tokens')} tokens) |",
+        f"| objective | {_objective(cfg)} |",
+        f"| optimiser | AdamW lr {cfg.get('lr')}, warm-up {cfg.get('warmup_steps')} steps + cosine decay, clip {cfg.get('grad_clip')}, {cfg.get('mixed_precision')} autocast |",
+        f"| hardware | {card.get('hardware')}; wall time of the final run {card.get('wall_s_last_run')} s |",
+        "| final losses (mean of last 50 steps) | " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + " |",
+        f"| held-out tau | {held.get('tau')} on {held.get('prompts')} held-out prompts of its corpora, T = {held.get('temperature')}, "
+        f"{held.get('max_new_tokens')} new tokens, default tree |",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+    ]
+    if features_command:
+        lines.append(features_command)
+    lines += [card.get("command", ""), "```", ""]
+    out = drafter_dir / "README.md"
+    write_text_atomic(out, "\n".join(lines))
+    return out
+
+
+def _objective(cfg: dict) -> str:
+    base = "smooth-L1 feature regression (w 1.0) + soft cross-entropy vs the target (w 0.1)"
+    if cfg.get("method") == "hass":
+        return f"{base} + HASS top-{cfg.get('topk')} distillation (w {cfg.get('topk_weight')}), {cfg.get('align_steps')} context-alignment steps"
+    return base
