@@ -134,16 +134,24 @@ class _Pool:
         return torch.arange(start, len(self.tokens))
 
     def best_tree(self, total: int, source: int) -> DraftTree:
-        # Rank by score, ties to the shallower node, so every kept node's parent is kept too.
-        order = sorted(range(len(self.tokens)), key=lambda i: (-float(self.scores[i]), int(self.depth[i]), i))
-        keep = sorted(order[:total], key=lambda i: (int(self.depth[i]), -float(self.scores[i]), i))
-        new_index = {old: new for new, old in enumerate(keep)}
-        parents = [new_index[int(self.parents[i])] if self.parents[i] >= 0 else -1 for i in keep]
-        idx = torch.tensor(keep, dtype=torch.long)
+        # Rank by score, ties to the shallower node, so every kept node's parent is kept too;
+        # then order the kept nodes by depth (parents before children) and score.
+        order = _stable_order(self.depth, -self.scores)[:total]
+        keep = order[_stable_order(-self.scores[order], self.depth[order])]
+        new_index = torch.full((len(self.tokens),), -1, dtype=torch.long)
+        new_index[keep] = torch.arange(len(keep))
+        parents = self.parents[keep]
+        parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], -1)
         return DraftTree(
-            tokens=self.tokens[idx],
-            parents=torch.tensor(parents, dtype=torch.long),
-            scores=self.scores[idx],
-            entropies=self.entropies[idx],
+            tokens=self.tokens[keep],
+            parents=parents,
+            scores=self.scores[keep],
+            entropies=self.entropies[keep],
             sources=torch.full((len(keep),), 1 << source, dtype=torch.long),
         )
+
+
+def _stable_order(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
+    """Indices sorted ascending by `major`, ties by `minor`, then by index."""
+    by_minor = torch.sort(minor, stable=True).indices
+    return by_minor[torch.sort(major[by_minor], stable=True).indices]
