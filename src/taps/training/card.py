@@ -52,3 +52,22 @@ def _objective(cfg: dict) -> str:
     if cfg.get("method") == "hass":
         return f"{base} + HASS top-{cfg.get('topk')} distillation (w {cfg.get('topk_weight')}), {cfg.get('align_steps')} context-alignment steps"
     return base
+
+
+def write_index(folder: str | Path, preamble: str = "") -> Path:
+    """README.md of a folder of drafters: one row per drafter from its recorded card."""
+    folder = Path(folder)
+    lines = [f"# Drafters for `{folder.name}`", "", preamble, "",
+             "| drafter | method | corpus | training tokens x epochs | steps | draft vocab | MB | final top-1 (train) | held-out tau |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
+        c = read_config(d)
+        card, held = c["card"], c["card"].get("heldout_tau", {})
+        top1 = card.get("final_losses_last50", {}).get("top1")
+        lines.append(f"| [{d.name}]({d.name}/README.md) | {card.get('method')} | {', '.join(card.get('corpora', []))} | "
+                     f"{card.get('train_tokens')} x {card.get('config', {}).get('epochs')} | {card.get('steps')} | "
+                     f"{c['drafter']['draft_vocab_size']} | {(d / 'model.safetensors').stat().st_size / 1e6:.1f} | "
+                     f"{top1:.3f} | {held.get('tau')} |")
+    out = folder / "README.md"
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return out
