@@ -18,7 +18,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
     p.add_argument("--total-tokens", type=int, default=None, help="EAGLE-2: draft nodes verified per target forward")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned and reported (default: %(default)s)")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="target/drafter weights (default: %(default)s)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="target/drafter weights; auto = bfloat16 where the CPU/GPU computes it natively, else float32 (default: %(default)s)")
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +57,7 @@ def _load(args):
     from taps.models.catalog import load_target
 
     torch.set_num_threads(args.threads)
-    return load_target(args.target, dtype=getattr(torch, args.dtype))
+    return load_target(args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype))
 
 
 def cmd_setup(args) -> None:

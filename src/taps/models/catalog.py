@@ -18,8 +18,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from taps.config import taps_home
-from taps.files import atomic_dir, package_file
 from taps.errors import TapsError
+from taps.files import atomic_dir, package_file
 
 DEFAULT_TARGET = "smollm2-135m"
 
@@ -145,7 +145,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 class LoadedTarget:
     name: str
     path: Path
-    model: "TargetModel"  # noqa: F821
+    model: TargetModel  # noqa: F821
     tokenizer: object
 
     @property
@@ -157,13 +157,13 @@ class LoadedTarget:
 
 
 def load_target(spec: str = DEFAULT_TARGET, dtype=None) -> LoadedTarget:
-    """Resolve, load weights (bf16 by default: the fast path on CPUs with avx512_bf16) and tokenizer."""
-    import torch
+    """Resolve, load weights (by default in the hardware's fast dtype, see `fast_dtype`) and tokenizer."""
     from transformers import AutoTokenizer
 
+    from taps.config import fast_dtype
     from taps.models.target import TargetModel
 
     path = resolve_target(spec)
-    model = TargetModel.from_dir(path, dtype=dtype or torch.bfloat16)
+    model = TargetModel.from_dir(path, dtype=dtype or fast_dtype())
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedTarget(spec, path, model, tokenizer)
