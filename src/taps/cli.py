@@ -1,4 +1,4 @@
-"""`taps` command line: setup, generate, features, train, average, eval, report, reproduce."""
+"""`taps` command line: setup, generate, serve, features, train, average, eval, report, reproduce."""
 
 from __future__ import annotations
 
@@ -185,8 +185,8 @@ def cmd_features(args) -> None:
 
 def cmd_train(args) -> None:
     from taps.config import machine_description
-    from taps.training.features import read_manifest
     from taps.training.card import write_model_card
+    from taps.training.features import read_manifest
     from taps.training.heldout import heldout_tau
     from taps.training.trainer import TrainConfig, train
 
@@ -207,6 +207,19 @@ def cmd_train(args) -> None:
     print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from taps.serve.app import create_app
+    from taps.serve.engine import Engine, Route
+
+    target = _load(args)
+    engine = Engine(target, Route(args.strategy, tuple(args.drafters.split(","))), _tree_shape(args), max_queue=args.max_queue)
+    print(f"[serve] {target.name} with {args.strategy} over {args.drafters} on http://{args.host}:{args.port}/v1 "
+          f"({args.threads} thread(s))", flush=True)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taps", description="Task-aware speculative decoding: EAGLE-2/HASS drafters, combined at inference time.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, streaming)")
+    _add_strategy_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more get 503 (default: %(default)s)")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="grid of rows x benchmarks x temperatures -> per-prompt records, tables and plots")
     p.add_argument("--rows", required=True, help="semicolon-separated rows: plain; hf; hf-prompt-lookup; hf-assisted; ngram; "

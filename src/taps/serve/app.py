@@ -1,0 +1,247 @@
+"""OpenAI-compatible HTTP API over the engine: /v1/models, /v1/chat/completions, /v1/completions.
+
+Requests are validated here so that every mistake comes back as a 4xx with an OpenAI-style error
+body (`{"error": {"message", "type", "param", "code"}}`); the engine only ever sees well-formed
+jobs. A request may pick its own combination of drafters with the extension field
+`"taps": {"strategy": "merged", "drafters": ["eagle2-math", "eagle2-chat"]}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from taps.data.chat import encode_chat
+from taps.errors import TapsError
+from taps.serve.engine import Delta, Engine, Job, Route, ServerBusy
+from taps.spec.generate import GenerationConfig
+
+DEFAULT_MAX_TOKENS = 256
+
+
+class TapsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: str | None = None
+    drafters: list[str] | str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """The fields both endpoints share; unknown OpenAI fields are ignored, unsupported ones rejected."""
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    taps: TapsOptions | None = None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(SamplingRequest):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int]
+    echo: Literal[False] = False
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(title="taps", summary="Task-aware speculative decoding, OpenAI-compatible")
+    model_id = engine.target.name
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body("the request body is not valid JSON"), status_code=400)
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        return JSONResponse(error_body(f"{param or 'body'}: {first.get('msg')}", param=param), status_code=400)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "taps"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        ids = _checked(lambda: encode_chat(engine.target.tokenizer, [m.as_dict() for m in body.messages]), "messages")
+        return await _respond(engine, body, ids, request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        return await _respond(engine, body, _prompt_ids(engine, body.prompt), request, chat=False)
+
+    return app
+
+
+def _checked(make, param: str):
+    try:
+        return make()
+    except TapsError as exc:
+        raise ApiError(400, str(exc), param) from None
+
+
+def _prompt_ids(engine: Engine, prompt) -> list[int]:
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        vocab = engine.target.model.shape.vocab_size
+        if any(not 0 <= p < vocab for p in prompt):
+            raise ApiError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
+        return list(prompt)
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ApiError(400, f"send one prompt per request, got {len(prompt)}", "prompt")
+        prompt = prompt[0]
+    if not prompt.strip():
+        raise ApiError(400, "the prompt is empty; give at least one token of input", "prompt")
+    return engine.target.tokenizer(prompt)["input_ids"]
+
+
+def _route(engine: Engine, options: TapsOptions | None) -> Route:
+    if options is None or (options.strategy is None and options.drafters is None):
+        return engine.default
+    drafters = options.drafters if options.drafters is not None else list(engine.default.drafters)
+    names = tuple(n.strip() for n in (drafters.split(",") if isinstance(drafters, str) else drafters))
+    strategy = options.strategy or ("single" if len(names) == 1 else engine.default.strategy)
+    return Route(strategy, names)
+
+
+def _config(engine: Engine, body: SamplingRequest) -> GenerationConfig:
+    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if len(stops) > 4 or any(not s for s in stops):
+        raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
+    max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
+    seed = body.seed if body.seed is not None else secrets.randbits(31)
+    return GenerationConfig(max_tokens, body.temperature, body.top_p, seed, engine.target.eos_token_ids, stops)
+
+
+async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], request: Request, chat: bool):
+    if body.model != engine.target.name:
+        raise ApiError(404, f"model {body.model!r} is not served here; this server serves {engine.target.name!r}",
+                       "model", "model_not_found")
+    config, route = _config(engine, body), _route(engine, body.taps)
+    try:
+        job = engine.submit(ids, config, route)
+    except ServerBusy as exc:
+        raise ApiError(503, str(exc), kind="server_overloaded") from None
+    except TapsError as exc:
+        raise ApiError(400, str(exc), "taps" if body.taps else None) from None
+    reply = _Reply(engine.target.name, chat, len(ids))
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_sse(engine, job, reply, usage), media_type="text/event-stream")
+    watcher = asyncio.create_task(_cancel_when_gone(request, job))
+    try:
+        pieces = [d async for d in engine.events(job)]
+    finally:
+        watcher.cancel()
+    return reply.whole("".join(d.text for d in pieces), pieces[-1])
+
+
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    while not job.cancelled.is_set():
+        if await request.is_disconnected():
+            job.cancelled.set()
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _sse(engine: Engine, job: Job, reply: _Reply, include_usage: bool):
+    """Server-sent events; when the client goes away the generator is closed and the job cancelled."""
+    try:
+        if reply.chat:
+            yield _event(reply.chunk({"role": "assistant", "content": ""}))
+        async for delta in engine.events(job):
+            yield _event(reply.chunk(delta.text, delta))
+        if include_usage:
+            yield _event({**reply.head("chunk"), "choices": [], "usage": reply.usage(delta)})
+    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+        yield _event(error_body(f"generation failed: {exc}", kind="server_error"))
+    yield "data: [DONE]\n\n"
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class _Reply:
+    """Response objects in the OpenAI shapes for chat and text completions."""
+
+    def __init__(self, model: str, chat: bool, prompt_tokens: int):
+        self.model, self.chat, self.prompt_tokens = model, chat, prompt_tokens
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+
+    def head(self, kind: str) -> dict:
+        obj = ("chat.completion" if self.chat else "text_completion") + (".chunk" if kind == "chunk" and self.chat else "")
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def usage(self, last: Delta) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": last.completion_tokens,
+                "total_tokens": self.prompt_tokens + last.completion_tokens}
+
+    def chunk(self, content, last: Delta | None = None) -> dict:
+        finish = last.finish_reason if last else None
+        if self.chat:
+            delta = content if isinstance(content, dict) else ({"content": content} if content else {})
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
+        out = {**self.head("chunk"), "choices": [choice]}
+        if finish is not None:
+            out["taps"] = last.stats
+        return out
+
+    def whole(self, text: str, last: Delta) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": last.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}
+        return {**self.head("whole"), "choices": [choice], "usage": self.usage(last), "taps": last.stats}

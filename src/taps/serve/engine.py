@@ -1,0 +1,195 @@
+"""One model, many clients: a FIFO job queue run by a single worker thread.
+
+The target and its proposers hold per-sequence state (KV caches), so exactly one generation runs
+at a time and requests wait their turn in arrival order. The worker checks a cancel flag between
+target forwards, so a client that goes away frees the model within one step. Text is streamed as
+deltas that never have to be taken back: a tail that could still become a stop string, or an
+incomplete UTF-8 character, is held until it is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from taps.errors import TapsError
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.propose import TreeShape
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which proposers serve a request: a strategy over drafter names (`none` = plain decoding)."""
+
+    strategy: str
+    drafters: tuple[str, ...]
+
+
+@dataclass
+class Delta:
+    """A piece of the reply; the last one of a job carries `finish_reason` and the usage stats."""
+
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+class ServerBusy(Exception):
+    """More requests are waiting than the queue admits."""
+
+
+class JobCancelled(Exception):
+    """The job was dropped because its client went away."""
+
+
+class TextStream:
+    """Turns a growing token list into text deltas, cut at the first stop string."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.tokens: list[int] = []
+        self.emitted = 0  # characters already sent
+
+    def push(self, new: list[int]) -> tuple[str, bool]:
+        """Add tokens; return the text that is now final, and whether a stop string ended the reply."""
+        self.tokens.extend(new)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.stops if s in text]
+        if cuts:
+            return self._emit(text[: min(cuts)]), True
+        safe = len(text.rstrip("\ufffd"))
+        for s in self.stops:  # hold back a tail that is the start of a stop string
+            for k in range(min(len(s) - 1, safe), 0, -1):
+                if text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        return self._emit(text[:safe]), False
+
+    def flush(self) -> str:
+        return self._emit(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+
+    def _emit(self, final: str) -> str:
+        delta = final[self.emitted :] if len(final) > self.emitted else ""
+        self.emitted = max(self.emitted, len(final))
+        return delta
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    config: GenerationConfig
+    route: Route
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Engine:
+    """The served target, a cache of proposers per route, and the worker that runs jobs in order."""
+
+    def __init__(self, target, default: Route, shape: TreeShape = TreeShape(), max_queue: int = 64, max_proposers: int = 8):
+        self.target, self.default, self.shape = target, default, shape
+        self.max_queue, self.max_proposers = max_queue, max_proposers
+        self.context_limit = target.model.shape.max_position_embeddings
+        self.stats = {"completed": 0, "cancelled": 0, "failed": 0}
+        self._proposers: OrderedDict[Route, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="taps-engine", daemon=True)
+        self._worker.start()
+        self.proposer(default)  # load (and check) the server's own drafters at start-up
+
+    def proposer(self, route: Route):
+        """The proposer for a route, loaded once; unknown names raise TapsError."""
+        from taps.drafters import make_strategy
+
+        with self._lock:
+            if route in self._proposers:
+                self._proposers.move_to_end(route)
+                return self._proposers[route]
+        made = make_strategy(route.strategy, list(route.drafters), self.target, self.shape)
+        with self._lock:
+            self._proposers[route] = made
+            while len(self._proposers) > self.max_proposers:
+                self._proposers.popitem(last=False)
+        return made
+
+    def submit(self, prompt_ids: list[int], config: GenerationConfig, route: Route) -> Job:
+        """Check a request against the model and the queue, then queue it (called on the event loop)."""
+        if len(prompt_ids) + config.max_new_tokens > self.context_limit:
+            raise TapsError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({config.max_new_tokens}) exceeds the "
+                            f"model's context of {self.context_limit} tokens; shorten the prompt or lower max_tokens")
+        if self._jobs.qsize() >= self.max_queue:
+            raise ServerBusy(f"{self._jobs.qsize()} requests are already waiting; retry later")
+        self.proposer(route)
+        job = Job(prompt_ids, config, route, asyncio.get_running_loop(), asyncio.Queue())
+        self._jobs.put(job)
+        return job
+
+    async def events(self, job: Job):
+        """Yield a job's Deltas; leaving early (the client went away) cancels it."""
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled.set()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                outcome = self._generate(job)
+                if outcome == "cancelled":
+                    _send(job, JobCancelled())
+            except Exception as exc:  # reported to the waiting request, never kills the worker
+                outcome = "failed"
+                _send(job, exc)
+            self.stats[outcome] += 1
+
+    def _generate(self, job: Job) -> str:
+        if job.cancelled.is_set():
+            return "cancelled"
+        names = job.route.drafters
+        generator = SpeculativeGenerator(self.target.model, self.proposer(job.route))
+        text = TextStream(self.target.tokenizer, job.config.stop)
+        produced, finish, stopped, steps, accepted, by_source = 0, "length", False, 0, 0, [0] * len(names)
+        for new, record in generator.stream(job.prompt_ids, job.config):
+            if job.cancelled.is_set():
+                return "cancelled"
+            produced += len(new)
+            if record is not None:
+                steps, accepted = steps + 1, accepted + record.accepted
+                for bits in record.accepted_sources:
+                    for i in range(len(names)):
+                        by_source[i] += (bits >> i) & 1
+            delta, stopped = text.push(new)
+            if delta:
+                _send(job, Delta(delta))
+            if stopped or new[-1] in job.config.eos_token_ids:
+                finish = "stop"
+                break
+        stats = {"tau": (steps + accepted) / steps if steps else 1.0, "target_forwards": steps + 1,
+                 "strategy": job.route.strategy, "drafters": list(names),
+                 "accepted_by_drafter": dict(zip(names, by_source)) if names != ("none",) else {}}
+        tail = "" if stopped else text.flush()
+        _send(job, Delta(tail, finish, produced, stats))
+        return "completed"
+
+
+def _send(job: Job, item) -> None:
+    """Hand an item to the request's event loop (which may be gone if the server is shutting down)."""
+    try:
+        job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+    except RuntimeError:
+        job.cancelled.set()

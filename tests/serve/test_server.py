@@ -1,0 +1,245 @@
+"""The OpenAI-compatible server, driven over loopback by the `openai` client and raw HTTP.
+
+A tiny random llama (vocabulary of the default target, so its real tokenizer and chat template
+apply) keeps generation fast; one slow test serves the real default target with a shipped drafter.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+
+from taps.data.chat import encode_chat
+from taps.models.catalog import LoadedTarget
+from taps.models.checkpoint import save_drafter
+from taps.models.target import TargetModel
+from taps.serve.app import create_app
+from taps.serve.engine import Engine, Route
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from tests.conftest import random_drafter, require_default_target, tiny_hf_model
+
+SMOLLM_VOCAB = 49152
+
+
+class RunningServer:
+    """uvicorn on a free loopback port, in a background thread."""
+
+    def __init__(self, engine: Engine):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.engine, self.url = engine, f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.engine.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    require_default_target()
+    from transformers import AutoTokenizer
+
+    from taps.models.catalog import resolve_target
+
+    return AutoTokenizer.from_pretrained(str(resolve_target("smollm2-135m")))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tokenizer) -> LoadedTarget:
+    folder = tmp_path_factory.mktemp("tiny-served")
+    model = tiny_hf_model("llama", vocab=SMOLLM_VOCAB)
+    model.config.max_position_embeddings = 4096
+    model.save_pretrained(str(folder))
+    return LoadedTarget("tiny", folder, TargetModel.from_dir(folder, dtype=torch.float32), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def drafter_dirs(tiny, tmp_path_factory) -> list[str]:
+    out = []
+    for seed in (1, 2):
+        path = tmp_path_factory.mktemp(f"drafter{seed}") / "d"
+        save_drafter(random_drafter(tiny.model, seed=seed, draft_vocab=512), path, tiny.model.fingerprint())
+        out.append(str(path))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    running = RunningServer(Engine(tiny, Route("single", ("ngram",))))
+    yield running
+    running.stop()
+
+
+def reference(target: LoadedTarget, messages=None, prompt_ids=None, max_tokens=24, stop=()) -> str:
+    """What `taps generate` prints: plain greedy decoding of the same prompt, decoded."""
+    ids = prompt_ids or encode_chat(target.tokenizer, messages)
+    config = GenerationConfig(max_tokens, 0.0, eos_token_ids=target.eos_token_ids, stop=tuple(stop))
+    return SpeculativeGenerator(target.model, None).generate(ids, config, target.tokenizer).text
+
+
+MESSAGES = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
+
+
+def test_models_lists_the_target(server):
+    assert [m.id for m in server.client().models.list().data] == ["tiny"]
+
+
+def test_chat_equals_generate_streamed_or_not(server, tiny):
+    client, expected = server.client(), reference(tiny, MESSAGES)
+    assert expected
+    whole = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0)
+    assert whole.choices[0].message.content == expected
+    assert whole.usage.prompt_tokens == len(encode_chat(tiny.tokenizer, MESSAGES))
+    assert whole.model_extra["taps"]["tau"] >= 1.0
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_completions_equal_generate(server, tiny):
+    prompt = "The capital of France is"
+    expected = reference(tiny, prompt_ids=tiny.tokenizer(prompt)["input_ids"])
+    client = server.client()
+    assert client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0).choices[0].text == expected
+    streamed = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+
+def test_stop_string_cuts_both_ways(server, tiny):
+    full = reference(tiny, MESSAGES, max_tokens=32)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), "pick a stop string from the middle of the reply"
+    expected = reference(tiny, MESSAGES, max_tokens=32, stop=[stop])
+    assert expected == full[: full.find(stop)]
+    client = server.client()
+    whole = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=32, temperature=0, stop=[stop])
+    assert (whole.choices[0].message.content, whole.choices[0].finish_reason) == (expected, "stop")
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=32, temperature=0, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+
+
+def test_request_picks_strategy_and_drafters(server, tiny, drafter_dirs):
+    expected = reference(tiny, MESSAGES)
+    client = server.client()
+    for taps in ({"strategy": "merged", "drafters": drafter_dirs}, {"strategy": "route:confidence", "drafters": drafter_dirs},
+                 {"drafters": [drafter_dirs[0]]}, {"drafters": ["none"]}):
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, extra_body={"taps": taps})
+        assert reply.choices[0].message.content == expected, taps
+        stats = reply.model_extra["taps"]
+        assert stats["drafters"] == taps["drafters"]
+        if taps["drafters"] != ["none"]:
+            assert set(stats["accepted_by_drafter"]) == set(taps["drafters"])
+
+
+def test_sampling_is_seeded(server):
+    client = server.client()
+    replies = [client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+               .choices[0].message.content for _ in range(2)]
+    assert replies[0] == replies[1]
+
+
+BAD_REQUESTS = [
+    ("chat/completions", b'{"model": "tiny", "messages": [', 400, "not valid JSON"),
+    ("chat/completions", {"model": "gpt-4", "messages": MESSAGES}, 404, "not served here"),
+    ("chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
+    ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "  "}]}, 400, "empty"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "max_tokens": -5}, 400, "max_tokens"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "max_tokens": 10_000}, 400, "context"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "n": 2}, 400, "n"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "top_p": 0}, 400, "top_p"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"strategy": "vote"}}, 400, "unknown strategy"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["nope"]}}, 400, "unknown drafter"),
+    ("chat/completions", {"model": "tiny"}, 400, "messages"),
+    ("completions", {"model": "tiny", "prompt": ""}, 400, "empty"),
+    ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),
+    ("completions", {"model": "tiny", "prompt": [SMOLLM_VOCAB + 5]}, 400, "token ids"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "says"), BAD_REQUESTS)
+def test_bad_requests_get_openai_errors(server, path, body, status, says):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(f"{server.url}/v1/{path}", content=content, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert says in error["message"] and error["type"]
+
+
+def test_openai_client_raises_on_bad_input(server):
+    with pytest.raises(openai.BadRequestError):
+        server.client().chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=-1)
+    with pytest.raises(openai.NotFoundError):
+        server.client().chat.completions.create(model="other", messages=MESSAGES)
+
+
+def test_client_gone_mid_stream_frees_the_model(server):
+    engine, before = server.engine, dict(server.engine.stats)
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 3500, "temperature": 0, "stream": True,
+            "taps": {"drafters": ["none"]}}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
+    deadline = time.monotonic() + 60
+    while engine.stats["cancelled"] == before["cancelled"]:
+        assert time.monotonic() < deadline, "the abandoned job was never cancelled"
+        time.sleep(0.05)
+    assert engine.stats["completed"] == before["completed"]
+    reply = server.client().chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, temperature=0)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_concurrent_clients_all_complete(server):
+    client = server.client()
+
+    def session(i: int) -> list[str]:
+        reasons = []
+        for j in range(4):
+            messages = [{"role": "user", "content": f"Client {i}, request {j}: count to five."}]
+            if (i + j) % 2:
+                chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True))
+                reasons.append(chunks[-1].choices[0].finish_reason)
+            else:
+                reasons.append(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+                               .choices[0].finish_reason)
+        return reasons
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [f.result(timeout=300) for f in [pool.submit(session, i) for i in range(16)]]
+    reasons = [r for rs in results for r in rs]
+    assert len(reasons) == 64 and set(reasons) <= {"stop", "length"}
+
+
+@pytest.mark.slow
+def test_default_target_served_losslessly_with_a_shipped_drafter():
+    require_default_target()
+    from taps.models.catalog import load_target
+
+    target = load_target("smollm2-135m", dtype=torch.float32)
+    running = RunningServer(Engine(target, Route("single", ("eagle2-math",))))
+    try:
+        reply = running.client().chat.completions.create(model="smollm2-135m", messages=MESSAGES, max_tokens=32, temperature=0)
+    finally:
+        running.stop()
+    assert reply.choices[0].message.content == reference(target, MESSAGES, max_tokens=32)
+    assert reply.model_extra["taps"]["tau"] > 1.0
+
