@@ -1,4 +1,4 @@
-"""`taps` command line: setup, generate, serve, features, train, average, eval, report, reproduce."""
+"""`taps` command line: setup, generate, serve, export, import, features, train, average, eval, report, reproduce."""
 
 from __future__ import annotations
 
@@ -207,6 +207,23 @@ def cmd_train(args) -> None:
     print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def cmd_export(args) -> None:
+    from taps.drafters import drafter_path
+    from taps.export import export_eagle
+
+    target = _load(args)
+    out = export_eagle(drafter_path(args.drafter, target.name), target, args.out)
+    print(f"[export] wrote {out} (EAGLE layout for vLLM / SGLang: config.json + model.safetensors)")
+
+
+def cmd_import(args) -> None:
+    from taps.export import import_eagle
+
+    target = _load(args)
+    out = import_eagle(args.source, target, args.out)
+    print(f"[import] wrote taps drafter {out}; use it with --drafters {out}")
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
@@ -243,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more get 503 (default: %(default)s)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a drafter as an EAGLE draft-model folder that vLLM and SGLang load")
+    p.add_argument("drafter", help="a shipped drafter name or a drafter folder")
+    p.add_argument("--out", required=True, help="folder to write (config.json + model.safetensors)")
+    p.add_argument("--format", choices=["eagle"], default="eagle", help="checkpoint layout (default: %(default)s)")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="read an EAGLE-1/2 or HASS draft-model folder into a taps drafter for the target")
+    p.add_argument("source", help="folder with config.json and model.safetensors or pytorch_model.bin")
+    p.add_argument("--out", required=True, help="taps drafter folder to write")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("eval", help="grid of rows x benchmarks x temperatures -> per-prompt records, tables and plots")
     p.add_argument("--rows", required=True, help="semicolon-separated rows: plain; hf; hf-prompt-lookup; hf-assisted; ngram; "

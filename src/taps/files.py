@@ -22,11 +22,21 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         yield tmp
+        _default_permissions(tmp)
         if path.exists():
             shutil.rmtree(path)
         tmp.replace(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_permissions(root: Path) -> None:
+    """mkdtemp (and safetensors) create owner-only entries; give the result the modes of a normal
+    write, so another user or engine (a vLLM server reading an export) can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

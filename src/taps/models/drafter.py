@@ -25,13 +25,16 @@ class DrafterConfig:
     shape: ModelShape
     num_layers: int = 1
     draft_vocab_size: int | None = None  # None: the target's full vocabulary
+    fc_bias: bool = False  # the original EAGLE code has a bias on fc; imported checkpoints may carry one
 
     def to_dict(self) -> dict:
-        return {"shape": asdict(self.shape), "num_layers": self.num_layers, "draft_vocab_size": self.draft_vocab_size}
+        return {"shape": asdict(self.shape), "num_layers": self.num_layers, "draft_vocab_size": self.draft_vocab_size,
+                "fc_bias": self.fc_bias}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DrafterConfig":
-        return cls(shape=ModelShape(**d["shape"]), num_layers=d["num_layers"], draft_vocab_size=d.get("draft_vocab_size"))
+        return cls(shape=ModelShape(**d["shape"]), num_layers=d["num_layers"], draft_vocab_size=d.get("draft_vocab_size"),
+                   fc_bias=d.get("fc_bias", False))
 
 
 class Drafter(nn.Module):
@@ -39,7 +42,7 @@ class Drafter(nn.Module):
         super().__init__()
         s = config.shape
         self.config = config
-        self.fc = nn.Linear(2 * s.hidden_size, s.hidden_size, bias=False)
+        self.fc = nn.Linear(2 * s.hidden_size, s.hidden_size, bias=config.fc_bias)
         self.layers = nn.ModuleList(DecoderLayer(s, input_norm=i > 0) for i in range(config.num_layers))
         vocab = config.draft_vocab_size or s.vocab_size
         # d2t[i] = target token id of draft token i (identity for the full vocabulary).
