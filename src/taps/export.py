@@ -28,7 +28,13 @@ from safetensors.torch import load_file, save_file
 
 from taps.errors import TapsError
 from taps.files import atomic_dir
-from taps.models.checkpoint import FORMAT, check_fingerprint, load_drafter, read_config, save_drafter
+from taps.models.checkpoint import (
+    FORMAT,
+    check_fingerprint,
+    load_drafter,
+    read_config,
+    save_drafter,
+)
 from taps.models.drafter import Drafter, DrafterConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
