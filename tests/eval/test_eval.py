@@ -45,9 +45,18 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
     assert len(by_row["d-math"]["text"]) == 2  # both MT-Bench turns were asked
     assert by_row["plain"]["tau"] == 1.0 and by_row["hf"]["tau"] is None
     assert all(len(s["confidence"]) == len(s["node_accepted"]) for s in by_row["merged=d-math,d-chat"]["steps"])
-    assert set(by_row["route:confidence=d-math,d-chat"]["router_choices"]) <= {0, 1}
+    routed = by_row["route:confidence=d-math,d-chat"]
+    assert set(routed["router_choices"]) <= {0, 1}
+    for row in (r for r in records if r["temperature"] == 0 and "=" in r["row"] and not r["row"].startswith("average")):
+        assert len(row["member_accepts"]) == len(row["accept_lengths"]) > 0
+        for accepted, members, step in zip(row["accept_lengths"], row["member_accepts"], range(len(row["accept_lengths"]))):
+            if row["row"].startswith("route"):  # the offline oracle scores the verified tree exactly as the verifier did
+                assert members[row["router_choices"][step]] == accepted
+            else:  # the uncut merged tree holds every member's tree
+                assert accepted >= max(members)
+    assert not any(r["member_accepts"] for r in records if r["temperature"] > 0)
     report = write_report(tmp_path)
-    assert report.count("\n| ") >= len(rows) and "gsm8k T=0" in report and "AUROC" in report
+    assert report.count("\n| ") >= len(rows) and "gsm8k T=0" in report and "AUROC" in report and "router accuracy" in report
     for png in ("tau.png", "speedup.png", "accept_hist.png", "confidence_vs_entropy.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     csv = (tmp_path / "summary.csv").read_text().splitlines()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from taps.spec.combine import MergedProposer, RoutedProposer, merge_trees, tree_confidence, tree_entropy
+from taps.spec.combine import MergedProposer, RoutedProposer, greedy_match, merge_trees, tree_confidence, tree_entropy
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import DrafterProposer, TreeShape
 from taps.spec.tree import DraftTree
@@ -35,6 +35,15 @@ def test_merge_shares_prefixes_and_keeps_attribution():
     cut = merge_trees([a, b], budget=4)
     assert cut.tokens.tolist() == [5, 6, 7, 8]  # best four scores, ancestors first
     assert cut.parents.tolist() == [-1, 0, 1, 1]
+
+
+def test_greedy_match_follows_the_longest_matching_path():
+    tree = DraftTree.from_paths([[5, 7, 2], [9], [5, 8]])
+    assert greedy_match(tree, [5, 7, 2, 4]) == 3
+    assert greedy_match(tree, [5, 8, 1]) == 2
+    assert greedy_match(tree, [9, 9]) == 1
+    assert greedy_match(tree, [4, 5]) == 0
+    assert greedy_match(DraftTree.empty(), [5]) == 0
 
 
 def test_router_picks_by_signal():

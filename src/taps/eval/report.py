@@ -76,6 +76,24 @@ def tables(summary: dict) -> tuple[str, list[list]]:
     return "\n".join(lines), csv_rows
 
 
+def timing_table(records: list[dict]) -> str:
+    """Where a step's time goes per row (all benchmarks and temperatures): drafting (N drafters cost
+    N drafting passes) vs the verifying target forward, against plain decoding's forward."""
+    per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # draft ms, verify ms, steps
+    for r in records:
+        if r["row"].startswith("hf") or not r["target_steps"]:
+            continue
+        d = per[r["row"]]
+        d[0], d[1] = d[0] + r["draft_ms"], d[1] + r["verify_ms"]
+        d[2] += r["target_steps"] - len(r["text"])  # the prefill forward of each turn is not a step
+    lines = ["**Time per target step** (ms; draft = all drafters of the row, verify = target forward + acceptance)", "",
+             "| row | draft ms / step | verify ms / step | draft share |", "|---|---|---|---|"]
+    for row, (draft, verify, steps) in per.items():
+        if steps:
+            lines.append(f"| {row} | {draft / steps:.1f} | {verify / steps:.1f} | {draft / max(1e-9, draft + verify):.0%} |")
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
 def category_table(records: list[dict]) -> str:
     """Is drafter accuracy a property of the task? tau per MT-Bench category and row (T = 0)."""
     per: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -94,18 +112,31 @@ def category_table(records: list[dict]) -> str:
 
 
 def router_table(records: list[dict]) -> str:
-    """How often each routed row picked each member, per benchmark."""
-    per: dict[tuple[str, str], list[int]] = defaultdict(list)
+    """How each routed row split its steps among members and, at T = 0, how often it picked the
+    member whose tree the target accepted most of (the oracle), with the tau an oracle would reach."""
+    shares: dict[tuple[str, str], list[int]] = defaultdict(list)
+    scored: dict[tuple[str, str], list[tuple[int, list[int]]]] = defaultdict(list)
     for r in records:
         if r.get("router_choices"):
-            per[(r["row"], r["benchmark"])] += r["router_choices"]
-    if not per:
+            shares[(r["row"], r["benchmark"])] += r["router_choices"]
+            if r.get("member_accepts"):
+                scored[(r["row"], r["benchmark"])] += list(zip(r["router_choices"], r["member_accepts"]))
+    if not shares:
         return ""
-    lines = ["**Router choices** (share of steps routed to each member, in --rows order)", "", "| row | benchmark | shares |", "|---|---|---|"]
-    for (row, bench), choices in sorted(per.items()):
+    lines = ["**Router** (share of steps routed to each member; accuracy = steps where it chose a member whose tree "
+             "the target accepted most of, T = 0; oracle tau = tau of always choosing that member)", "",
+             "| row | benchmark | shares | router accuracy | tau routed | tau oracle |", "|---|---|---|---|---|---|"]
+    for (row, bench), choices in sorted(shares.items()):
         members = row.split("=", 1)[1].split(",")
-        shares = ", ".join(f"{m}: {choices.count(i) / len(choices):.0%}" for i, m in enumerate(members))
-        lines.append(f"| {row} | {bench} | {shares} |")
+        text = ", ".join(f"{m}: {choices.count(i) / len(choices):.0%}" for i, m in enumerate(members))
+        pairs = scored.get((row, bench), [])
+        if pairs:
+            accuracy = sum(acc[c] == max(acc) for c, acc in pairs) / len(pairs)
+            routed = sum(acc[c] + 1 for c, acc in pairs) / len(pairs)
+            oracle = sum(max(acc) + 1 for _, acc in pairs) / len(pairs)
+            lines.append(f"| {row} | {bench} | {text} | {accuracy:.0%} | {routed:.2f} | {oracle:.2f} |")
+        else:
+            lines.append(f"| {row} | {bench} | {text} | – | – | – |")
     return "\n".join(lines)
 
 
@@ -208,7 +239,7 @@ def write_report(run_dir: str | Path, with_plots: bool = True) -> str:
     summary = summarise(records)
     table, csv_rows = tables(summary)
     signals = node_signals(records)
-    parts = [table, category_table(records), router_table(records), signal_table(signals)]
+    parts = [table, timing_table(records), category_table(records), router_table(records), signal_table(signals)]
     markdown = "\n\n".join(p for p in parts if p) + "\n"
     (run_dir / "report.md").write_text(markdown)
     with open(run_dir / "summary.csv", "w", newline="") as f:

@@ -23,7 +23,7 @@ from taps.data.chat import encode_chat
 from taps.errors import TapsError
 from taps.files import write_json_atomic, write_text_atomic
 from taps.eval.baselines import HF_BASELINES, HFDecoder
-from taps.spec.combine import STRATEGIES, RoutedProposer
+from taps.spec.combine import STRATEGIES, RoutedProposer, greedy_match
 from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
 from taps.spec.propose import TreeShape
 
@@ -70,6 +70,7 @@ class PromptRecord:
     verify_ms: float = 0.0
     accept_lengths: list[int] = field(default_factory=list)
     router_choices: list[int] = field(default_factory=list)
+    member_accepts: list[list[int]] = field(default_factory=list)  # T = 0, combined rows: each member's would-be accepts per step
     steps: list[dict] = field(default_factory=list)  # per step: node confidence / entropy / accepted / source
     text: list[str] = field(default_factory=list)
 
@@ -97,12 +98,22 @@ class Decoder:
         self.engine = SpeculativeGenerator(target.model, self.proposer)
         self.tokenizer = target.tokenizer
 
-    def decode(self, ids: list[int], config: GenerationConfig) -> tuple[Generation, list[int]]:
+    def decode(self, ids: list[int], config: GenerationConfig) -> tuple[Generation, list[int], list[list[int]]]:
+        """The generation, the router's choice per step, and (at T = 0, for combined rows) how many
+        drafted tokens each member's tree would have had accepted at each step."""
         if self.hf is not None:
             out = self.hf.generate(ids, config.max_new_tokens, config.temperature, config.seed)
-            return Generation(out.tokens, [], 0.0, out.wall_ms, "hf", out.text), []
+            return Generation(out.tokens, [], 0.0, out.wall_ms, "hf", out.text), [], []
         out = self.engine.generate(ids, config, self.tokenizer)
-        return out, list(self.proposer.choices) if isinstance(self.proposer, RoutedProposer) else []
+        choices = list(self.proposer.choices) if isinstance(self.proposer, RoutedProposer) else []
+        history = getattr(self.proposer, "history", None)
+        if not history or config.temperature > 0:
+            return out, choices, []
+        accepts, root = [], 0  # out.tokens[root] is the root each step drafted under
+        for trees, step in zip(history, out.steps):
+            accepts.append([greedy_match(t, out.tokens[root + 1 :]) for t in trees])
+            root += step.accepted + 1
+        return out, choices, accepts
 
 
 def run_prompt(decoder: Decoder, prompt, config: GenerationConfig, keep_steps: bool = True) -> PromptRecord:
@@ -110,12 +121,13 @@ def run_prompt(decoder: Decoder, prompt, config: GenerationConfig, keep_steps: b
     messages: list[dict[str, str]] = []
     for turn in prompt.turns:
         messages.append({"role": "user", "content": turn})
-        out, choices = decoder.decode(encode_chat(decoder.tokenizer, messages), config)
+        out, choices, member_accepts = decoder.decode(encode_chat(decoder.tokenizer, messages), config)
         messages.append({"role": "assistant", "content": out.text or ""})
         rec.text.append(out.text or "")
         rec.new_tokens += len(out.tokens)
         rec.wall_ms += out.wall_ms
         rec.router_choices += choices
+        rec.member_accepts += member_accepts
         if decoder.hf is None:
             rec.target_steps += len(out.steps) + 1  # + the prefill forward
             rec.draft_ms += sum(s.draft_ms for s in out.steps)

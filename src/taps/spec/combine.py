@@ -31,7 +31,7 @@ def tree_entropy(tree: DraftTree) -> float:
 
 class RoutedProposer(Proposer):
     """Verify only the tree of the member with the best score: highest mean confidence, or lowest
-    mean entropy. `choices` (per step since reset) and `last_trees` let evaluation study the router."""
+    mean entropy. `choices` and `history` (per step since reset) let evaluation study the router."""
 
     def __init__(self, members: list[Proposer], signal: str = "confidence"):
         if len(members) < 2 or signal not in ("confidence", "entropy"):
@@ -39,21 +39,22 @@ class RoutedProposer(Proposer):
         self.members, self.signal = members, signal
         self.name = f"route:{signal}"
         self.choices: list[int] = []
-        self.last_trees: list[DraftTree] = []
+        self.history: list[list[DraftTree]] = []  # every member's tree, per step since reset
 
     def reset(self) -> None:
-        self.choices = []
+        self.choices, self.history = [], []
         for m in self.members:
             m.reset()
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
-        self.last_trees = [m.propose(tokens, features) for m in self.members]
+        trees = [m.propose(tokens, features) for m in self.members]
+        self.history.append(trees)
         if self.signal == "confidence":
-            scores = [tree_confidence(t) for t in self.last_trees]
+            scores = [tree_confidence(t) for t in trees]
         else:
-            scores = [-tree_entropy(t) for t in self.last_trees]
+            scores = [-tree_entropy(t) for t in trees]
         self.choices.append(max(range(len(scores)), key=lambda i: scores[i]))
-        return self.last_trees[self.choices[-1]]
+        return trees[self.choices[-1]]
 
 
 def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
@@ -107,12 +108,27 @@ class MergedProposer(Proposer):
             raise ValueError("merging needs >= 2 members")
         self.members, self.budget = members, budget
         self.name = "merged" if budget is None else "merged:cut"
-        self.last_trees: list[DraftTree] = []
+        self.history: list[list[DraftTree]] = []  # every member's tree, per step since reset
 
     def reset(self) -> None:
+        self.history = []
         for m in self.members:
             m.reset()
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
-        self.last_trees = [m.propose(tokens, features) for m in self.members]
-        return merge_trees(self.last_trees, self.budget)
+        self.history.append([m.propose(tokens, features) for m in self.members])
+        return merge_trees(self.history[-1], self.budget)
+
+
+def greedy_match(tree: DraftTree, continuation: list[int]) -> int:
+    """Drafted tokens greedy verification would accept from `tree` if the target continues with
+    `continuation`: the depth of the longest root path spelling its prefix. At T = 0 the realised
+    output is the target's own continuation, so this scores every member's tree offline, with no
+    extra target forward (the oracle that router accuracy is measured against)."""
+    node, depth = -1, 0
+    for token in continuation:
+        children = ((tree.parents == node) & (tree.tokens == token)).nonzero()
+        if len(children) == 0:
+            break
+        node, depth = int(children[0]), depth + 1
+    return depth
