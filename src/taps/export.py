@@ -11,7 +11,13 @@ The layout followed is the EAGLE-1/2 draft model of the EAGLE reference code (Sa
   LM head (both engines share the target's);
 - a reduced draft vocabulary is written in the EAGLE-3 convention: `d2t` (offsets, target id =
   draft id + d2t[draft id]), `t2d` (bool over the target vocabulary) and `draft_vocab_size` in the
-  config. EAGLE-1/2 loaders ignore these and draft over the full vocabulary; `taps import` restores them.
+  config, plus `hot_token_map.pt` (the draft token ids) for SGLang's `--speculative-token-map`, which
+  makes SGLang draft over the same vocabulary. vLLM's EAGLE-1 loader ignores them and drafts over
+  the full vocabulary; `taps import` restores them.
+
+Read from vLLM main at commit 00da923 (`model_executor/models/llama_eagle.py`,
+`transformers_utils/configs/eagle.py`) and SGLang main at commit 034b3be (`models/llama_eagle.py`,
+`speculative/eagle_worker.py: load_token_map`).
 
 `import_eagle` reads that layout (a `taps export` folder, or a public EAGLE/HASS checkpoint with
 `model.safetensors` or `pytorch_model.bin`) and checks every tensor against the target.
@@ -62,6 +68,8 @@ def export_eagle(drafter_dir: str | Path, target, out: str | Path) -> Path:
     config["taps"] = {"format": FORMAT, "target": source["target"], "card": source.get("card", {})}
     with atomic_dir(Path(out)) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if drafter.config.draft_vocab_size:
+            torch.save(drafter.d2t.long().clone(), tmp / "hot_token_map.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
     return Path(out)
 
