@@ -160,6 +160,7 @@ def test_sampling_is_seeded(server):
 
 BAD_REQUESTS = [
     ("chat/completions", b'{"model": "tiny", "messages": [', 400, "not valid JSON"),
+    ("chat/completions", b'["a", "list"]', 400, "must be a JSON object"),
     ("chat/completions", {"model": "gpt-4", "messages": MESSAGES}, 404, "not served here"),
     ("chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
     ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "  "}]}, 400, "empty"),

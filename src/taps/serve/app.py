@@ -103,6 +103,9 @@ def create_app(engine: Engine) -> FastAPI:
             return JSONResponse(error_body("the request body is not valid JSON"), status_code=400)
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
+        if param is None:
+            return JSONResponse(error_body("the request body must be a JSON object (send Content-Type: application/json)"),
+                                status_code=400)
         return JSONResponse(error_body(f"{param or 'body'}: {first.get('msg')}", param=param), status_code=400)
 
     @app.get("/v1/models")
