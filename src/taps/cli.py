@@ -231,7 +231,9 @@ def cmd_serve(args) -> None:
     from taps.serve.engine import Engine, Route
 
     target = _load(args)
-    engine = Engine(target, Route(args.strategy, tuple(args.drafters.split(","))), _tree_shape(args), max_queue=args.max_queue)
+    extra = tuple(d for d in args.extra_drafters.split(",") if d)
+    engine = Engine(target, Route(args.strategy, tuple(args.drafters.split(","))), _tree_shape(args), max_queue=args.max_queue,
+                    extra_drafters=extra)
     print(f"[serve] {target.name} with {args.strategy} over {args.drafters} on http://{args.host}:{args.port}/v1 "
           f"({args.threads} thread(s))", flush=True)
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
@@ -258,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more get 503 (default: %(default)s)")
+    p.add_argument("--extra-drafters", default="", help="comma-separated drafter folders requests may also name "
+                   "(besides --drafters, ngram and the shipped ones)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_serve)
 

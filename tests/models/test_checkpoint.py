@@ -5,6 +5,7 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.checkpoint import load_drafter, save_drafter
+from taps.models.drafter import Drafter, DrafterConfig
 from taps.models.target import TargetModel
 from tests.conftest import random_drafter
 
@@ -48,12 +49,17 @@ def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
     save_drafter(b, tmp_path / "b", llama.fingerprint())
     avg, _ = average_drafters([tmp_path / "a", tmp_path / "b"], [1.0, 3.0])
     torch.testing.assert_close(avg.fc.weight, 0.25 * a.fc.weight + 0.75 * b.fc.weight)
-    save_drafter(random_drafter(llama, seed=3, draft_vocab=20), tmp_path / "c", llama.fingerprint())
+    c = random_drafter(llama, seed=3, draft_vocab=20)  # another reduced vocabulary: the average drafts over the union
+    save_drafter(c, tmp_path / "c", llama.fingerprint())
+    mixed, _ = average_drafters([tmp_path / "a", tmp_path / "c"])
+    union = torch.unique(torch.cat([a.d2t, c.d2t]))
+    assert torch.equal(mixed.d2t, union) and mixed.config.draft_vocab_size == len(union)
+    torch.testing.assert_close(mixed.layers[0].mlp.up_proj.weight, 0.5 * (a.layers[0].mlp.up_proj.weight + c.layers[0].mlp.up_proj.weight))
+    full, _ = average_drafters([tmp_path / "a", save_drafter(random_drafter(llama, seed=4), tmp_path / "f", llama.fingerprint())])
+    assert full.config.draft_vocab_size is None and len(full.d2t) == llama.shape.vocab_size
+    deep = Drafter(DrafterConfig(shape=llama.shape, num_layers=2))
+    save_drafter(deep, tmp_path / "d", llama.fingerprint())
     with pytest.raises(TapsError, match="cannot be averaged"):
-        average_drafters([tmp_path / "a", tmp_path / "c"])
-    c2 = random_drafter(llama, seed=4, draft_vocab=30)
-    save_drafter(c2, tmp_path / "d", llama.fingerprint())
-    with pytest.raises(TapsError, match="draft vocabulary"):
         average_drafters([tmp_path / "a", tmp_path / "d"])
     qwen = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32)
     save_drafter(random_drafter(qwen, seed=1, draft_vocab=30), tmp_path / "q", qwen.fingerprint())

@@ -84,8 +84,8 @@ def drafter_dirs(tiny, tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny):
-    running = RunningServer(Engine(tiny, Route("single", ("ngram",))))
+def server(tiny, drafter_dirs):
+    running = RunningServer(Engine(tiny, Route("single", ("ngram",)), extra_drafters=tuple(drafter_dirs)))
     yield running
     running.stop()
 
@@ -170,6 +170,7 @@ BAD_REQUESTS = [
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "top_p": 0}, 400, "top_p"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"strategy": "vote"}}, 400, "unknown strategy"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["nope"]}}, 400, "unknown drafter"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["/etc"]}}, 400, "on this server"),
     ("chat/completions", {"model": "tiny"}, 400, "messages"),
     ("completions", {"model": "tiny", "prompt": ""}, 400, "empty"),
     ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),

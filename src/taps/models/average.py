@@ -1,7 +1,9 @@
 """Checkpoint (weight) averaging: one drafter whose parameters are the weighted mean of several.
 
 The paper's naive baseline for combining specialised drafters; it only makes sense for drafters
-of the same target, shape and draft vocabulary, which is checked.
+of the same target and shape, which is checked. Members may have different reduced draft
+vocabularies (each picked from its own corpus): the vocabulary is not a learned parameter (its head
+rows are the target's), so the average drafts over the union of the members' vocabularies.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.checkpoint import load_drafter, read_config, save_drafter
-from taps.models.drafter import Drafter
+from taps.models.drafter import Drafter, DrafterConfig
 
 
 def average_drafters(paths: list[Path], weights: list[float] | None = None) -> tuple[Drafter, dict]:
@@ -26,18 +28,22 @@ def average_drafters(paths: list[Path], weights: list[float] | None = None) -> t
     for p, c in zip(paths[1:], configs[1:]):
         if c["target"] != configs[0]["target"]:
             raise TapsError(f"{p} belongs to another target than {paths[0]}; average drafters of one target only")
-        if c["drafter"] != configs[0]["drafter"]:
-            raise TapsError(f"{p} has another shape or draft vocabulary size than {paths[0]}; they cannot be averaged")
+        if _shape_of(c) != _shape_of(configs[0]):
+            raise TapsError(f"{p} has another shape than {paths[0]}; they cannot be averaged")
     drafters = [load_drafter(p, dtype=torch.float32) for p in paths]
-    for p, d in zip(paths[1:], drafters[1:]):
-        if not torch.equal(d.d2t, drafters[0].d2t):
-            raise TapsError(f"{p} uses another draft vocabulary than {paths[0]}; they cannot be averaged")
+    vocab = torch.unique(torch.cat([d.d2t for d in drafters]))  # sorted union
+    full = len(vocab) == drafters[0].config.shape.vocab_size
+    config = DrafterConfig.from_dict(configs[0]["drafter"] | {"draft_vocab_size": None if full else len(vocab)})
     total = sum(weights)
     state = {k: sum(w / total * d.state_dict()[k].float() for w, d in zip(weights, drafters))
              for k in drafters[0].state_dict() if k != "d2t"}
-    out = drafters[0]
-    out.load_state_dict(state | {"d2t": drafters[0].d2t}, strict=True)
-    return out, configs[0]["target"]
+    out = Drafter(config)
+    out.load_state_dict(state | {"d2t": vocab}, strict=True)
+    return out.requires_grad_(False).eval(), configs[0]["target"]
+
+
+def _shape_of(config: dict) -> dict:
+    return {k: v for k, v in config["drafter"].items() if k != "draft_vocab_size"}
 
 
 def write_average(paths: list[Path], out: Path, weights: list[float] | None = None) -> Path:

@@ -91,8 +91,13 @@ class Job:
 class Engine:
     """The served target, a cache of proposers per route, and the worker that runs jobs in order."""
 
-    def __init__(self, target, default: Route, shape: TreeShape = TreeShape(), max_queue: int = 64, max_proposers: int = 8):
+    def __init__(self, target, default: Route, shape: TreeShape = TreeShape(), max_queue: int = 64, max_proposers: int = 8,
+                 extra_drafters: tuple[str, ...] = ()):
+        from taps.drafters import shipped_drafters
+
         self.target, self.default, self.shape = target, default, shape
+        # Requests may name these only: never an arbitrary path on the server's disk.
+        self.allowed = {"ngram", "none", *shipped_drafters(target.name), *default.drafters, *extra_drafters}
         self.max_queue, self.max_proposers = max_queue, max_proposers
         self.context_limit = target.model.shape.max_position_embeddings
         self.stats = {"completed": 0, "cancelled": 0, "failed": 0}
@@ -104,9 +109,13 @@ class Engine:
         self.proposer(default)  # load (and check) the server's own drafters at start-up
 
     def proposer(self, route: Route):
-        """The proposer for a route, loaded once; unknown names raise TapsError."""
+        """The proposer for a route, loaded once; names the server does not offer raise TapsError."""
         from taps.drafters import make_strategy
 
+        refused = [d for d in route.drafters if d not in self.allowed]
+        if refused:
+            raise TapsError(f"unknown drafter {refused[0]!r} on this server: use one of {', '.join(sorted(self.allowed))} "
+                            "(or start the server with it in --drafters / --extra-drafters)")
         with self._lock:
             if route in self._proposers:
                 self._proposers.move_to_end(route)
