@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=2, help="quick preset: prompts per benchmark (default: %(default)s)")
     p.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s)")
     _add_eval_common(p)
-    p.set_defaults(func=cmd_reproduce)
+    # A batch job: use every core by default (speed-ups are ratios measured at the same thread count).
+    p.set_defaults(func=cmd_reproduce, threads=os.cpu_count() or 1)
 
     p = sub.add_parser("average", help="checkpoint averaging: one drafter with the (weighted) mean weights of several")
     p.add_argument("--drafters", required=True, help="comma-separated drafter names or folders (same target and shape)")
