@@ -92,10 +92,7 @@ def import_eagle(src: str | Path, target, out: str | Path) -> Path:
         del state["fc.bias"]  # the zeros `taps export` adds for SGLang; dropping them keeps outputs bit-identical
     drafter = Drafter(DrafterConfig(target.model.shape, len(layers), len(d2t) if d2t is not None else None, "fc.bias" in state))
     expected = drafter.state_dict()
-    if d2t is not None:
-        state["d2t"] = d2t
-    else:
-        state["d2t"] = expected["d2t"]
+    state["d2t"] = d2t if d2t is not None else expected["d2t"]
     _check_keys(state, expected, src)
     dtype = state["fc.weight"].dtype
     drafter.to(dtype).load_state_dict(state)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from taps.errors import TapsError
-from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator, cut_at_stop
 from taps.spec.propose import TreeShape
 
 
@@ -58,16 +58,12 @@ class TextStream:
         """Add tokens; return the text that is now final, and whether a stop string ended the reply."""
         self.tokens.extend(new)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        cuts = [text.find(s) for s in self.stops if s in text]
-        if cuts:
-            return self._emit(text[: min(cuts)]), True
-        safe = len(text.rstrip("\ufffd"))
-        for s in self.stops:  # hold back a tail that is the start of a stop string
-            for k in range(min(len(s) - 1, safe), 0, -1):
-                if text[:safe].endswith(s[:k]):
-                    safe -= k
-                    break
-        return self._emit(text[:safe]), False
+        final = cut_at_stop(text, self.stops)
+        if len(final) < len(text):
+            return self._emit(final), True
+        safe = text.rstrip("\ufffd")  # an incomplete UTF-8 character decodes as U+FFFD until it is whole
+        hold = max((k for s in self.stops for k in range(1, len(s)) if safe.endswith(s[:k])), default=0)
+        return self._emit(safe[: len(safe) - hold]), False
 
     def flush(self) -> str:
         return self._emit(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
@@ -169,31 +165,45 @@ class Engine:
     def _generate(self, job: Job) -> str:
         if job.cancelled.is_set():
             return "cancelled"
-        names = job.route.drafters
         generator = SpeculativeGenerator(self.target.model, self.proposer(job.route))
-        text = TextStream(self.target.tokenizer, job.config.stop)
-        produced, finish, stopped, steps, accepted, by_source = 0, "length", False, 0, 0, [0] * len(names)
+        text, tally = TextStream(self.target.tokenizer, job.config.stop), _Tally(job.route)
+        finish, stopped = "length", False
         for new, record in generator.stream(job.prompt_ids, job.config):
             if job.cancelled.is_set():
                 return "cancelled"
-            produced += len(new)
-            if record is not None:
-                steps, accepted = steps + 1, accepted + record.accepted
-                for bits in record.accepted_sources:
-                    for i in range(len(names)):
-                        by_source[i] += (bits >> i) & 1
+            tally.add(new, record)
             delta, stopped = text.push(new)
             if delta:
                 _send(job, Delta(delta))
             if stopped or new[-1] in job.config.eos_token_ids:
                 finish = "stop"
                 break
-        stats = {"tau": (steps + accepted) / steps if steps else 1.0, "target_forwards": steps + 1,
-                 "strategy": job.route.strategy, "drafters": list(names),
-                 "accepted_by_drafter": dict(zip(names, by_source)) if names != ("none",) else {}}
         tail = "" if stopped else text.flush()
-        _send(job, Delta(tail, finish, produced, stats))
+        _send(job, Delta(tail, finish, tally.tokens, tally.stats()))
         return "completed"
+
+
+class _Tally:
+    """Per-request counts for `usage` and the `taps` extension field."""
+
+    def __init__(self, route: Route):
+        self.route, self.tokens, self.steps, self.accepted = route, 0, 0, 0
+        self.by_drafter = [0] * len(route.drafters)
+
+    def add(self, new: list[int], record) -> None:
+        self.tokens += len(new)
+        if record is None:  # the prefill's token
+            return
+        self.steps, self.accepted = self.steps + 1, self.accepted + record.accepted
+        for bits in record.accepted_sources:  # bit i set = drafter i proposed the accepted node
+            for i in range(len(self.by_drafter)):
+                self.by_drafter[i] += (bits >> i) & 1
+
+    def stats(self) -> dict:
+        names = self.route.drafters
+        return {"tau": (self.steps + self.accepted) / self.steps if self.steps else 1.0, "target_forwards": self.steps + 1,
+                "strategy": self.route.strategy, "drafters": list(names),
+                "accepted_by_drafter": dict(zip(names, self.by_drafter)) if names != ("none",) else {}}
 
 
 def _send(job: Job, item) -> None:

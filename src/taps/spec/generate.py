@@ -100,7 +100,7 @@ class SpeculativeGenerator:
         wall_ms = (time.perf_counter() - start) * 1000
         text = None
         if tokenizer is not None:
-            text = _strip_stop(tokenizer.decode(tokens, skip_special_tokens=True), config.stop)
+            text = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), config.stop)
         return Generation(tokens, steps, prefill_ms, wall_ms, reason, text)
 
     @torch.inference_mode()
@@ -190,6 +190,7 @@ def _stop_cut(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> int | Non
     return lo
 
 
-def _strip_stop(text: str, stops: tuple[str, ...]) -> str:
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """The text before the first stop string (all of it when none occurs)."""
     cuts = [text.find(s) for s in stops if s in text]
     return text[: min(cuts)] if cuts else text
