@@ -3,7 +3,7 @@
     python benchmarks/engine.py [--target smollm2-135m] [--threads 1] [--prompts 4] [--max-new-tokens 64]
 
 Prints (1) target forward latency by number of tree tokens, (2) one EAGLE-2 drafting step with the
-full vs a reduced draft vocabulary, (3) our plain decoding vs `transformers` generate, and
+full vs a reduced draft vocabulary, and N drafters drafting one by one vs stacked, (3) our plain decoding vs `transformers` generate, and
 (4) speculative decoding with the n-gram proposer vs plain decoding. Not a test: no assertions.
 """
 
@@ -19,6 +19,7 @@ from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
 from taps.models.catalog import load_target
 from taps.models.drafter import Drafter, DrafterConfig
+from taps.spec.combine import MergedProposer
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
 from taps.spec.propose import DrafterProposer, TreeShape
@@ -51,11 +52,17 @@ def forward_latency(target, context: int = 128) -> list[tuple[int, float]]:
     return rows
 
 
-def draft_latency(target, shape: TreeShape, vocab: int | None) -> float:
+def random_drafter(target, vocab: int | None) -> Drafter:
     drafter = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=vocab)).to(target.model.dtype)
     if vocab:
         drafter.d2t = torch.arange(vocab)
-    proposer = DrafterProposer(drafter.requires_grad_(False).attach(target.model), shape)
+    return drafter.requires_grad_(False).attach(target.model)
+
+
+def draft_latency(target, shape: TreeShape, vocab: int | None, members: int = 1, batched: bool = True) -> float:
+    """One drafting step; with members > 1, a merged committee drafting stacked or one by one."""
+    proposers = [DrafterProposer(random_drafter(target, vocab), shape, source=i) for i in range(members)]
+    proposer = proposers[0] if members == 1 else MergedProposer(proposers, batched=batched)
     ctx = torch.randint(0, 1000, (128,))
     feats = target.model(ctx, target.model.new_cache())
     proposer.propose(ctx, feats)
@@ -109,6 +116,11 @@ def main() -> None:
     print(f"| full vocabulary ({target.model.shape.vocab_size}) | {full:.1f} |")
     for v in (16384, 8192, 4096):
         print(f"| reduced vocabulary ({v}) | {draft_latency(target, shape, v):.1f} |")
+
+    print("\n| drafters per step (vocabulary 8192) | one by one ms | stacked ms | stacked vs one by one |\n|---|---|---|---|")
+    for n in (2, 3):
+        apart, stacked = draft_latency(target, shape, 8192, n, batched=False), draft_latency(target, shape, 8192, n)
+        print(f"| {n} | {apart:.1f} | {stacked:.1f} | {apart / stacked:.2f}x |")
 
     prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
                for p in load_benchmark("gsm8k", args.data_dir, limit=args.prompts, seed=0)]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from taps.spec.combine import MergedProposer, RoutedProposer, greedy_match, merge_trees, tree_confidence, tree_entropy
+from taps.spec.combine import Committee, MergedProposer, RoutedProposer, greedy_match, merge_trees, tree_confidence, tree_entropy
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import DrafterProposer, TreeShape
 from taps.spec.tree import DraftTree
@@ -99,3 +99,34 @@ def test_combined_sampling_follows_the_target(tiny_dirs, strategy):
     for seed in range(2000):
         counts[gen.generate(prompt, GenerationConfig(max_new_tokens=2, temperature=1.0, seed=seed)).tokens[1]] += 1
     assert _chi2_ok(counts, p2.numpy())
+
+
+@pytest.mark.parametrize("vocab", [None, 40])
+def test_stacked_drafters_draft_the_trees_they_draft_alone(tiny_target, vocab):
+    """Batching N same-shape drafters into one forward per level must not change any member's tree."""
+    shape = TreeShape(3, 4, 10)
+    members = [DrafterProposer(random_drafter(tiny_target, seed=s, draft_vocab=vocab), shape, source=i) for i, s in enumerate([1, 2, 3])]
+    committee = Committee(members)
+    assert len(committee.groups) == 1  # all three stacked
+    prompt = torch.tensor(PROMPTS[1])
+    cache = tiny_target.new_cache()
+    features = tiny_target(prompt, cache)
+    for proposer in members:
+        proposer.reset()
+    committee.reset()
+    for step in range(3):  # grow the context as the loop would: one accepted token per step
+        tokens = torch.cat([prompt, torch.tensor([5 + step] * step, dtype=torch.long)])
+        new_features = features if step == 0 else features[-1:]
+        together = committee.propose(tokens, new_features)
+        for proposer, tree in zip(members, together):
+            alone = proposer.propose(tokens, new_features)
+            assert tree.tokens.tolist() == alone.tokens.tolist() and tree.parents.tolist() == alone.parents.tolist()
+            assert torch.allclose(tree.scores, alone.scores, atol=1e-5)
+            assert tree.sources.tolist() == alone.sources.tolist()
+
+
+def test_members_of_different_shapes_draft_apart(tiny_target):
+    members = [DrafterProposer(random_drafter(tiny_target, seed=1, draft_vocab=v), TreeShape(3, 3, 8), source=i)
+               for i, v in enumerate([None, 50, 50])]
+    assert [index for index, _ in Committee(members).groups] == [[0], [1, 2]]
+    assert len(Committee(members, batched=False).groups) == 3

@@ -62,7 +62,7 @@ def test_eagle2_tree_is_well_formed(tiny_target, shape):
     assert (tree.entropies >= 0).all()
     # a second call after "accepting" one more pair reuses the cache and stays well-formed
     tree2 = proposer.propose(torch.tensor([7, 11]), features[-1:])
-    assert len(tree2) == len(tree) and proposer.pairs == 6
+    assert len(tree2) == len(tree) and proposer.trees.pairs == 6
 
 
 def test_drafted_nodes_attend_to_their_ancestors_only(tiny_target):

@@ -49,6 +49,7 @@ class Drafter(nn.Module):
         self.register_buffer("d2t", torch.arange(vocab), persistent=True)
         self.rotary = Rotary(s)
         self.head_weight: torch.Tensor | None = None
+        self.members: int | None = None  # set on a stack of drafters (see taps.models.stacked)
 
     def attach(self, target) -> "Drafter":
         """Borrow the target's frozen embedding and LM-head rows (restricted to the draft vocabulary).
@@ -68,7 +69,7 @@ class Drafter(nn.Module):
 
     def new_cache(self, capacity: int = 512) -> KVCache:
         s = self.config.shape
-        return KVCache(self.config.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity)
+        return KVCache(self.config.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity, self.members)
 
     def forward(
         self,
@@ -82,21 +83,22 @@ class Drafter(nn.Module):
         """Predicted next features for pairs (features[i], tokens[i]).
 
         Decoding: 1-D inputs on top of `cache` (causal, or `tree_mask` among the new ones, or a
-        full `mask` over cache + new slots).
+        full `mask` over cache + new slots); a stack of drafters takes [members, n] inputs.
         Training: batched inputs [B, n] / [B, n, H] with a full `mask` and no cache.
         """
         x = self.fc(torch.cat([self.embed(tokens).to(self.dtype), features.to(self.dtype)], dim=-1))
         cos, sin = self.rotary(positions, self.dtype)
+        n = tokens.shape[-1]
         if cache is not None:
-            cache.reserve(cache.length + tokens.shape[0])
+            cache.reserve(cache.length + n)
             if mask is None:
-                mask = attention_mask(tokens.shape[0], cache.length, tree_mask)
+                mask = attention_mask(n, cache.length, tree_mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.length += tokens.shape[0]
+            cache.length += n
         return x
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over the draft vocabulary (map ids back with `d2t`)."""
-        return (hidden.to(self.head_weight.dtype) @ self.head_weight.T).float()
+        return (hidden.to(self.head_weight.dtype) @ self.head_weight.mT).float()

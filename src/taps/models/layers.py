@@ -132,15 +132,16 @@ class KVCache:
     (no recompute of the context).
     """
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 512):
-        self.length = 0
-        self._shape = (num_kv_heads, capacity, head_dim)
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 512,
+                 members: int | None = None):
+        self.length = 0  # slots are dim -2; `members` adds a leading dim for a stack of drafters
+        self._shape = (*([members] if members else []), num_kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(self._shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(self._shape, dtype=dtype) for _ in range(num_layers)]
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[-2]
 
     def reserve(self, total: int) -> None:
         if total <= self.capacity:
@@ -148,8 +149,8 @@ class KVCache:
         new_cap = max(total, 2 * self.capacity)
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
-                grown = old.new_zeros((old.shape[0], new_cap, old.shape[2]))
-                grown[:, : self.length] = old[:, : self.length]
+                grown = old.new_zeros((*old.shape[:-2], new_cap, old.shape[-1]))
+                grown[..., : self.length, :] = old[..., : self.length, :]
                 store[i] = grown
 
     def compact(self, start: int, slots: torch.Tensor) -> None:
@@ -158,7 +159,7 @@ class KVCache:
         if n and not torch.equal(slots, torch.arange(start, start + n)):
             for store in (self.keys, self.values):
                 for t in store:
-                    t[:, start : start + n] = t[:, slots]
+                    t[..., start : start + n, :] = t[..., slots, :]
         self.length = start + n
 
 
@@ -181,9 +182,9 @@ class Attention(nn.Module):
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         if cache is not None:
             start = cache.length
-            cache.keys[layer][:, start : start + n] = k
-            cache.values[layer][:, start : start + n] = v
-            k, v = cache.keys[layer][:, : start + n], cache.values[layer][:, : start + n]
+            cache.keys[layer][..., start : start + n, :] = k
+            cache.values[layer][..., start : start + n, :] = v
+            k, v = cache.keys[layer][..., : start + n, :], cache.values[layer][..., : start + n, :]
         if self.num_heads != self.num_kv_heads:
             # Expanding by hand keeps SDPA on its fused CPU kernel (enable_gqa forces the slow math path).
             groups = self.num_heads // self.num_kv_heads

@@ -12,10 +12,49 @@ import math
 
 import torch
 
-from taps.spec.propose import Proposer
+from taps.models.stacked import stackable
+from taps.spec.propose import DrafterProposer, Proposer, TreeDrafter
 from taps.spec.tree import DraftTree
 
 STRATEGIES = ("single", "average", "route:confidence", "route:entropy", "merged", "merged:cut")
+
+
+class Committee:
+    """The members of a combination, drafting together: drafters of one shape are stacked into a
+    TreeDrafter (one batched forward per tree level for all of them); any other proposer drafts alone.
+    `batched=False` drafts every member on its own (to measure what batching saves)."""
+
+    def __init__(self, members: list[Proposer], batched: bool = True):
+        self.members = members
+        self.groups: list[tuple[list[int], Proposer | TreeDrafter]] = []
+        free = list(range(len(members)))
+        while free:
+            first = free.pop(0)
+            index = [first, *(j for j in free if batched and _lockstep(members[first], members[j]))]
+            free = [j for j in free if j not in index]
+            if len(index) == 1:
+                self.groups.append((index, members[first]))
+            else:
+                group = [members[i] for i in index]
+                self.groups.append((index, TreeDrafter([m.drafter for m in group], group[0].shape, [m.source for m in group])))
+
+    def reset(self) -> None:
+        for _, unit in self.groups:
+            unit.reset()
+
+    def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> list[DraftTree]:
+        """Every member's tree, in member order."""
+        trees: list[DraftTree | None] = [None] * len(self.members)
+        for index, unit in self.groups:
+            out = unit.propose_all(tokens, features) if isinstance(unit, TreeDrafter) else [unit.propose(tokens, features)]
+            for i, tree in zip(index, out):
+                trees[i] = tree
+        return trees
+
+
+def _lockstep(a: Proposer, b: Proposer) -> bool:
+    return (isinstance(a, DrafterProposer) and isinstance(b, DrafterProposer) and a.shape == b.shape
+            and stackable(a.drafter, b.drafter))
 
 
 def tree_confidence(tree: DraftTree) -> float:
@@ -33,21 +72,21 @@ class RoutedProposer(Proposer):
     """Verify only the tree of the member with the best score: highest mean confidence, or lowest
     mean entropy. `choices` and `history` (per step since reset) let evaluation study the router."""
 
-    def __init__(self, members: list[Proposer], signal: str = "confidence"):
+    def __init__(self, members: list[Proposer], signal: str = "confidence", batched: bool = True):
         if len(members) < 2 or signal not in ("confidence", "entropy"):
             raise ValueError("routing needs >= 2 members and signal 'confidence' or 'entropy'")
         self.members, self.signal = members, signal
+        self.committee = Committee(members, batched)
         self.name = f"route:{signal}"
         self.choices: list[int] = []
         self.history: list[list[DraftTree]] = []  # every member's tree, per step since reset
 
     def reset(self) -> None:
         self.choices, self.history = [], []
-        for m in self.members:
-            m.reset()
+        self.committee.reset()
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
-        trees = [m.propose(tokens, features) for m in self.members]
+        trees = self.committee.propose(tokens, features)
         self.history.append(trees)
         if self.signal == "confidence":
             scores = [tree_confidence(t) for t in trees]
@@ -103,20 +142,20 @@ class MergedProposer(Proposer):
     """All members' trees merged into one trie and verified in one target pass; `budget` cuts the
     merged tree to a fixed node count (equal verification cost to a single drafter)."""
 
-    def __init__(self, members: list[Proposer], budget: int | None = None):
+    def __init__(self, members: list[Proposer], budget: int | None = None, batched: bool = True):
         if len(members) < 2:
             raise ValueError("merging needs >= 2 members")
         self.members, self.budget = members, budget
+        self.committee = Committee(members, batched)
         self.name = "merged" if budget is None else "merged:cut"
         self.history: list[list[DraftTree]] = []  # every member's tree, per step since reset
 
     def reset(self) -> None:
         self.history = []
-        for m in self.members:
-            m.reset()
+        self.committee.reset()
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
-        self.history.append([m.propose(tokens, features) for m in self.members])
+        self.history.append(self.committee.propose(tokens, features))
         return merge_trees(self.history[-1], self.budget)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from taps.models.drafter import Drafter
+from taps.models.stacked import stack_drafters
 from taps.spec.tree import DraftTree
 
 
@@ -44,109 +45,137 @@ class TreeShape:
 
 
 class DrafterProposer(Proposer):
-    """EAGLE-2: expand the best `top_k` frontier nodes by cumulative log-prob, `depth` levels deep,
-    then keep the `total_tokens` best nodes (a kept node's ancestors score at least as high)."""
+    """EAGLE-2 with one drafter (see TreeDrafter)."""
 
     def __init__(self, drafter: Drafter, shape: TreeShape = TreeShape(), source: int = 0, name: str = "drafter"):
         self.drafter, self.shape, self.source, self.name = drafter, shape, source, name
+        self.trees = TreeDrafter([drafter], shape, [source])
+
+    def reset(self) -> None:
+        self.trees.reset()
+
+    def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
+        return self.trees.propose_all(tokens, features)[0]
+
+
+class TreeDrafter:
+    """EAGLE-2 dynamic trees for N same-shape drafters in lockstep: expand the best `top_k` frontier
+    nodes by cumulative log-prob, `depth` levels deep, then keep the `total_tokens` best nodes (a kept
+    node's ancestors score at least as high). Every member's frontier has the same size at every
+    level, so one stacked drafter forward per level serves all members (N = 1 for a lone drafter)."""
+
+    def __init__(self, drafters: list[Drafter], shape: TreeShape, sources: list[int]):
+        self.model, self.shape, self.sources = stack_drafters(drafters), shape, sources
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.drafter.new_cache()
+        self.cache = self.model.new_cache()
         self.pairs = 0  # verified (feature, token) pairs in the cache
 
     @torch.inference_mode()
-    def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
-        m = features.shape[0]
+    def propose_all(self, tokens: torch.Tensor, features: torch.Tensor) -> list[DraftTree]:
+        n, m = len(self.sources), features.shape[0]
         self.cache.length = self.pairs  # drop last step's drafted entries
         positions = torch.arange(self.pairs, self.pairs + m)
-        hidden = self.drafter(tokens[-m:], features, positions, self.cache)
+        hidden = self.model(tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache)
         self.pairs += m
-        return self._expand(hidden[-1:])
+        pool = self._expand(hidden[:, -1:])
+        return [pool.best_tree(i, self.shape.total_tokens, s) for i, s in enumerate(self.sources)]
 
-    def _expand(self, root_hidden: torch.Tensor) -> DraftTree:
-        k, d2t = self.shape.top_k, self.drafter.d2t
-        pool = _Pool()
-        logp, ent = _log_probs(self.drafter, root_hidden)
-        top = logp[0].topk(min(k, logp.shape[-1]))
-        frontier = pool.add(d2t[top.indices], torch.full_like(top.indices, -1), top.values, ent.expand(len(top.values)))
-        parent_hidden = root_hidden.expand(len(frontier), -1)
-        slot_anc = torch.zeros(0, 0, dtype=torch.bool)  # ancestor rows over drafted cache slots
-        slot_of: dict[int, int] = {}
+    def _expand(self, root_hidden: torch.Tensor) -> "_Pool":
+        """root_hidden [N, 1, H] -> every candidate node of every member, scored."""
+        k = self.shape.top_k
+        pool = _Pool(len(self.sources))
+        logp, ent = self._log_probs(root_hidden)
+        top = logp[:, 0].topk(min(k, logp.shape[-1]))
+        frontier = pool.add(self._target_ids(top.indices), torch.full_like(top.indices, -1), top.values,
+                            ent.expand_as(top.values))
+        parent_hidden = root_hidden.expand(-1, frontier.shape[1], -1)
+        slot_anc = torch.zeros(len(self.sources), 0, 0, dtype=torch.bool)  # ancestor rows over drafted cache slots
         for level in range(1, self.shape.depth):
-            hidden, slot_anc = self._forward_level(frontier, pool, parent_hidden, slot_anc, slot_of, level)
-            logp, ent = _log_probs(self.drafter, hidden)
-            cand = (pool.scores[frontier].unsqueeze(1) + logp).topk(min(k, logp.shape[-1]), dim=-1)
-            parents = frontier.unsqueeze(1).expand_as(cand.indices)
-            children = pool.add(d2t[cand.indices].flatten(), parents.flatten(), cand.values.flatten(),
-                                ent.unsqueeze(1).expand_as(cand.values).flatten())
-            best = pool.scores[children].topk(min(k, len(children))).indices
-            row_of = {int(v): r for r, v in enumerate(frontier)}
-            frontier = children[best]
-            parent_hidden = hidden[[row_of[int(p)] for p in pool.parents[frontier]]]
-        return pool.best_tree(self.shape.total_tokens, self.source)
+            hidden, slot_anc = self._forward_level(frontier, pool, parent_hidden, slot_anc, level)
+            logp, ent = self._log_probs(hidden)
+            width = min(k, logp.shape[-1])
+            cand = (pool.scores.gather(1, frontier).unsqueeze(-1) + logp).topk(width, dim=-1)  # [N, f, width]
+            parents = frontier.unsqueeze(-1).expand_as(cand.indices)
+            children = pool.add(self._target_ids(cand.indices).flatten(1), parents.flatten(1), cand.values.flatten(1),
+                                ent.unsqueeze(-1).expand_as(cand.values).flatten(1))
+            best = pool.scores.gather(1, children).topk(min(k, children.shape[1]), dim=-1).indices
+            frontier = children.gather(1, best)
+            # children are laid out [parent row, width], so a child's parent row is its index // width
+            parent_hidden = hidden.gather(1, (best // width).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return pool
 
-    def _forward_level(self, frontier, pool, parent_hidden, slot_anc, slot_of, level):
-        """Run the frontier nodes through the drafter; each sees the context and its drafted ancestors."""
-        f, drafted = len(frontier), slot_anc.shape[0]
-        rows = torch.zeros(f, drafted + f, dtype=torch.bool)
-        for r, node in enumerate(frontier.tolist()):
-            parent = int(pool.parents[node])
-            if parent >= 0:
-                ps = slot_of[parent]
-                rows[r, :drafted] = slot_anc[ps]
-                rows[r, ps] = True
-            rows[r, drafted + r] = True
-            slot_of[node] = drafted + r
-        grown = torch.zeros(drafted + f, drafted + f, dtype=torch.bool)
-        grown[:drafted, :drafted] = slot_anc
-        grown[drafted:] = rows
-        mask = torch.cat([torch.ones(f, self.pairs, dtype=torch.bool), rows], dim=1)
+    def _forward_level(self, frontier, pool, parent_hidden, slot_anc, level):
+        """Run the frontier nodes through the drafters; each sees the context and its drafted ancestors.
+        Frontier node r of a level takes cache slot `drafted + r`; `slot_anc` holds each slot's ancestors."""
+        n, f = frontier.shape
+        drafted = slot_anc.shape[1]
+        rows = torch.zeros(n, f, drafted + f, dtype=torch.bool)
+        if drafted:  # every frontier node below level 1 has a drafted parent: the previous level's frontier
+            parent_slot = pool.slots.gather(1, pool.parents.gather(1, frontier))
+            rows[:, :, :drafted] = slot_anc.gather(1, parent_slot.unsqueeze(-1).expand(-1, -1, drafted))
+            rows[:, :, :drafted].scatter_(2, parent_slot.unsqueeze(-1), True)
+        rows[:, :, drafted:] = torch.eye(f, dtype=torch.bool)
+        pool.slots.scatter_(1, frontier, (drafted + torch.arange(f)).expand(n, f))
+        grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool)
+        grown[:, :drafted, :drafted] = slot_anc
+        grown[:, drafted:] = rows
+        mask = torch.cat([torch.ones(n, f, self.pairs, dtype=torch.bool), rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
         positions = torch.full((f,), self.pairs - 1 + level)
-        hidden = self.drafter(pool.tokens[frontier], parent_hidden, positions, self.cache, mask=mask)
+        hidden = self.model(pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask)
         return hidden, grown
 
+    def _log_probs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = torch.log_softmax(self.model.draft_logits(hidden), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return logp, entropy
 
-def _log_probs(drafter: Drafter, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logp = torch.log_softmax(drafter.draft_logits(hidden), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return logp, entropy
+    def _target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary ids [N, ...] -> target token ids, through each member's own d2t."""
+        return self.model.d2t.gather(1, draft_ids.flatten(1)).view_as(draft_ids)
 
 
 class _Pool:
-    """Every candidate node drafted in one step, before the best `total_tokens` are kept."""
+    """Every candidate node drafted in one step by each of N members, before the best `total_tokens`
+    are kept. Members grow in lockstep, so every field is [N, nodes]."""
 
-    def __init__(self) -> None:
-        self.tokens = torch.zeros(0, dtype=torch.long)
-        self.parents = torch.zeros(0, dtype=torch.long)
-        self.scores = torch.zeros(0)
-        self.entropies = torch.zeros(0)
-        self.depth = torch.zeros(0, dtype=torch.long)
+    def __init__(self, members: int) -> None:
+        self.tokens = torch.zeros(members, 0, dtype=torch.long)
+        self.parents = torch.zeros(members, 0, dtype=torch.long)
+        self.scores = torch.zeros(members, 0)
+        self.entropies = torch.zeros(members, 0)
+        self.depth = torch.zeros(members, 0, dtype=torch.long)
+        self.slots = torch.zeros(members, 0, dtype=torch.long)  # drafter cache slot of a forwarded node, else -1
 
     def add(self, tokens, parents, scores, entropies) -> torch.Tensor:
-        start = len(self.tokens)
-        depth = torch.where(parents < 0, 1, self.depth[parents.clamp(min=0)] + 1) if start else torch.ones_like(parents)
-        self.tokens = torch.cat([self.tokens, tokens])
-        self.parents = torch.cat([self.parents, parents])
-        self.scores = torch.cat([self.scores, scores.float()])
-        self.entropies = torch.cat([self.entropies, entropies.float()])
-        self.depth = torch.cat([self.depth, depth])
-        return torch.arange(start, len(self.tokens))
+        """Append [N, c] new nodes; returns their indices [N, c]."""
+        start = self.tokens.shape[1]
+        parent_depth = self.depth.gather(1, parents.clamp(min=0)) if start else torch.zeros_like(parents)
+        depth = torch.where(parents < 0, 1, parent_depth + 1)
+        self.tokens = torch.cat([self.tokens, tokens], dim=1)
+        self.parents = torch.cat([self.parents, parents], dim=1)
+        self.scores = torch.cat([self.scores, scores.float()], dim=1)
+        self.entropies = torch.cat([self.entropies, entropies.float()], dim=1)
+        self.depth = torch.cat([self.depth, depth], dim=1)
+        self.slots = torch.cat([self.slots, torch.full_like(parents, -1)], dim=1)
+        return torch.arange(start, self.tokens.shape[1]).expand(len(tokens), -1)
 
-    def best_tree(self, total: int, source: int) -> DraftTree:
+    def best_tree(self, member: int, total: int, source: int) -> DraftTree:
         # Rank by score, ties to the shallower node, so every kept node's parent is kept too;
         # then order the kept nodes by depth (parents before children) and score.
-        order = _stable_order(self.depth, -self.scores)[:total]
-        keep = order[_stable_order(-self.scores[order], self.depth[order])]
-        new_index = torch.full((len(self.tokens),), -1, dtype=torch.long)
+        depth, scores = self.depth[member], self.scores[member]
+        order = _stable_order(depth, -scores)[:total]
+        keep = order[_stable_order(-scores[order], depth[order])]
+        new_index = torch.full((len(depth),), -1, dtype=torch.long)
         new_index[keep] = torch.arange(len(keep))
-        parents = self.parents[keep]
+        parents = self.parents[member, keep]
         parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], -1)
         return DraftTree(
-            tokens=self.tokens[keep],
+            tokens=self.tokens[member, keep],
             parents=parents,
-            scores=self.scores[keep],
-            entropies=self.entropies[keep],
+            scores=scores[keep],
+            entropies=self.entropies[member, keep],
             sources=torch.full((len(keep),), 1 << source, dtype=torch.long),
         )
 
