@@ -2,9 +2,11 @@
 
     python benchmarks/engine.py [--target smollm2-135m] [--threads 1] [--prompts 4] [--max-new-tokens 64]
 
-Prints (1) target forward latency by number of tree tokens, (2) one EAGLE-2 drafting step with the
-full vs a reduced draft vocabulary, and N drafters drafting one by one vs stacked, (3) our plain decoding vs `transformers` generate, and
-(4) speculative decoding with the n-gram proposer vs plain decoding. Not a test: no assertions.
+Prints (1) target forward latency by number of tree tokens; (2) one EAGLE-2 drafting step with the
+full vs a reduced draft vocabulary, and N drafters drafting one by one vs stacked; (3) our plain
+decoding vs `transformers` generate; (4) the n-gram proposer vs plain decoding; (5) a trained
+drafter over tree shapes, its time per step split into drafting, verification and the rest.
+Not a test: no assertions.
 """
 
 from __future__ import annotations
@@ -69,13 +71,32 @@ def draft_latency(target, shape: TreeShape, vocab: int | None, members: int = 1,
     return median_ms(lambda: proposer.propose(ctx[-1:], feats[-1:]))
 
 
-def decode(target, prompts, proposer, max_new: int):
+def decode(target, prompts, proposer, max_new: int, timing: bool = False):
     gen = SpeculativeGenerator(target.model, proposer)
     cfg = GenerationConfig(max_new_tokens=max_new, eos_token_ids=target.eos_token_ids)
     outs = [gen.generate(p, cfg) for p in prompts]
     toks, ms = sum(len(o.tokens) for o in outs), sum(o.wall_ms for o in outs)
-    steps = [s.accepted + 1 for o in outs for s in o.steps]
-    return [o.tokens for o in outs], toks / (ms / 1000), sum(steps) / max(1, len(steps))
+    steps = [s for o in outs for s in o.steps]
+    result = [o.tokens for o in outs], toks / (ms / 1000), sum(s.accepted + 1 for s in steps) / max(1, len(steps))
+    if timing:  # mean draft / verify ms per target step, and the rest of the wall time per step
+        draft, verify = (sum(getattr(s, f) for s in steps) / len(steps) for f in ("draft_ms", "verify_ms"))
+        rest = (ms - sum(o.prefill_ms for o in outs)) / len(steps) - draft - verify
+        return *result, (draft, verify, rest)
+    return result
+
+
+SHAPES = [(8, 5, 24), (8, 5, 16), (6, 4, 12), (4, 4, 8), (4, 3, 6), (3, 3, 5), (2, 4, 4), (1, 4, 4)]
+
+
+def shape_sweep(target, prompts, drafter: str, max_new: int, plain_tps: float) -> None:
+    """A trained drafter over tree shapes: where a step's time goes, and what tau it buys."""
+    from taps.drafters import make_proposer
+
+    print(f"\n| {drafter}: tree (top_k, depth, total) | tok/s | vs our plain | tau | draft ms / step | verify ms / step | other ms / step |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in SHAPES:
+        _, tps, tau, (draft, verify, rest) = decode(target, prompts, make_proposer(drafter, target, TreeShape(*shape)), max_new, True)
+        print(f"| {shape} | {tps:.1f} | {tps / plain_tps:.2f}x | {tau:.2f} | {draft:.1f} | {verify:.1f} | {rest:.1f} |")
 
 
 def hf_generate(target, prompts, max_new: int):
@@ -100,6 +121,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="GSM8K prompts for the decoding comparisons")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--drafter", default="eagle2-math", help="trained drafter for the tree-shape sweep ('' = skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target = load_target(args.target)
@@ -134,6 +156,8 @@ def main() -> None:
     print(f"| taps + n-gram proposer | {ngram_tps:.1f} | {ngram_tps / plain_tps:.2f}x | {ngram_tau:.2f} |")
     print(f"\nn-gram output == plain output: {sum(a == b for a, b in zip(ours, ngram))}/{len(prompts)}; "
           f"taps plain == transformers greedy: {same}/{len(prompts)} (bf16 kernels may break near-ties differently)")
+    if args.drafter:
+        shape_sweep(target, prompts, args.drafter, args.max_new_tokens, plain_tps)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,10 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
     cells[0].unlink()
     run_grid(tiny, grid, tmp_path)
     assert cells[0].is_file() and cells[1].stat().st_mtime_ns == kept
+    # a rerun with other cell settings must not mix its records into this run
+    with pytest.raises(TapsError, match="other settings .*prompts 2 -> 1"):
+        run_grid(tiny, GridConfig(rows=["plain"], benchmarks=["gsm8k"], temperatures=[0.0], prompts=1, max_new_tokens=12,
+                                  data_dir=str(data_dir), shape=TreeShape(3, 3, 8)), tmp_path)
 
 
 def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):

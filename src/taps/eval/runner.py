@@ -168,10 +168,11 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     rows = [parse_row(r) for r in grid.rows]
     prompts = {b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
                for b in grid.benchmarks}
+    meta = {"target": target.name, "threads": grid.threads, "torch": torch.__version__, "machine": machine_description(),
+            "grid": asdict(grid) | {"shape": asdict(grid.shape)}}
+    meta = _resumable_meta(out_dir, meta)
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "meta.json", {"target": target.name, "threads": grid.threads, "torch": torch.__version__,
-                                        "machine": machine_description(),
-                                        "grid": asdict(grid) | {"shape": asdict(grid.shape)}})
+    write_json_atomic(out_dir / "meta.json", meta)
     todo = [(r, b, t) for r in rows for b in grid.benchmarks for t in grid.temperatures if not cell_path(out_dir, r, b, t).is_file()]
     skipped = len(rows) * len(grid.benchmarks) * len(grid.temperatures) - len(todo)
     if skipped:
@@ -192,6 +193,31 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         print(f"[eval] {row.spec} | {bench} | T={temp:g}: {tau_text}{tps:.1f} tok/s", flush=True)
     bar.close()
     return out_dir
+
+
+# What a finished cell's records depend on besides its row, benchmark and temperature.
+_CELL_SETTINGS = ("prompts", "max_new_tokens", "seed", "shape")
+
+
+def _resumable_meta(out_dir: Path, meta: dict) -> dict:
+    """Refuse to resume a run folder made with other settings (its finished cells would be mixed into
+    this run's tables); otherwise list the union of both runs' rows, benchmarks and temperatures."""
+    path = out_dir / "meta.json"
+    if not path.is_file():
+        return meta
+    try:
+        old = json.loads(path.read_text())
+        old_grid = old["grid"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TapsError(f"{path} is not a taps eval meta file ({exc}); pass a new --out or delete {out_dir}") from exc
+    changed = [f"{k} {old.get(k)} -> {meta[k]}" for k in ("target", "threads") if old.get(k) != meta[k]]
+    changed += [f"{k} {old_grid.get(k)} -> {meta['grid'][k]}" for k in _CELL_SETTINGS if old_grid.get(k) != meta["grid"][k]]
+    if changed:
+        raise TapsError(f"{out_dir} holds a run made with other settings ({'; '.join(changed)}); "
+                        "pass a new --out, or delete the folder to start over")
+    for key in ("rows", "benchmarks", "temperatures"):
+        meta["grid"][key] = list(dict.fromkeys([*old_grid.get(key, []), *meta["grid"][key]]))
+    return meta
 
 
 def load_records(out_dir: str | Path) -> list[dict]:
