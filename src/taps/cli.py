@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (continue later with --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--mixed-precision", choices=["bf16", "no"], default="bf16")
+    p.add_argument("--mixed-precision", choices=["auto", "bf16", "no"], default="auto",
+                   help="auto = bf16 autocast only where the hardware computes bf16 natively (default: %(default)s)")
     p.add_argument("--heldout-prompts", type=int, default=16, help="held-out prompts for the final tau (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)

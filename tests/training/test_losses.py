@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from taps.training.losses import LossWeights, classification_loss, drafter_loss, regression_loss, top1_accuracy, topk_loss
-from taps.training.trainer import alignment_mask
+from taps.training.trainer import alignment_mask, resolve_mixed_precision
 
 
 def test_regression_is_masked_smooth_l1():
@@ -47,3 +47,13 @@ def test_alignment_mask_reproduces_draft_depth_visibility():
     assert alignment_mask(n, 1) == "causal"
     # step 1 block equals plain causal attention
     assert torch.equal(m[:n, :n], torch.ones(n, n, dtype=torch.bool).tril()) and not m[:n, n:].any()
+
+
+@pytest.mark.parametrize("flags, expected", [(set(), "no"), ({"avx2"}, "no"), ({"avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16")])
+def test_auto_mixed_precision_uses_bf16_only_where_it_is_native(monkeypatch, flags, expected):
+    import taps.config
+
+    monkeypatch.setattr(taps.config, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_mixed_precision("auto") == expected
+    assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"

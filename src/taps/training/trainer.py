@@ -43,7 +43,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     max_steps: int | None = None  # stop early (e.g. to split a run over sessions)
-    mixed_precision: str = "bf16"  # accelerate's setting: bf16 autocast (CPUs with avx512_bf16, GPUs) or "no"
+    # accelerate's setting: "bf16" autocast, "no", or "auto" = bf16 only where the hardware computes it
+    # natively (GPUs, avx512_bf16 / AMX CPUs); emulated bf16 made a training step ~4x slower on an AVX2 CPU
+    mixed_precision: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,6 +146,14 @@ def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig,
     return loss, parts
 
 
+def resolve_mixed_precision(setting: str) -> str:
+    from taps.config import fast_dtype
+
+    if setting == "auto":
+        return "bf16" if fast_dtype() == torch.bfloat16 else "no"
+    return setting
+
+
 def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig, resume: bool = False, card: dict | None = None) -> Path:
     """Train a drafter on the features in `feature_dirs`; writes `out_dir` (drafter) and `out_dir/.state`."""
     from accelerate import Accelerator
@@ -164,7 +174,7 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     drafter.d2t = d2t
     drafter.attach(target.model)
     head = target.model.lm_head.weight.detach()[d2t].float()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
