@@ -27,3 +27,13 @@ def test_every_subcommand_has_help(capsys):
             parser.parse_args([name, "--help"])
         assert exit_info.value.code == 0
     assert "--strategy" in capsys.readouterr().out
+
+
+def test_reproduce_rows_cover_every_combination_of_each_family():
+    from taps.cli import default_rows
+
+    rows = default_rows("smollm2-135m")
+    for family in ("eagle2", "hass"):
+        for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut"):
+            assert f"{strategy}={family}-math,{family}-chat" in rows
+    assert rows[:2] == ["plain", "ngram"] and default_rows("no-such-target") == ["plain", "ngram"]

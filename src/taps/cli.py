@@ -136,11 +136,12 @@ def default_rows(target_name: str) -> list[str]:
     for family in ("eagle2", "hass"):
         pair = [f"{family}-math", f"{family}-chat"]
         if all(p in shipped for p in pair):
-            rows += [f"average={','.join(pair)}", f"route:confidence={','.join(pair)}", f"route:entropy={','.join(pair)}", f"merged={','.join(pair)}"]
+            members = ",".join(pair)
+            rows += [f"{strategy}={members}" for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut")]
     return rows
 
 
-QUICK_MAX_NEW_TOKENS = 40  # per turn; with one prompt per benchmark, the quick preset's size
+QUICK_MAX_NEW_TOKENS = 32  # per turn; with one prompt per benchmark, the quick preset's size
 
 
 def cmd_reproduce(args) -> None:
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=1, help="quick preset: seeded prompts per benchmark (default: %(default)s)")
     p.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s)")
     # The quick preset must finish in about 15 minutes on 2 CPU cores without native bf16 (measured in the README).
-    _add_eval_common(p, max_new_help="per turn (default: 40 for the quick preset, 64 with --full)")
+    _add_eval_common(p, max_new_help="per turn (default: 32 for the quick preset, 64 with --full)")
     p.set_defaults(max_new_tokens=None)
     # A batch job: use every core by default (speed-ups are ratios measured at the same thread count).
     p.set_defaults(func=cmd_reproduce, threads=os.cpu_count() or 1)
