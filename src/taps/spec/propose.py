@@ -49,7 +49,14 @@ class DrafterProposer(Proposer):
 
     def __init__(self, drafter: Drafter, shape: TreeShape = TreeShape(), source: int = 0, name: str = "drafter"):
         self.drafter, self.shape, self.source, self.name = drafter, shape, source, name
-        self.trees = TreeDrafter([drafter], shape, [source])
+        self._trees: TreeDrafter | None = None
+
+    @property
+    def trees(self) -> TreeDrafter:
+        """Built on first use: a member of a stacked committee never drafts alone, so never needs one."""
+        if self._trees is None:
+            self._trees = TreeDrafter([self.drafter], self.shape, [self.source])
+        return self._trees
 
     def reset(self) -> None:
         self.trees.reset()
