@@ -10,7 +10,7 @@ import torch
 
 from taps.data.benchmarks import BENCHMARKS, load_benchmark
 from taps.data.chat import encode_chat
-from taps.drafters import make_proposer, shipped_drafters
+from taps.drafters import make_proposer, make_strategy, shipped_drafters
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import DrafterProposer, TreeShape
@@ -40,6 +40,10 @@ def reference(default_target, prompts):
     return [SpeculativeGenerator(default_target.model).generate(p, cfg).tokens for p in prompts]
 
 
+# prompts holds 2 per benchmark in BENCHMARKS order: one MT-Bench and one GSM8K prompt
+_ONE_PER_KIND = [2 * BENCHMARKS.index("mt_bench"), 2 * BENCHMARKS.index("gsm8k")]
+
+
 def _proposers(target):
     torch.manual_seed(0)
     random = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=4096)).float()
@@ -57,3 +61,16 @@ def test_greedy_speculative_equals_plain_greedy_on_real_prompts(default_target, 
         gen = SpeculativeGenerator(default_target.model, proposer)
         for i, (p, ref) in enumerate(zip(prompts, reference)):
             assert gen.generate(p, cfg).tokens == ref, f"{name} diverged from greedy on prompt {i}"
+
+
+@pytest.mark.parametrize("strategy", ["average", "route:confidence", "route:entropy", "merged", "merged:cut"])
+def test_combined_shipped_drafters_equal_plain_greedy(default_target, prompts, reference, strategy):
+    """Every strategy over the shipped math and chat drafters (stacked where they can be), on one
+    GSM8K and one MT-Bench prompt (the full eight run for the single drafters above)."""
+    pair = ["eagle2-math", "eagle2-chat"]
+    if not all(p in shipped_drafters(default_target.name) for p in pair):
+        pytest.skip("the eagle2 math/chat drafters are not shipped")
+    gen = SpeculativeGenerator(default_target.model, make_strategy(strategy, pair, default_target))
+    cfg = GenerationConfig(max_new_tokens=64)
+    for i in _ONE_PER_KIND:
+        assert gen.generate(prompts[i], cfg).tokens == reference[i], f"{strategy} diverged from greedy on prompt {i}"

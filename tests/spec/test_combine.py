@@ -130,3 +130,16 @@ def test_members_of_different_shapes_draft_apart(tiny_target):
                for i, v in enumerate([None, 50, 50])]
     assert [index for index, _ in Committee(members).groups] == [[0], [1, 2]]
     assert len(Committee(members, batched=False).groups) == 3
+
+
+@pytest.mark.parametrize("make", [lambda m: RoutedProposer(m, "confidence"), lambda m: RoutedProposer(m, "entropy"),
+                                  lambda m: MergedProposer(m), lambda m: MergedProposer(m, budget=10)])
+def test_stacked_members_are_lossless(tiny_target, make):
+    """Members that stack (same shape and draft vocabulary) draft in one batched forward per level."""
+    shape = TreeShape(4, 4, 12)
+    for i, prompt in enumerate(PROMPTS):
+        members = [DrafterProposer(random_drafter(tiny_target, seed=10 * i + j, draft_vocab=60), shape, source=j) for j in range(3)]
+        combo = make(members)
+        assert len(combo.committee.groups) == 1
+        out = SpeculativeGenerator(tiny_target, combo).generate(prompt, GenerationConfig(max_new_tokens=40))
+        assert out.tokens == greedy(tiny_target, prompt)
