@@ -6,7 +6,8 @@ log-linear fit says a target tau needs.
 For each budget (ascending) it extends one feature cache (`taps features` resumes, so each budget
 costs only its new tokens), trains a drafter with the shipped drafters' settings (`taps train`, which
 also measures held-out tau), and measures tau on a benchmark sample (`taps eval`, T = 0). Drafters
-already shipped for the target can join the table with `--shipped NAME:TOKENS`. Prints a markdown
+already shipped for the target can join the table with `--shipped NAME:TOKENS`. `--regenerate` trains on
+the target's own replies to the corpus prompts instead of the corpus's replies, for the comparison. Prints a markdown
 table and the fit. A heavy experiment (tens of CPU-minutes per 100k tokens), not a test.
 """
 
@@ -30,11 +31,12 @@ def taps(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def features(work: Path, corpus: str, budget: int, previous: Path | None, threads: int) -> Path:
-    folder = work / f"features-{corpus}-{budget}"
+def features(work: Path, budget: int, previous: Path | None, args) -> Path:
+    folder = work / f"features-{args.corpus}{'-regen' if args.regenerate else ''}-{budget}"
     if previous is not None and not folder.exists():
         shutil.copytree(previous, folder)  # resume from the smaller budget instead of starting over
-    taps("features", "--corpus", corpus, "--out", str(folder), "--tokens", str(budget), "--threads", str(threads))
+    extra = ["--regenerate"] if args.regenerate else []
+    taps("features", "--corpus", args.corpus, "--out", str(folder), "--tokens", str(budget), "--threads", str(args.threads), *extra)
     return folder
 
 
@@ -70,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default="math")
     ap.add_argument("--budgets", default="75000,150000,300000", help="training tokens, comma-separated")
+    ap.add_argument("--regenerate", action="store_true", help="train on the target's own replies (taps features --regenerate)")
     ap.add_argument("--method", default="eagle2", choices=["eagle2", "hass"])
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--benchmark", default="gsm8k")
@@ -85,7 +88,7 @@ def main() -> None:
     rows = []
     previous = None
     for budget in sorted(int(b) for b in args.budgets.split(",")):
-        previous = features(work, args.corpus, budget, previous, args.threads)
+        previous = features(work, budget, previous, args)
         drafter = train(work, previous, args)
         rows.append((drafter, card(drafter)["train_tokens"]))
     for item in filter(None, args.shipped.split(",")):
