@@ -82,6 +82,19 @@ def test_loss_decreases(features, tmp_path, method):
     assert 1 in drafter.d2t.tolist()  # EOS is always in the draft vocabulary
 
 
+def test_a_short_run_still_reaches_the_peak_learning_rate(features, tmp_path):
+    """The default 50-step warm-up is capped at a quarter of a short run, so it ends warm, not mid-ramp."""
+    target, feats = features
+    cfg = TrainConfig(epochs=2, batch_tokens=400, lr=2e-3, draft_vocab_size=40, checkpoint_every=1000)
+    out = train(target, [feats], tmp_path / "d", cfg)
+    log = __import__("json").loads((tmp_path / ".d.train" / "log.json").read_text())
+    assert cfg.warmup_steps > len(log) >= 8
+    assert max(r["lr"] for r in log) == pytest.approx(cfg.lr)
+    assert log[-1]["lr"] < 0.1 * cfg.lr  # and the cosine decay still runs to the end
+    assert load_drafter(out).config.draft_vocab_size == 40
+    assert __import__("json").loads((out / "config.json").read_text())["card"]["warmup_steps"] == len(log) // 4
+
+
 def test_resume_gives_the_same_state(features, tmp_path):
     target, feats = features
     cfg = dict(method="hass", epochs=3, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=2)

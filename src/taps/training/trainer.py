@@ -33,7 +33,7 @@ class TrainConfig:
     batch_tokens: int = 8192
     lr: float = 1e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 50
+    warmup_steps: int = 50  # at most a quarter of the run (see `effective_warmup`)
     grad_clip: float = 0.5
     noise: float = 0.2  # uniform feature noise width, as in EAGLE
     draft_vocab_size: int | None = 8192
@@ -178,7 +178,8 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, total_steps))
+    warmup = effective_warmup(cfg.warmup_steps, total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
     drafter, optimizer = accelerator.prepare(drafter, optimizer)
     step, log = 0, []
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -211,11 +212,18 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     drafter = accelerator.unwrap_model(drafter).eval()
     recent = log[-min(50, len(log)):]
     summary = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0] if k not in ("step", "lr")}
-    card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "train_tokens": sum(len(s.tokens) for s in seqs),
+    card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "warmup_steps": warmup,
+                              "train_tokens": sum(len(s.tokens) for s in seqs),
                               "final_losses_last50": summary, "wall_s_last_run": round(wall, 1)}
     save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
     write_json_atomic(state_dir / "log.json", log, indent=None)
     return out_dir
+
+
+def effective_warmup(configured: int, total_steps: int) -> int:
+    """Warm-up capped at a quarter of the run: a small-budget run (a few dozen steps) would otherwise
+    end before the learning rate ever reached its peak."""
+    return min(configured, total_steps // 4)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
