@@ -1,13 +1,13 @@
 """How drafter quality grows with the training budget: tau against training tokens, and the budget a
 log-linear fit says a target tau needs.
 
-    python benchmarks/budget_curve.py --corpus math --budgets 75000,150000,300000 --work /tmp/taps-budget
+    python benchmarks/budget_curve.py --corpus math --replies target --budgets 75000,150000,300000 --work /tmp/taps-budget
 
 For each budget (ascending) it extends one feature cache (`taps features` resumes, so each budget
 costs only its new tokens), trains a drafter with the shipped drafters' settings (`taps train`, which
 also measures held-out tau), and measures tau on a benchmark sample (`taps eval`, T = 0). Drafters
-already shipped for the target can join the table with `--shipped NAME:TOKENS`. `--regenerate` trains on
-the target's own replies to the corpus prompts instead of the corpus's replies, for the comparison. Prints a markdown
+already shipped for the target can join the table with `--shipped NAME:TOKENS`. `--replies corpus|target`
+picks the corpus's replies or the target's own (regenerated), for the comparison. Prints a markdown
 table and the fit. A heavy experiment (tens of CPU-minutes per 100k tokens), not a test.
 """
 
@@ -32,11 +32,11 @@ def taps(*args: str) -> None:
 
 
 def features(work: Path, budget: int, previous: Path | None, args) -> Path:
-    folder = work / f"features-{args.corpus}{'-regen' if args.regenerate else ''}-{budget}"
+    folder = work / f"features-{args.corpus}{'-regen' if args.replies == 'target' else ''}-{budget}"
     if previous is not None and not folder.exists():
         shutil.copytree(previous, folder)  # resume from the smaller budget instead of starting over
-    extra = ["--regenerate"] if args.regenerate else []
-    taps("features", "--corpus", args.corpus, "--out", str(folder), "--tokens", str(budget), "--threads", str(args.threads), *extra)
+    taps("features", "--corpus", args.corpus, "--out", str(folder), "--tokens", str(budget), "--threads", str(args.threads),
+         "--replies", args.replies)
     return folder
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default="math")
     ap.add_argument("--budgets", default="75000,150000,300000", help="training tokens, comma-separated")
-    ap.add_argument("--regenerate", action="store_true", help="train on the target's own replies (taps features --regenerate)")
+    ap.add_argument("--replies", choices=["target", "corpus"], default="target", help="taps features --replies (default: %(default)s)")
     ap.add_argument("--method", default="eagle2", choices=["eagle2", "hass"])
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--benchmark", default="gsm8k")

@@ -29,6 +29,12 @@ def test_every_subcommand_has_help(capsys):
     assert "--strategy" in capsys.readouterr().out
 
 
+def test_features_train_on_the_targets_own_replies_by_default():
+    """Regenerated replies gave the higher tau at equal budget (README, budget curve), so they are the default."""
+    args = build_parser().parse_args(["features", "--corpus", "math", "--out", "x"])
+    assert args.replies == "target"
+
+
 def test_reproduce_rows_cover_every_combination_of_each_family():
     from taps.cli import default_rows
 

@@ -177,14 +177,14 @@ def cmd_features(args) -> None:
     train_part, held = split(convs, args.held_out, seed=args.seed)
     print(f"[features] {args.corpus}: {len(convs)} conversations ({len(held)} held out for tau), up to {args.tokens} tokens", flush=True)
     corpus = args.corpus
-    if args.regenerate:
+    if args.replies == "target":
         from pathlib import Path
 
         from taps.training.regenerate import regenerate
 
         # about tokens / (prompt + reply) conversations are needed; 1.3x covers short replies
-        need = int(1.3 * args.tokens / (args.regenerate_tokens + 64)) + 1
-        train_part = regenerate(target, train_part, Path(args.out) / "regenerated.jsonl", args.regenerate_tokens, limit=need)
+        need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
+        train_part = regenerate(target, train_part, Path(args.out) / "regenerated.jsonl", args.reply_tokens, limit=need)
         corpus += "+regenerated"
     extract_features(target, train_part, args.out, corpus, args.tokens, args.max_len, command="taps " + " ".join(sys.argv[1:]))
 
@@ -323,8 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="feature folder (resumable: rerun to continue)")
     p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
     p.add_argument("--max-len", type=int, default=1024, help="tokens per conversation, longer ones are cut (default: %(default)s)")
-    p.add_argument("--regenerate", action="store_true", help="train on the target's own greedy replies to the corpus prompts")
-    p.add_argument("--regenerate-tokens", type=int, default=256, help="reply length cap with --regenerate (default: %(default)s)")
+    p.add_argument("--replies", choices=["target", "corpus"], default="target",
+                   help="train on the target's own greedy replies to the corpus prompts (regenerated first; measured to give "
+                        "the higher tau, see README) or on the corpus's replies (much cheaper) (default: %(default)s)")
+    p.add_argument("--reply-tokens", type=int, default=256, help="reply length cap with --replies target (default: %(default)s)")
     p.add_argument("--held-out", type=int, default=64, help="conversations kept out of training for tau (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR)")
