@@ -29,9 +29,9 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
         f"| weights | {size:.1f} MB, bf16 safetensors |",
         f"| training tokens | {card.get('train_tokens')} (x {cfg.get('epochs')} epochs, {card.get('steps')} steps of <= {cfg.get('batch_tokens')} tokens) |",
         f"| objective | {_objective(cfg)} |",
-        f"| optimiser | AdamW lr {cfg.get('lr')}, warm-up {card.get('warmup_steps', cfg.get('warmup_steps'))} steps + cosine decay, clip {cfg.get('grad_clip')}, {cfg.get('mixed_precision')} autocast |",
+        f"| optimiser | AdamW lr {cfg.get('lr')}, warm-up {card.get('warmup_steps', cfg.get('warmup_steps'))} steps + cosine decay, clip {cfg.get('grad_clip')}, {_precision(card.get('mixed_precision', cfg.get('mixed_precision')))} |",
         f"| hardware | {card.get('hardware')}; wall time of the final run {card.get('wall_s_last_run')} s |",
-        "| final losses (mean of last 50 steps) | " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + " |",
+        f"| final losses (mean of last {min(50, card.get('steps') or 50)} steps) | " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + " |",
         f"| held-out tau | {held.get('tau')} on {held.get('prompts')} held-out prompts of its corpora, T = {held.get('temperature')}, "
         f"{held.get('max_new_tokens')} new tokens, default tree |",
         "",
@@ -45,6 +45,10 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
     out = drafter_dir / "README.md"
     write_text_atomic(out, "\n".join(lines))
     return out
+
+
+def _precision(setting: str | None) -> str:
+    return {"no": "float32 (no autocast)", None: "?"}.get(setting, f"{setting} autocast")
 
 
 def _objective(cfg: dict) -> str:

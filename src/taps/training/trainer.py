@@ -174,7 +174,8 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     drafter.d2t = d2t
     drafter.attach(target.model)
     head = target.model.lm_head.weight.detach()[d2t].float()
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
@@ -212,7 +213,7 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     drafter = accelerator.unwrap_model(drafter).eval()
     recent = log[-min(50, len(log)):]
     summary = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0] if k not in ("step", "lr")}
-    card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "warmup_steps": warmup,
+    card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "warmup_steps": warmup, "mixed_precision": precision,
                               "train_tokens": sum(len(s.tokens) for s in seqs),
                               "final_losses_last50": summary, "wall_s_last_run": round(wall, 1)}
     save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
