@@ -14,12 +14,17 @@ from taps.models.catalog import DEFAULT_TARGET, TARGETS
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name ({', '.join(TARGETS)}), HF model dir or .gguf file (default: %(default)s)")
+    p.add_argument("--tree", choices=["auto", "fixed"], default="auto",
+                   help="auto: each step verify the draft nodes that pay on this machine (its measured forward costs; none "
+                        "when drafting does not pay), within --top-k/--depth/--total-tokens (default 8/6/48); fixed: always "
+                        "--total-tokens nodes (default 8/5/24) (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None, help="EAGLE-2: children per expanded node and nodes expanded per level")
     p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
-    p.add_argument("--total-tokens", type=int, default=None, help="EAGLE-2: draft nodes verified per target forward")
+    p.add_argument("--total-tokens", type=int, default=None, help="EAGLE-2: draft nodes verified per target forward (auto: at most)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned and reported (default: %(default)s)")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                    help="target/drafter weights; auto = bfloat16 where the CPU/GPU computes it natively, else float32 (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
@@ -45,10 +50,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tree_shape(args):
-    from taps.spec.propose import TreeShape
+    from taps.spec.propose import AUTO_SHAPE, TreeShape
 
-    base = TreeShape()
-    return TreeShape(args.top_k or base.top_k, args.depth or base.depth, args.total_tokens or base.total_tokens)
+    base = AUTO_SHAPE if args.tree == "auto" else TreeShape()
+    return TreeShape(args.top_k or base.top_k, args.depth or base.depth, args.total_tokens or base.total_tokens, base.budget)
 
 
 def _load(args):
@@ -57,7 +62,7 @@ def _load(args):
     from taps.models.catalog import load_target
 
     torch.set_num_threads(args.threads)
-    return load_target(args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype))
+    return load_target(args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device)
 
 
 def cmd_setup(args) -> None:
@@ -108,8 +113,8 @@ def _run_and_report(args, grid) -> None:
     from taps.models.catalog import load_target
 
     target = _load(args)
-    assistant = load_target(args.assistant, dtype=target.model.dtype) if getattr(args, "assistant", None) else None
-    print(f"[eval] target {target.name}, {len(grid.rows)} rows x {len(grid.benchmarks)} benchmarks x "
+    assistant = load_target(args.assistant, dtype=target.model.dtype, device=target.model.device) if getattr(args, "assistant", None) else None
+    print(f"[eval] target {target.name} on {target.model.device}, {len(grid.rows)} rows x {len(grid.benchmarks)} benchmarks x "
           f"{len(grid.temperatures)} temperatures, {grid.prompts or 'all'} prompts each, {args.threads} thread(s)", flush=True)
     run_grid(target, grid, args.out, assistant)
     print("\n" + write_report(args.out))
@@ -190,7 +195,7 @@ def cmd_features(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from taps.config import machine_description
+    from taps.device import machine_description
     from taps.training.card import write_model_card
     from taps.training.features import read_manifest
     from taps.training.heldout import heldout_tau
@@ -202,7 +207,7 @@ def cmd_train(args) -> None:
                       checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, mixed_precision=args.mixed_precision)
     corpora = [read_manifest(d)["corpus"] for d in args.features]
     card = {"command": "taps " + " ".join(sys.argv[1:]), "target": args.target, "method": args.method, "corpora": corpora,
-            "hardware": f"{machine_description()}, {args.threads} torch thread(s)"}
+            "hardware": f"{machine_description(target.model.device)}, {args.threads} torch thread(s)"}
     start = time.perf_counter()
     out = train(target, args.features, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith("."):
@@ -240,8 +245,8 @@ def cmd_serve(args) -> None:
     extra = tuple(d for d in args.extra_drafters.split(",") if d)
     engine = Engine(target, Route(args.strategy, tuple(args.drafters.split(","))), _tree_shape(args), max_queue=args.max_queue,
                     extra_drafters=extra)
-    print(f"[serve] {target.name} with {args.strategy} over {args.drafters} on http://{args.host}:{args.port}/v1 "
-          f"({args.threads} thread(s))", flush=True)
+    print(f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} on "
+          f"http://{args.host}:{args.port}/v1 ({args.threads} thread(s))", flush=True)
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
 
 

@@ -48,7 +48,7 @@ def test_cache_compaction_keeps_accepted_path(tiny_target):
     tokens, mask = torch.tensor([3, 4, 8, 6]), torch.tensor(
         [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool)
     tiny_target(tokens, cache, torch.tensor([4, 5, 5, 6]), mask)
-    cache.compact(4, torch.tensor([4, 5, 7]))  # keep root, node 4, node 6
+    cache.compact(4, [4, 5, 7])  # keep root, node 4, node 6
     assert cache.length == 7
     nxt = tiny_target.logits(tiny_target(torch.tensor([11]), cache))
     ref_cache = tiny_target.new_cache()

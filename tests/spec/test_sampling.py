@@ -64,21 +64,26 @@ class _DuplicatingProposer(Proposer):
                          torch.cat([t.sources, t.sources[roots]]))
 
 
-@pytest.mark.parametrize("duplicate", [False, True])
-def test_generated_tokens_follow_the_target_distribution(tmp_path, duplicate):
+def _sampling_target(folder):
+    """A tiny target with flat output distributions, a prompt, and the exact marginal of its 2nd generated token."""
     vocab = 12
     hf = tiny_hf_model("llama", vocab=vocab, seed=5)
     with torch.no_grad():
         hf.lm_head.weight.mul_(0.4)  # flatter distributions: many tokens get mass
-    hf.save_pretrained(str(tmp_path))
-    target = TargetModel.from_dir(tmp_path, dtype=torch.float32)
+    hf.save_pretrained(str(folder))
+    target = TargetModel.from_dir(folder, dtype=torch.float32)
     prompt = [0, 3, 7]
-    # exact marginal of the 2nd and 3rd generated tokens
     with torch.no_grad():
         p1 = torch.softmax(hf(torch.tensor([prompt])).logits[0, -1], -1)
         seqs = torch.tensor([prompt + [a] for a in range(vocab)])
         p2_given = torch.softmax(hf(seqs).logits[:, -1], -1)
-        p2 = p1 @ p2_given
+    return target, prompt, p1 @ p2_given
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_generated_tokens_follow_the_target_distribution(tmp_path, duplicate):
+    target, prompt, p2 = _sampling_target(tmp_path)
+    vocab = len(p2)
     proposer = DrafterProposer(random_drafter(target, seed=2), TreeShape(top_k=3, depth=3, total_tokens=8))
     gen = SpeculativeGenerator(target, _DuplicatingProposer(proposer) if duplicate else proposer)
     counts, accepted = np.zeros(vocab), 0

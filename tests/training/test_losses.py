@@ -51,9 +51,9 @@ def test_alignment_mask_reproduces_draft_depth_visibility():
 
 @pytest.mark.parametrize("flags, expected", [(set(), "no"), ({"avx2"}, "no"), ({"avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16")])
 def test_auto_mixed_precision_uses_bf16_only_where_it_is_native(monkeypatch, flags, expected):
-    import taps.config
+    import taps.device
 
-    monkeypatch.setattr(taps.config, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(taps.device, "cpu_flags", lambda: flags)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_mixed_precision("auto") == expected
     assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"

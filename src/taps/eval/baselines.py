@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from taps.device import synchronize
 from taps.errors import TapsError
 
 HF_BASELINES = ("hf", "hf-prompt-lookup", "hf-assisted")
@@ -31,10 +32,11 @@ class HFDecoder:
         if kind == "hf-assisted" and assistant is None:
             raise TapsError("hf-assisted needs an assistant model: pass --assistant TARGET (e.g. smollm2-135m for a larger target)")
         self.kind, self.target = kind, target
-        self.model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).eval()
+        self.device = target.model.device
+        self.model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(self.device).eval()
         self.assistant = None
         if assistant is not None:
-            self.assistant = AutoModelForCausalLM.from_pretrained(str(assistant.path), dtype=target.model.dtype).eval()
+            self.assistant = AutoModelForCausalLM.from_pretrained(str(assistant.path), dtype=target.model.dtype).to(self.device).eval()
             self.assistant_tokenizer = assistant.tokenizer
 
     @torch.inference_mode()
@@ -50,7 +52,8 @@ class HFDecoder:
                 kwargs |= dict(tokenizer=self.target.tokenizer, assistant_tokenizer=self.assistant_tokenizer)
         torch.manual_seed(seed)
         start = time.perf_counter()
-        out = self.model.generate(torch.tensor([prompt_ids]), **kwargs)
+        out = self.model.generate(torch.tensor([prompt_ids], device=self.device), **kwargs)
+        synchronize(self.device)
         wall = (time.perf_counter() - start) * 1000
         tokens = out[0, len(prompt_ids):].tolist()
         return HFResult(tokens, wall, self.target.tokenizer.decode(tokens, skip_special_tokens=True))

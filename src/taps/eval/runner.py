@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taps.config import machine_description
+from taps.device import machine_description
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
 from taps.errors import TapsError
@@ -111,7 +111,8 @@ class Decoder:
             return out, choices, []
         accepts, root = [], 0  # out.tokens[root] is the root each step drafted under
         for trees, step in zip(history, out.steps):
-            accepts.append([greedy_match(t, out.tokens[root + 1 :]) for t in trees])
+            if trees is not None:  # None: a plain step under the tree budget (nothing drafted)
+                accepts.append([greedy_match(t, out.tokens[root + 1 :]) for t in trees])
             root += step.accepted + 1
         return out, choices, accepts
 
@@ -168,8 +169,8 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     rows = [parse_row(r) for r in grid.rows]
     prompts = {b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
                for b in grid.benchmarks}
-    meta = {"target": target.name, "threads": grid.threads, "torch": torch.__version__, "machine": machine_description(),
-            "grid": asdict(grid) | {"shape": asdict(grid.shape)}}
+    meta = {"target": target.name, "threads": grid.threads, "torch": torch.__version__, "device": str(target.model.device),
+            "machine": machine_description(target.model.device), "grid": asdict(grid) | {"shape": asdict(grid.shape)}}
     meta = _resumable_meta(out_dir, meta)
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "meta.json", meta)
@@ -210,7 +211,8 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
         old_grid = old["grid"]
     except (ValueError, KeyError, TypeError) as exc:
         raise TapsError(f"{path} is not a taps eval meta file ({exc}); pass a new --out or delete {out_dir}") from exc
-    changed = [f"{k} {old.get(k)} -> {meta[k]}" for k in ("target", "threads") if old.get(k) != meta[k]]
+    old.setdefault("device", "cpu")  # runs from before --device ran on the CPU
+    changed = [f"{k} {old.get(k)} -> {meta[k]}" for k in ("target", "threads", "device") if old.get(k) != meta[k]]
     changed += [f"{k} {old_grid.get(k)} -> {meta['grid'][k]}" for k in _CELL_SETTINGS if old_grid.get(k) != meta["grid"][k]]
     if changed:
         raise TapsError(f"{out_dir} holds a run made with other settings ({'; '.join(changed)}); "

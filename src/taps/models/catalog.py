@@ -156,14 +156,16 @@ class LoadedTarget:
         return tuple(sorted(ids))
 
 
-def load_target(spec: str = DEFAULT_TARGET, dtype=None) -> LoadedTarget:
-    """Resolve, load weights (by default in the hardware's fast dtype, see `fast_dtype`) and tokenizer."""
+def load_target(spec: str = DEFAULT_TARGET, dtype=None, device="auto") -> LoadedTarget:
+    """Resolve, load weights onto `device` (auto: CUDA when present) in `dtype` (by default the
+    device's fast dtype, see `fast_dtype`), and the tokenizer."""
     from transformers import AutoTokenizer
 
-    from taps.config import fast_dtype
+    from taps.device import fast_dtype, resolve_device
     from taps.models.target import TargetModel
 
+    device = resolve_device(device)
     path = resolve_target(spec)
-    model = TargetModel.from_dir(path, dtype=dtype or fast_dtype())
+    model = TargetModel.from_dir(path, dtype=dtype or fast_dtype(device), device=device).pack_for_cpu()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedTarget(spec, path, model, tokenizer)

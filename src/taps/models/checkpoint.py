@@ -25,7 +25,7 @@ def save_drafter(drafter: Drafter, path: str | Path, target_fingerprint: dict, c
     """Write the drafter's own weights (never the borrowed embedding/head) atomically."""
     path = Path(path)
     with atomic_dir(path) as tmp:
-        state = {k: v.detach().contiguous() for k, v in drafter.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in drafter.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         config = {"format": FORMAT, "drafter": drafter.config.to_dict(), "target": target_fingerprint, "card": card or {}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -47,7 +47,8 @@ def read_config(path: str | Path) -> dict:
 
 
 def load_drafter(path: str | Path, target=None, dtype: torch.dtype = torch.bfloat16) -> Drafter:
-    """Load a drafter; with `target`, check it belongs to that target and attach its embedding/head."""
+    """Load a drafter; with `target`, check it belongs to that target, move it to the target's device
+    and attach its embedding/head."""
     path = Path(path)
     config = read_config(path)
     if target is not None:
@@ -65,8 +66,8 @@ def load_drafter(path: str | Path, target=None, dtype: torch.dtype = torch.bfloa
     if bad:
         raise TapsError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, config says {tuple(expected[bad[0]].shape)}")
     drafter.load_state_dict(state, strict=False)
-    drafter.to(dtype)
     drafter.d2t = state["d2t"].long()
+    drafter.to(target.device if target is not None else "cpu", dtype)
     drafter.requires_grad_(False).eval()
     if target is not None:
         drafter.attach(target)

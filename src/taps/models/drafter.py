@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, Rotary, attention_mask
+from taps.models.packed import head_matmul, pack_linears, packed_head
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Drafter(nn.Module):
         self.register_buffer("d2t", torch.arange(vocab), persistent=True)
         self.rotary = Rotary(s)
         self.head_weight: torch.Tensor | None = None
+        self.packed_head: list[torch.Tensor] | None = None  # CPU inference only, see `pack_for_cpu`
         self.members: int | None = None  # set on a stack of drafters (see taps.models.stacked)
 
     def attach(self, target) -> "Drafter":
@@ -61,15 +63,20 @@ class Drafter(nn.Module):
         return self
 
     def refresh_head(self, target) -> None:
-        self.head_weight = target.lm_head.weight.detach()[self.d2t].to(self.fc.weight.dtype)
+        weight = target.lm_head.weight.detach()
+        self.head_weight = weight[self.d2t.to(weight.device)].to(self.fc.weight.device, self.fc.weight.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.fc.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
     def new_cache(self, capacity: int = 512) -> KVCache:
         s = self.config.shape
-        return KVCache(self.config.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity, self.members)
+        return KVCache(self.config.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity, self.members, self.device)
 
     def forward(
         self,
@@ -87,12 +94,13 @@ class Drafter(nn.Module):
         Training: batched inputs [B, n] / [B, n, H] with a full `mask` and no cache.
         """
         x = self.fc(torch.cat([self.embed(tokens).to(self.dtype), features.to(self.dtype)], dim=-1))
-        cos, sin = self.rotary(positions, self.dtype)
         n = tokens.shape[-1]
+        # positions never exceed the slots in use: the cache's plus the new ones (training: the sequence)
+        cos, sin = self.rotary(positions, self.dtype, (cache.length if cache is not None else 0) + n)
         if cache is not None:
             cache.reserve(cache.length + n)
             if mask is None:
-                mask = attention_mask(n, cache.length, tree_mask)
+                mask = attention_mask(n, cache.length, tree_mask, tokens.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i)
         if cache is not None:
@@ -101,4 +109,14 @@ class Drafter(nn.Module):
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over the draft vocabulary (map ids back with `d2t`)."""
-        return (hidden.to(self.head_weight.dtype) @ self.head_weight.mT).float()
+        hidden = hidden.to(self.head_weight.dtype)
+        if self.packed_head is not None:
+            return head_matmul(hidden, self.packed_head, stacked=self.members is not None).float()
+        return (hidden @ self.head_weight.mT).float()
+
+    def pack_for_cpu(self) -> "Drafter":
+        """Inference on the CPU: oneDNN-packed linear layers and head (see `taps.models.packed`); in place."""
+        pack_linears(self)
+        if self.head_weight is not None:
+            self.packed_head = packed_head(self.head_weight)
+        return self

@@ -84,7 +84,10 @@ class RMSNorm(nn.Module):
 
 
 class Rotary:
-    """cos/sin tables for rotary position embeddings, grown on demand."""
+    """cos/sin tables for rotary position embeddings, kept on the model's device.
+
+    Grown from a host-side bound on the positions, never by reading `positions`, so looking them up
+    costs no device-to-host sync on a GPU."""
 
     def __init__(self, shape: ModelShape):
         dim = shape.head_dim
@@ -93,18 +96,18 @@ class Rotary:
             inv_freq = _llama3_scaled(inv_freq, shape.rope_scaling)
         self.inv_freq = inv_freq.float()
         self._cos = self._sin = torch.empty(0)
-        self._dtype: torch.dtype | None = None
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        need = int(positions.max()) + 1
-        if need > self._cos.shape[0] or dtype != self._dtype:
-            self._build(max(need, 2 * self._cos.shape[0], 256), dtype)
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for `positions`, all of which the caller knows to be < `bound` (a host int)."""
+        cos = self._cos
+        if bound > cos.shape[0] or cos.dtype != dtype or cos.device != positions.device:
+            self._build(max(bound, 2 * cos.shape[0], 256), dtype, positions.device)
         return self._cos[positions], self._sin[positions]
 
-    def _build(self, length: int, dtype: torch.dtype) -> None:
-        angles = torch.outer(torch.arange(length, dtype=torch.float32), self.inv_freq)
+    def _build(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
+        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), self.inv_freq.to(device))
         angles = torch.cat([angles, angles], dim=-1)
-        self._cos, self._sin, self._dtype = angles.cos().to(dtype), angles.sin().to(dtype), dtype
+        self._cos, self._sin = angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def _llama3_scaled(inv_freq: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -133,15 +136,19 @@ class KVCache:
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 512,
-                 members: int | None = None):
+                 members: int | None = None, device: torch.device | str = "cpu"):
         self.length = 0  # slots are dim -2; `members` adds a leading dim for a stack of drafters
-        self._shape = (*([members] if members else []), num_kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(self._shape, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(self._shape, dtype=dtype) for _ in range(num_layers)]
+        shape = (*([members] if members else []), num_kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @property
     def capacity(self) -> int:
         return self.keys[0].shape[-2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
 
     def reserve(self, total: int) -> None:
         if total <= self.capacity:
@@ -153,13 +160,14 @@ class KVCache:
                 grown[..., : self.length, :] = old[..., : self.length, :]
                 store[i] = grown
 
-    def compact(self, start: int, slots: torch.Tensor) -> None:
-        """Make slots `slots` (absolute indices >= start) the cache tail from `start` on, in order."""
+    def compact(self, start: int, slots: list[int]) -> None:
+        """Make slots `slots` (absolute indices >= start, ascending) the cache tail from `start` on."""
         n = len(slots)
-        if n and not torch.equal(slots, torch.arange(start, start + n)):
+        if n and slots != list(range(start, start + n)):
+            index = torch.tensor(slots, device=self.device)
             for store in (self.keys, self.values):
                 for t in store:
-                    t[..., start : start + n, :] = t[..., slots, :]
+                    t[..., start : start + n, :] = t[..., index, :]
         self.length = start + n
 
 
@@ -227,10 +235,13 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def attention_mask(n_new: int, n_cached: int, tree_mask: torch.Tensor | None) -> torch.Tensor | str | None:
+def attention_mask(n_new: int, n_cached: int, tree_mask: torch.Tensor | None,
+                   device: torch.device | str = "cpu") -> torch.Tensor | str | None:
     """Bool mask [n_new, n_cached + n_new]: all cached slots, then causal or the given tree mask
     (None when one new token sees everything, CAUSAL when nothing is cached)."""
     if tree_mask is None and (n_new == 1 or n_cached == 0):
         return None if n_new == 1 else CAUSAL
-    local = tree_mask if tree_mask is not None else torch.ones(n_new, n_new, dtype=torch.bool).tril_()
-    return torch.cat([torch.ones(n_new, n_cached, dtype=torch.bool), local], dim=1)
+    if tree_mask is not None:
+        device = tree_mask.device
+    local = tree_mask if tree_mask is not None else torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril_()
+    return torch.cat([torch.ones(n_new, n_cached, dtype=torch.bool, device=device), local], dim=1)

@@ -17,6 +17,7 @@ from torch import nn
 
 from taps.errors import TapsError
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, RMSNorm, Rotary, attention_mask
+from taps.models.packed import pack_linears
 
 
 class _Backbone(nn.Module):
@@ -42,9 +43,13 @@ class TargetModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
     def new_cache(self, capacity: int = 512) -> KVCache:
         s = self.shape
-        return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity)
+        return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity, device=self.device)
 
     @torch.inference_mode()
     def forward(
@@ -62,10 +67,10 @@ class TargetModel(nn.Module):
         """
         n, start = tokens.shape[0], cache.length
         if positions is None:
-            positions = torch.arange(start, start + n)
+            positions = torch.arange(start, start + n, device=tokens.device)
         cache.reserve(start + n)
-        cos, sin = self.rotary(positions, self.dtype)
-        mask = attention_mask(n, start, tree_mask)
+        cos, sin = self.rotary(positions, self.dtype, start + n)  # tree positions are base + depth < start + n
+        mask = attention_mask(n, start, tree_mask, tokens.device)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, i)
@@ -76,10 +81,16 @@ class TargetModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
+    def pack_for_cpu(self) -> "TargetModel":
+        """Inference on the CPU: every linear layer (LM head included) runs on oneDNN-packed weights
+        (see `taps.models.packed`); in place, and a no-op on other devices."""
+        pack_linears(self)
+        return self
+
     def fingerprint(self) -> dict:
         """What a drafter must match: architecture, sizes and a hash of the embedding it reuses."""
         emb = self.model.embed_tokens.weight.detach().float()
-        probe = emb[:: max(1, emb.shape[0] // 256)].to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+        probe = emb[:: max(1, emb.shape[0] // 256)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
         return {
             "family": self.shape.family,
             "hidden_size": self.shape.hidden_size,
@@ -88,7 +99,7 @@ class TargetModel(nn.Module):
         }
 
     @classmethod
-    def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> "TargetModel":
+    def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> "TargetModel":
         """Load a Hugging Face model directory (config.json + safetensors) of the llama/qwen2 family."""
         path = Path(path)
         cfg_file = path / "config.json"
@@ -104,7 +115,7 @@ class TargetModel(nn.Module):
         missing = sorted(expected - state.keys())
         if missing:
             raise TapsError(f"{path}: weights are missing {len(missing)} tensors (e.g. {missing[0]}); the checkpoint is incomplete or not a {shape.family} model")
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items() if k in expected}, strict=False, assign=True)
+        model.load_state_dict({k: v.to(device, dtype) for k, v in state.items() if k in expected}, strict=False, assign=True)
         if shape.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         model.rotary = Rotary(shape)

@@ -42,6 +42,13 @@ class Committee:
         for _, unit in self.groups:
             unit.reset()
 
+    def attach_budget(self, budget) -> None:
+        for _, unit in self.groups:
+            if isinstance(unit, TreeDrafter):
+                unit.budget = budget
+            else:
+                unit.attach_budget(budget)
+
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> list[DraftTree]:
         """Every member's tree, in member order."""
         trees: list[DraftTree | None] = [None] * len(self.members)
@@ -84,6 +91,9 @@ class RoutedProposer(Proposer):
     def reset(self) -> None:
         self.choices, self.history = [], []
         self.committee.reset()
+
+    def attach_budget(self, budget) -> None:
+        self.committee.attach_budget(budget)
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
         trees = self.committee.propose(tokens, features)
@@ -131,11 +141,7 @@ def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
 def keep_best(tree: DraftTree, budget: int) -> DraftTree:
     depth = tree.depths()
     order = sorted(range(len(tree)), key=lambda i: (-float(tree.scores[i]), int(depth[i]), i))
-    keep = sorted(order[:budget])  # original order is topological
-    new_index = {old: new for new, old in enumerate(keep)}
-    idx = torch.tensor(keep, dtype=torch.long)
-    parents = torch.tensor([new_index[int(tree.parents[i])] if tree.parents[i] >= 0 else -1 for i in keep], dtype=torch.long)
-    return DraftTree(tree.tokens[idx], parents, tree.scores[idx], tree.entropies[idx], tree.sources[idx])
+    return tree.subtree(torch.tensor(sorted(order[:budget]), dtype=torch.long))  # original order is topological
 
 
 class MergedProposer(Proposer):
@@ -153,6 +159,9 @@ class MergedProposer(Proposer):
     def reset(self) -> None:
         self.history = []
         self.committee.reset()
+
+    def attach_budget(self, budget) -> None:
+        self.committee.attach_budget(budget)
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
         self.history.append(self.committee.propose(tokens, features))

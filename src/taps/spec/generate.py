@@ -110,23 +110,26 @@ class SpeculativeGenerator:
         if not prompt_ids:
             raise TapsError("the prompt is empty; give at least one token of input")
         target, budget = self.target, config.max_new_tokens
-        generator = torch.Generator().manual_seed(config.seed)
+        device = target.device
+        generator = torch.Generator().manual_seed(config.seed)  # on the CPU: sampling reads host-side probabilities
         cache = target.new_cache(len(prompt_ids) + budget + 64)
         if self.proposer is not None:
             self.proposer.reset()
         tokens = list(prompt_ids)
-        hidden = target(torch.tensor(tokens), cache)
+        hidden = target(torch.tensor(tokens, device=device), cache)
         root = sample_token(target.logits(hidden[-1]), config.temperature, generator, config.top_p)
         tokens.append(root)
         yield [root], None
         produced, features = 1, hidden
         while produced < budget and root not in config.eos_token_ids:
             t0 = time.perf_counter()
-            tree = self.proposer.propose(torch.tensor(tokens), features) if self.proposer else DraftTree.empty()
+            tree = self.proposer.propose(torch.tensor(tokens, device=device), features) if self.proposer else DraftTree.empty()
             t1 = time.perf_counter()
             base = cache.length
             new, features, record = self._verify(tree, root, cache, config, generator)
             record.draft_ms, record.verify_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+            if self.proposer is not None:
+                self.proposer.observe(record)
             new = _until_eos(new[: budget - produced], config.eos_token_ids)
             produced += len(new)
             tokens.extend(new)
@@ -135,21 +138,22 @@ class SpeculativeGenerator:
             yield new, record
 
     def _verify(self, tree: DraftTree, root: int, cache, config: GenerationConfig, generator):
-        base = cache.length
+        base, device = cache.length, self.target.device
         if len(tree):
-            tok, pos, mask = tree.verification_inputs(root, base)
+            tok, pos, mask = tree.verification_inputs(root, base, device)
             hidden = self.target(tok, cache, pos, mask)
         else:
-            hidden = self.target(torch.tensor([root]), cache)
+            hidden = self.target(torch.tensor([root], device=device), cache)
         logits = self.target.logits(hidden)
+        tree = tree.to("cpu")  # acceptance is decided on the host: one transfer of the small tree
         if config.temperature <= 0:
             verdict = verify_greedy(tree, logits)
         else:
             verdict = verify_sampling(tree, logits, config.temperature, generator, config.top_p)
-        rows = torch.tensor([0] + [a + 1 for a in verdict.accepted])
-        cache.compact(base, rows + base)
+        rows = [0] + [a + 1 for a in verdict.accepted]
+        cache.compact(base, [base + r for r in rows])
         new = tree.tokens[verdict.accepted].tolist() + [verdict.bonus]
-        return new, hidden[rows], _record(tree, verdict.accepted)
+        return new, hidden[torch.tensor(rows, device=device)], _record(tree, verdict.accepted)
 
 
 def _record(tree: DraftTree, accepted: list[int]) -> StepRecord:

@@ -7,6 +7,7 @@ the root. The verifier never sees how the tree was made, so new proposers plug i
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -29,19 +30,35 @@ class Proposer(ABC):
     @abstractmethod
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree: ...
 
+    def observe(self, record) -> None:
+        """Told every step's StepRecord after verification (proposers that learn online override it)."""
+
+    def attach_budget(self, budget) -> None:
+        """Let a TreeBudget stop this proposer's drafting early (proposers that draft in levels override it)."""
+
 
 @dataclass(frozen=True)
 class TreeShape:
     """EAGLE-2 dynamic-tree knobs: children per expanded node and expanded nodes per level (`top_k`),
-    maximum depth, and the number of nodes kept for verification (`total_tokens`)."""
+    maximum depth, and the number of nodes kept for verification (`total_tokens`).
+
+    `budget="auto"` makes these limits: a TreeBudget (`taps.spec.budget`) then decides every step,
+    from this machine's measured costs, how many of the nodes to verify (none at all when drafting
+    does not pay) and whether to draft deeper; "fixed" verifies `total_tokens` nodes every step."""
 
     top_k: int = 8
     depth: int = 5
     total_tokens: int = 24
+    budget: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.depth < 1 or self.total_tokens < 1:
             raise ValueError(f"tree shape needs top_k, depth, total_tokens >= 1, got {self}")
+        if self.budget not in ("auto", "fixed"):
+            raise ValueError(f"tree budget must be 'auto' or 'fixed', got {self.budget!r}")
+
+
+AUTO_SHAPE = TreeShape(top_k=8, depth=6, total_tokens=48, budget="auto")  # limits for the auto budget
 
 
 class DrafterProposer(Proposer):
@@ -50,13 +67,20 @@ class DrafterProposer(Proposer):
     def __init__(self, drafter: Drafter, shape: TreeShape = TreeShape(), source: int = 0, name: str = "drafter"):
         self.drafter, self.shape, self.source, self.name = drafter, shape, source, name
         self._trees: TreeDrafter | None = None
+        self.budget = None
 
     @property
     def trees(self) -> TreeDrafter:
         """Built on first use: a member of a stacked committee never drafts alone, so never needs one."""
         if self._trees is None:
             self._trees = TreeDrafter([self.drafter], self.shape, [self.source])
+            self._trees.budget = self.budget
         return self._trees
+
+    def attach_budget(self, budget) -> None:
+        self.budget = budget
+        if self._trees is not None:
+            self._trees.budget = budget
 
     def reset(self) -> None:
         self.trees.reset()
@@ -72,7 +96,8 @@ class TreeDrafter:
     level, so one stacked drafter forward per level serves all members (N = 1 for a lone drafter)."""
 
     def __init__(self, drafters: list[Drafter], shape: TreeShape, sources: list[int]):
-        self.model, self.shape, self.sources = stack_drafters(drafters), shape, sources
+        self.model, self.shape, self.sources = stack_drafters(drafters).pack_for_cpu(), shape, sources
+        self.budget = None  # a TreeBudget may stop the levels early (see `_expand`)
         self.reset()
 
     def reset(self) -> None:
@@ -83,23 +108,29 @@ class TreeDrafter:
     def propose_all(self, tokens: torch.Tensor, features: torch.Tensor) -> list[DraftTree]:
         n, m = len(self.sources), features.shape[0]
         self.cache.length = self.pairs  # drop last step's drafted entries
-        positions = torch.arange(self.pairs, self.pairs + m)
+        positions = torch.arange(self.pairs, self.pairs + m, device=features.device)
         hidden = self.model(tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache)
         self.pairs += m
-        pool = self._expand(hidden[:, -1:])
+        pool = self._expand(hidden[:, -1:], time.perf_counter())
         return [pool.best_tree(i, self.shape.total_tokens, s) for i, s in enumerate(self.sources)]
 
-    def _expand(self, root_hidden: torch.Tensor) -> "_Pool":
-        """root_hidden [N, 1, H] -> every candidate node of every member, scored."""
+    def _expand(self, root_hidden: torch.Tensor, clock: float) -> "_Pool":
+        """root_hidden [N, 1, H] -> every candidate node of every member, scored. `clock`: when the
+        expansion began (a budget compares each level's drafting time with what the level can add)."""
         k = self.shape.top_k
-        pool = _Pool(len(self.sources))
+        pool = _Pool(len(self.sources), root_hidden.device)
         logp, ent = self._log_probs(root_hidden)
         top = logp[:, 0].topk(min(k, logp.shape[-1]))
         frontier = pool.add(self._target_ids(top.indices), torch.full_like(top.indices, -1), top.values,
                             ent.expand_as(top.values))
         parent_hidden = root_hidden.expand(-1, frontier.shape[1], -1)
-        slot_anc = torch.zeros(len(self.sources), 0, 0, dtype=torch.bool)  # ancestor rows over drafted cache slots
+        slot_anc = torch.zeros(len(self.sources), 0, 0, dtype=torch.bool, device=pool.device)  # ancestors over drafted slots
         for level in range(1, self.shape.depth):
+            now = time.perf_counter()
+            level_ms, clock = (now - clock) * 1000, now
+            if self.budget is not None and not self.budget.worth_deeper(
+                    pool.scores.exp(), pool.depth, pool.scores.gather(1, frontier).exp(), level, level_ms):
+                break
             hidden, slot_anc = self._forward_level(frontier, pool, parent_hidden, slot_anc, level)
             logp, ent = self._log_probs(hidden)
             width = min(k, logp.shape[-1])
@@ -118,18 +149,19 @@ class TreeDrafter:
         Frontier node r of a level takes cache slot `drafted + r`; `slot_anc` holds each slot's ancestors."""
         n, f = frontier.shape
         drafted = slot_anc.shape[1]
-        rows = torch.zeros(n, f, drafted + f, dtype=torch.bool)
+        dev = frontier.device
+        rows = torch.zeros(n, f, drafted + f, dtype=torch.bool, device=dev)
         if drafted:  # every frontier node below level 1 has a drafted parent: the previous level's frontier
             parent_slot = pool.slots.gather(1, pool.parents.gather(1, frontier))
             rows[:, :, :drafted] = slot_anc.gather(1, parent_slot.unsqueeze(-1).expand(-1, -1, drafted))
             rows[:, :, :drafted].scatter_(2, parent_slot.unsqueeze(-1), True)
-        rows[:, :, drafted:] = torch.eye(f, dtype=torch.bool)
-        pool.slots.scatter_(1, frontier, (drafted + torch.arange(f)).expand(n, f))
-        grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool)
+        rows[:, :, drafted:] = torch.eye(f, dtype=torch.bool, device=dev)
+        pool.slots.scatter_(1, frontier, (drafted + torch.arange(f, device=dev)).expand(n, f))
+        grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool, device=dev)
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
-        mask = torch.cat([torch.ones(n, f, self.pairs, dtype=torch.bool), rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
-        positions = torch.full((f,), self.pairs - 1 + level)
+        mask = torch.cat([torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev), rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
+        positions = torch.full((f,), self.pairs - 1 + level, device=dev)
         hidden = self.model(pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask)
         return hidden, grown
 
@@ -147,13 +179,14 @@ class _Pool:
     """Every candidate node drafted in one step by each of N members, before the best `total_tokens`
     are kept. Members grow in lockstep, so every field is [N, nodes]."""
 
-    def __init__(self, members: int) -> None:
-        self.tokens = torch.zeros(members, 0, dtype=torch.long)
-        self.parents = torch.zeros(members, 0, dtype=torch.long)
-        self.scores = torch.zeros(members, 0)
-        self.entropies = torch.zeros(members, 0)
-        self.depth = torch.zeros(members, 0, dtype=torch.long)
-        self.slots = torch.zeros(members, 0, dtype=torch.long)  # drafter cache slot of a forwarded node, else -1
+    def __init__(self, members: int, device: torch.device) -> None:
+        self.device = device
+        self.tokens = torch.zeros(members, 0, dtype=torch.long, device=device)
+        self.parents = torch.zeros(members, 0, dtype=torch.long, device=device)
+        self.scores = torch.zeros(members, 0, device=device)
+        self.entropies = torch.zeros(members, 0, device=device)
+        self.depth = torch.zeros(members, 0, dtype=torch.long, device=device)
+        self.slots = torch.zeros(members, 0, dtype=torch.long, device=device)  # drafter cache slot of a node, else -1
 
     def add(self, tokens, parents, scores, entropies) -> torch.Tensor:
         """Append [N, c] new nodes; returns their indices [N, c]."""
@@ -166,7 +199,7 @@ class _Pool:
         self.entropies = torch.cat([self.entropies, entropies.float()], dim=1)
         self.depth = torch.cat([self.depth, depth], dim=1)
         self.slots = torch.cat([self.slots, torch.full_like(parents, -1)], dim=1)
-        return torch.arange(start, self.tokens.shape[1]).expand(len(tokens), -1)
+        return torch.arange(start, self.tokens.shape[1], device=self.device).expand(len(tokens), -1)
 
     def best_tree(self, member: int, total: int, source: int) -> DraftTree:
         # Rank by score, ties to the shallower node, so every kept node's parent is kept too;
@@ -174,8 +207,8 @@ class _Pool:
         depth, scores = self.depth[member], self.scores[member]
         order = _stable_order(depth, -scores)[:total]
         keep = order[_stable_order(-scores[order], depth[order])]
-        new_index = torch.full((len(depth),), -1, dtype=torch.long)
-        new_index[keep] = torch.arange(len(keep))
+        new_index = torch.full((len(depth),), -1, dtype=torch.long, device=self.device)
+        new_index[keep] = torch.arange(len(keep), device=self.device)
         parents = self.parents[member, keep]
         parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], -1)
         return DraftTree(
@@ -183,7 +216,7 @@ class _Pool:
             parents=parents,
             scores=scores[keep],
             entropies=self.entropies[member, keep],
-            sources=torch.full((len(keep),), 1 << source, dtype=torch.long),
+            sources=torch.full((len(keep),), 1 << source, dtype=torch.long, device=self.device),
         )
 
 

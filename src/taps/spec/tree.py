@@ -59,6 +59,19 @@ class DraftTree:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def to(self, device: torch.device | str) -> "DraftTree":
+        if self.tokens.device == torch.device(device):
+            return self
+        return DraftTree(*(t.to(device) for t in (self.tokens, self.parents, self.scores, self.entropies, self.sources)))
+
+    def subtree(self, keep: torch.Tensor) -> "DraftTree":
+        """The nodes `keep` (ascending indices, closed under parents), renumbered in their order."""
+        new_index = torch.full((len(self),), -1, dtype=torch.long, device=self.tokens.device)
+        new_index[keep] = torch.arange(len(keep), device=self.tokens.device)
+        parents = self.parents[keep]
+        parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], -1)
+        return DraftTree(self.tokens[keep], parents, self.scores[keep], self.entropies[keep], self.sources[keep])
+
     def depths(self) -> torch.Tensor:
         """Depth of each node (children of the root have depth 1)."""
         depth = torch.zeros(len(self), dtype=torch.long)
@@ -66,8 +79,9 @@ class DraftTree:
             depth[i] = 1 if p < 0 else depth[p] + 1
         return depth
 
-    def verification_inputs(self, root: int, base: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens, positions and ancestor mask for one target pass over [root] + nodes.
+    def verification_inputs(self, root: int, base: int, device: torch.device | str = "cpu"
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens, positions and ancestor mask for one target pass over [root] + nodes, on `device`.
 
         Row i of the mask lets entry i see the root, its ancestors and itself; the committed
         context (before `base`) is visible to all and added by the forward. Position = base + depth.
@@ -78,9 +92,9 @@ class DraftTree:
         for i, p in enumerate(self.parents.tolist()):
             mask[i + 1] = mask[p + 1]
             mask[i + 1, i + 1] = True
-        tokens = torch.cat([torch.tensor([root]), self.tokens])
-        positions = base + torch.cat([torch.zeros(1, dtype=torch.long), self.depths()])
-        return tokens, positions, mask
+        tokens = torch.cat([torch.tensor([root]), self.tokens.cpu()])
+        positions = base + mask.sum(1) - 1  # a row holds the root, the node's ancestors and itself: depth + 1
+        return tokens.to(device), positions.to(device), mask.to(device)
 
     def children(self) -> list[list[int]]:
         """children()[0] lists the root's children, children()[i + 1] node i's (node order kept)."""

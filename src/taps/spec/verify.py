@@ -53,7 +53,7 @@ def verify_sampling(
 ) -> Verdict:
     """Try children in order: accept token x with the residual probability p(x); on rejection zero
     p(x) and renormalise; if no child is accepted, the bonus token is drawn from the residual."""
-    probs = target_probs(logits, temperature, top_p)
+    probs = target_probs(logits, temperature, top_p).cpu()  # the generator and the walk live on the host
     children = tree.children()
     tokens = tree.tokens.tolist()
     accepted: list[int] = []
@@ -83,4 +83,4 @@ def sample_token(logits: torch.Tensor, temperature: float, generator: torch.Gene
     """One token from the target's distribution (argmax at temperature 0)."""
     if temperature <= 0:
         return int(logits.argmax())
-    return int(torch.multinomial(target_probs(logits, temperature, top_p), 1, generator=generator))
+    return int(torch.multinomial(target_probs(logits, temperature, top_p).cpu(), 1, generator=generator))

@@ -52,8 +52,8 @@ def extract_features(target, conversations: list, out_dir: str | Path, corpus: s
         done += 1
         if sum(mask) < 2:
             continue
-        hidden = target.model(torch.tensor(ids), target.model.new_cache(len(ids)))
-        buffer.append(Sequence(torch.tensor(ids), hidden.to(torch.bfloat16), torch.tensor(mask, dtype=torch.bool)))
+        hidden = target.model(torch.tensor(ids, device=target.model.device), target.model.new_cache(len(ids)))
+        buffer.append(Sequence(torch.tensor(ids), hidden.to(torch.bfloat16).cpu(), torch.tensor(mask, dtype=torch.bool)))
         total += len(ids)
         bar.update(len(ids))
         if sum(len(s.tokens) for s in buffer) >= shard_tokens:

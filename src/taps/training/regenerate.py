@@ -28,7 +28,8 @@ def regenerate(target, conversations: list, out_file: str | Path, max_new_tokens
     todo = conversations[len(done): limit]
     if not todo:
         return [c for c in done[:limit] if c[1]["content"]]
-    model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).eval()
+    device = target.model.device
+    model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
     pad = target.eos_token_ids[0]
     bar = tqdm(total=len(todo) + len(done), initial=len(done), unit="conv", desc="regenerate", dynamic_ncols=True, mininterval=20)
     for start in range(0, len(todo), batch_size):
@@ -38,7 +39,7 @@ def regenerate(target, conversations: list, out_file: str | Path, max_new_tokens
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=list(target.eos_token_ids), pad_token_id=pad)
         rows = []
         for conv, seq in zip(batch, out[:, width:].tolist()):

@@ -121,22 +121,24 @@ def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig,
     """Loss over all alignment steps: step 1 reads target features, step j the drafter's own step j-1
     predictions, as at draft depth j during decoding."""
     tokens, feats, mask = batch
-    n = tokens.shape[1] - 1
+    n, device = tokens.shape[1] - 1, tokens.device
     inp_tok, inp_feat, tgt_feat = tokens[:, 1:], feats[:, :-1].float(), feats[:, 1:].float()
     loss_mask = torch.zeros_like(mask[:, 1:], dtype=torch.float)
     loss_mask[:, :-1] = mask[:, 2:].float()  # the predicted token x_{t+2} is assistant-written
     if cfg.noise > 0 and generator is not None:
-        inp_feat = inp_feat + (torch.rand(inp_feat.shape, generator=generator) - 0.5) * cfg.noise
-    positions = torch.arange(n)
+        inp_feat = inp_feat + (torch.rand(inp_feat.shape, generator=generator).to(device) - 0.5) * cfg.noise
+    positions = torch.arange(n, device=device)
     steps = cfg.steps_of_alignment
     step_inputs = [inp_feat]
     with torch.no_grad():
         for j in range(2, steps + 1):
-            prev = drafter(inp_tok.repeat(1, j - 1), torch.cat(step_inputs, 1), positions.repeat(j - 1), mask=alignment_mask(n, j - 1))
+            prev = drafter(inp_tok.repeat(1, j - 1), torch.cat(step_inputs, 1), positions.repeat(j - 1),
+                           mask=_on(alignment_mask(n, j - 1), device))
             shifted = torch.zeros_like(inp_feat)
             shifted[:, 1:] = prev[:, -n:-1]  # step j-1's prediction of f_t feeds position t
             step_inputs.append(shifted)
-    pred = drafter(inp_tok.repeat(1, steps), torch.cat(step_inputs, 1), positions.repeat(steps), mask=alignment_mask(n, steps))
+    pred = drafter(inp_tok.repeat(1, steps), torch.cat(step_inputs, 1), positions.repeat(steps),
+                   mask=_on(alignment_mask(n, steps), device))
     valid = torch.cat([loss_mask * (positions >= j).float() for j in range(steps)], 1)
     target_feat = tgt_feat.repeat(1, steps, 1)
     draft_logits = pred.float() @ head.T
@@ -146,11 +148,15 @@ def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig,
     return loss, parts
 
 
-def resolve_mixed_precision(setting: str) -> str:
-    from taps.config import fast_dtype
+def _on(mask: torch.Tensor | str, device: torch.device) -> torch.Tensor | str:
+    return mask if isinstance(mask, str) else mask.to(device)
+
+
+def resolve_mixed_precision(setting: str, device: torch.device | None = None) -> str:
+    from taps.device import fast_dtype
 
     if setting == "auto":
-        return "bf16" if fast_dtype() == torch.bfloat16 else "no"
+        return "bf16" if fast_dtype(device) == torch.bfloat16 else "no"
     return setting
 
 
@@ -169,13 +175,15 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     if not seqs:
         raise TapsError("no training sequences in the feature folders; run `taps features` with a larger --tokens")
     torch.manual_seed(cfg.seed)
+    precision = resolve_mixed_precision(cfg.mixed_precision, target.model.device)
+    accelerator = Accelerator(mixed_precision=precision, cpu=target.model.device.type == "cpu")
+    device = accelerator.device  # under `accelerate launch`, this process's GPU: the target follows it
+    target.model.to(device)
     d2t = draft_vocabulary(seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids))
     drafter = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=len(d2t) if cfg.draft_vocab_size else None))
     drafter.d2t = d2t
-    drafter.attach(target.model)
-    head = target.model.lm_head.weight.detach()[d2t].float()
-    precision = resolve_mixed_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision)
+    drafter.to(device).attach(target.model)
+    head = target.model.lm_head.weight.detach()[d2t.to(device)].float()
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
@@ -193,7 +201,8 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)
         batch_ids = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch)[idx]
-        loss, parts = training_loss(drafter, head, collate([seqs[i] for i in batch_ids]), cfg, generator)
+        batch = tuple(t.to(device) for t in collate([seqs[i] for i in batch_ids]))
+        loss, parts = training_loss(drafter, head, batch, cfg, generator)
         optimizer.zero_grad()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
@@ -244,7 +253,7 @@ def _save_state(state_dir: Path, drafter, optimizer, schedule, generator, step: 
 
 def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -> tuple[int, list]:
     try:
-        state = torch.load(state_dir / "state.pt", weights_only=False)
+        state = torch.load(state_dir / "state.pt", weights_only=False, map_location="cpu")
     except Exception as exc:
         raise TapsError(f"training state {state_dir / 'state.pt'} is unreadable ({exc}); delete it to start over") from exc
     if not torch.equal(state["d2t"], d2t):

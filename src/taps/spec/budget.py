@@ -1,0 +1,219 @@
+"""Hardware-aware tree budget: each step, verify the draft nodes that pay for themselves, or none.
+
+Verifying one more drafted node is worth it when the tokens it is expected to add exceed what its
+extra verification time would have produced anyway. With r the generation's realised rate (tokens
+per ms, drafting included), node i, accepted with probability p_i, is kept while p_i > r x (the
+extra time of verifying it), which maximises long-run tokens per second (Dinkelbach's ratio rule).
+Three measured quantities feed it:
+
+- cost: the target's forward time for n tokens on this machine (`taps.spec.costs`), scaled online
+  by what verification actually took in this run;
+- value: p_i, learned online from every verification per draft depth and confidence bin, with the
+  drafter's own cumulative confidence exp(score) (what EAGLE-2 ranks nodes by) as the prior;
+- the rate r, over recent steps.
+
+Two more decisions follow from the same numbers. A drafter stops going deeper once the next level
+cannot pay for its drafting time plus the verification of what it could add. And when speculative
+steps realise fewer tokens per ms than plain steps, drafting pauses: those steps are plain decoding
+(no draft, a 1-token verification); one probe step follows each pause, and the pause doubles while
+drafting keeps losing (up to MAX_PAUSE steps), so a drafter that cannot win costs at most a probe
+every MAX_PAUSE steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from taps.spec.costs import CostCurve
+from taps.spec.propose import Proposer
+from taps.spec.tree import DraftTree
+
+CONFIDENCE_EDGES = torch.tensor([0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.97], dtype=torch.float64)
+MAX_DEPTH = 8  # deeper nodes share the last depth's statistics
+PRIOR_WEIGHT = 2.0  # pseudo-observations behind the drafter's own confidence
+SMOOTHING = 0.1  # weight of the newest step in the running means
+MIN_PAUSE, MAX_PAUSE = 4, 64  # plain steps after a losing speculative step
+
+
+class AcceptanceModel:
+    """P(the target accepts a drafted node | its depth, its confidence bin), learned from verdicts.
+
+    A node counts as accepted when it lies on the accepted path, so p already includes its
+    ancestors being accepted: the expected accepted length of a tree is the sum of its nodes' p."""
+
+    def __init__(self) -> None:
+        shape = (MAX_DEPTH, len(CONFIDENCE_EDGES) + 1)
+        self.hits = torch.zeros(shape, dtype=torch.float64)
+        self.seen = torch.zeros(shape, dtype=torch.float64)
+
+    def _cells(self, confidence: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = depth.long().clamp(1, MAX_DEPTH) - 1
+        return rows, torch.bucketize(confidence.double(), CONFIDENCE_EDGES)
+
+    def predict(self, confidence: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        confidence = confidence.double().clamp(0, 1)
+        rows, cols = self._cells(confidence, depth)
+        return (self.hits[rows, cols] + PRIOR_WEIGHT * confidence) / (self.seen[rows, cols] + PRIOR_WEIGHT)
+
+    def update(self, confidence: torch.Tensor, depth: torch.Tensor, accepted: torch.Tensor) -> None:
+        rows, cols = self._cells(confidence, depth)
+        self.seen.index_put_((rows, cols), torch.ones_like(confidence, dtype=torch.float64), accumulate=True)
+        self.hits.index_put_((rows, cols), accepted.double(), accumulate=True)
+
+
+class RunningRate:
+    """Tokens per ms over recent steps, as a ratio of running means (robust to one slow step)."""
+
+    def __init__(self, tokens: float = 0.0, ms: float = 0.0) -> None:
+        self.tokens, self.ms = tokens, ms
+
+    def add(self, tokens: float, ms: float) -> None:
+        if self.ms == 0.0:
+            self.tokens, self.ms = tokens, ms
+        else:
+            self.tokens += SMOOTHING * (tokens - self.tokens)
+            self.ms += SMOOTHING * (ms - self.ms)
+
+    @property
+    def value(self) -> float | None:
+        return self.tokens / self.ms if self.ms > 0 else None
+
+
+class TreeBudget:
+    """The per-step decisions of the module docstring, for one proposer on one target."""
+
+    def __init__(self, curve: CostCurve, max_nodes: int = 63):
+        self.curve = curve
+        self.max_nodes = max(0, min(max_nodes, curve.max_tokens - 1))
+        self.cost = torch.tensor(curve.table()[: self.max_nodes + 2], dtype=torch.float64)  # cost[n] for n tokens
+        self.acceptance = AcceptanceModel()
+        self.scale = 1.0  # measured verification ms / the curve's, this run
+        self.overall = RunningRate()
+        self.speculative = RunningRate()
+        self.plain = RunningRate()
+        self.pause, self.next_pause = 0, MIN_PAUSE
+        self.drafting = True  # whether the current step drafts
+        self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (confidence, depth) of verified nodes
+        self._expected = 1.0  # tokens the current step is expected to emit (accepted + bonus)
+
+    @property
+    def rate(self) -> float:
+        """r: tokens per ms the generation achieves now (the plain step's rate before any evidence)."""
+        return self.overall.value or 1.0 / (self.scale * self.curve(1))
+
+    def plain_rate(self) -> float:
+        return self.plain.value or 1.0 / (self.scale * self.curve(1))
+
+    # -- per step ----------------------------------------------------------------------------
+    def should_draft(self) -> bool:
+        """False during a pause: this step is plain decoding."""
+        self.drafting = self.pause == 0
+        self.pause = max(0, self.pause - 1)
+        return self.drafting
+
+    def choose(self, tree: DraftTree) -> DraftTree:
+        """The prefix of nodes, best first, that maximises expected tokens minus r x verification time."""
+        tree = tree.to("cpu")
+        self._sent, self._expected = None, 1.0
+        if not len(tree) or not self.max_nodes:
+            return DraftTree.empty()
+        confidence, depth = tree.scores.exp(), tree.depths()
+        p = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
+        order = _best_first(p, depth)[: self.max_nodes]
+        n = torch.arange(len(order) + 1)
+        gain = torch.cat([torch.zeros(1, dtype=torch.float64), p[order].cumsum(0)]) - self.rate * self.scale * self.cost[n + 1]
+        chosen = order[: int(gain.argmax())]
+        keep = chosen.sort().values  # ascending indices keep parents before children
+        self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
+        return tree.subtree(keep)
+
+    def worth_deeper(self, confidence: torch.Tensor, depth: torch.Tensor, frontier: torch.Tensor, level: int,
+                     level_ms: float) -> bool:
+        """Whether another drafting level can pay: the most its nodes can add (their parents' total
+        acceptance, the frontier's) against r x (one more level's drafting + verifying that many more nodes)."""
+        p = self.acceptance.predict(confidence.flatten().cpu(), depth.flatten().cpu())
+        best = p.sort(descending=True).values[: self.max_nodes]
+        n = torch.arange(len(best) + 1)
+        gain = torch.cat([torch.zeros(1, dtype=torch.float64), best.cumsum(0)]) - self.rate * self.scale * self.cost[n + 1]
+        now = int(gain.argmax())
+        more = min(self.max_nodes, now + frontier.numel()) - now
+        upper = float(self.acceptance.predict(frontier.flatten().cpu(), torch.full((frontier.numel(),), level)).sum())
+        extra_ms = level_ms + self.scale * float(self.cost[now + 1 + more] - self.cost[now + 1])
+        return more > 0 and upper > self.rate * extra_ms
+
+    def observe(self, accepted: int, tree_size: int, draft_ms: float, verify_ms: float, node_accepted: list[bool]) -> None:
+        """Learn from one verified step: acceptance per node, the cost scale, the rates, and pauses."""
+        if tree_size + 1 <= self.curve.max_tokens and verify_ms > 0:
+            self.scale += SMOOTHING * (verify_ms / self.curve(tree_size + 1) - self.scale)
+        if self._sent is not None and len(self._sent[0]) == tree_size:
+            self.acceptance.update(*self._sent, torch.tensor(node_accepted, dtype=torch.bool))
+        self._sent = None
+        tokens, ms = accepted + 1, draft_ms + verify_ms
+        self.overall.add(tokens, ms)
+        if not self.drafting:
+            self.plain.add(tokens, ms)
+            return
+        # Judge drafting by expected tokens (calibrated p, summed over the verified nodes), not by this
+        # step's realised ones: those swing from 1 to depth + 1 from step to step.
+        self.speculative.add(self._expected, ms)
+        if self.speculative.value < self.plain_rate():
+            self.pause, self.next_pause = self.next_pause, min(2 * self.next_pause, MAX_PAUSE)
+        else:
+            self.next_pause = MIN_PAUSE
+
+
+def _monotone(p: torch.Tensor, parents: torch.Tensor, max_depth: int) -> torch.Tensor:
+    """A child is never likelier than its parent (it needs the parent accepted first)."""
+    p = p.clone()
+    has_parent = parents >= 0
+    for _ in range(max_depth - 1):
+        p = torch.where(has_parent, torch.minimum(p, p[parents.clamp(min=0)]), p)
+    return p
+
+
+def _best_first(p: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """Indices by p descending, ties to the shallower node: with monotone p, parents come first."""
+    by_depth = torch.sort(depth, stable=True).indices
+    return by_depth[torch.sort(-p[by_depth], stable=True).indices]
+
+
+class BudgetedProposer(Proposer):
+    """Any proposer under a TreeBudget: drafts only when drafting pays, verifies only the nodes that pay.
+
+    During a pause the step is plain decoding; the target features of the positions committed
+    meanwhile are handed to the inner proposer in one batch when it drafts again. `history` (one
+    entry per step, None for plain steps) mirrors the inner proposer's for evaluation."""
+
+    def __init__(self, inner: Proposer, budget: TreeBudget):
+        self.inner, self.budget, self.name = inner, budget, inner.name
+        self.pending: torch.Tensor | None = None
+        self.history: list | None = [] if hasattr(inner, "history") else None
+        inner.attach_budget(budget)
+
+    @property
+    def choices(self) -> list[int]:
+        return getattr(self.inner, "choices", [])
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.pending = None
+        if self.history is not None:
+            self.history = []
+
+    def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
+        if self.pending is not None:
+            features = torch.cat([self.pending, features])
+        if not self.budget.should_draft():
+            self.pending = features
+            if self.history is not None:
+                self.history.append(None)
+            return DraftTree.empty()
+        self.pending = None
+        tree = self.inner.propose(tokens, features)
+        if self.history is not None:
+            self.history.append(self.inner.history[-1])
+        return self.budget.choose(tree)
+
+    def observe(self, record) -> None:
+        self.budget.observe(record.accepted, record.tree_size, record.draft_ms, record.verify_ms, record.node_accepted)
+

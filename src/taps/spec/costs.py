@@ -1,0 +1,114 @@
+"""What verifying n tree tokens costs on this machine: the target's measured forward-time curve.
+
+The tree budget (`taps.spec.budget`) weighs expected accepted tokens against this curve. Its shape
+is a property of the hardware, not of the algorithm: on an AVX2 CPU in float32 a 24-token pass
+cost ~3x a 1-token pass, on an avx512_bf16 CPU ~1.3x, on a GPU with graphs ~1.1x. So it is
+measured once per machine, target, dtype, device, thread count and torch version, cached as JSON
+under `TAPS_HOME/costs/`, and re-measured when it is older than `MAX_AGE_S` or any of those change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from taps.config import taps_home
+from taps.device import machine_description, synchronize
+from taps.files import write_json_atomic
+
+SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)  # tree tokens incl. the root
+CONTEXT = 256  # committed tokens under the measured passes (a typical mid-reply cache)
+MAX_AGE_S = 7 * 24 * 3600
+FORMAT = "taps-costs/1"
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """Milliseconds of one verifying forward (forward + logits) over n = 1..max tokens, interpolated
+    linearly between measured sizes; n = 1 is a plain decoding step."""
+
+    sizes: tuple[int, ...]
+    ms: tuple[float, ...]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.sizes[-1]
+
+    def __call__(self, n: int) -> float:
+        if n <= self.sizes[0]:
+            return self.ms[0]
+        for (a, ca), (b, cb) in zip(zip(self.sizes, self.ms), zip(self.sizes[1:], self.ms[1:])):
+            if n <= b:
+                return ca + (cb - ca) * (n - a) / (b - a)
+        return self.ms[-1] * n / self.sizes[-1]  # past the largest size: proportional
+
+    def table(self) -> list[float]:
+        """cost(n) for n = 0..max_tokens (index 0 unused), for vectorised lookups."""
+        return [0.0] + [self(n) for n in range(1, self.max_tokens + 1)]
+
+
+def measure_curve(model, sizes: tuple[int, ...] = SIZES, rounds: int = 5) -> CostCurve:
+    """Median time of a tree-masked forward plus logits for each size, on a CONTEXT-token cache.
+
+    Sizes are visited round-robin (a burst of machine noise then hits every size a little, not one
+    size a lot) and the medians are fitted with a non-decreasing curve: more tokens never cost less."""
+    device = model.device
+    cache = model.new_cache(CONTEXT + max(sizes))
+    model(torch.randint(0, model.shape.vocab_size, (CONTEXT,), device=device), cache)
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for n in sizes:
+            tokens = torch.randint(0, model.shape.vocab_size, (n,), device=device)
+            positions = torch.arange(CONTEXT, CONTEXT + n, device=device)
+            mask = torch.ones(n, n, dtype=torch.bool, device=device).tril_() if n > 1 else None
+            cache.length = CONTEXT
+            start = time.perf_counter()
+            model.logits(model(tokens, cache, positions, mask))
+            synchronize(device)
+            if round_:
+                times[n].append((time.perf_counter() - start) * 1000)
+    return CostCurve(tuple(sizes), tuple(non_decreasing([statistics.median(times[n]) for n in sizes])))
+
+
+def non_decreasing(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence in squared error (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(c)]
+
+
+def curve_key(model) -> dict:
+    """Everything the curve depends on; a cached curve is reused only when all of it matches."""
+    from taps.models.packed import packing_available
+
+    return {"format": FORMAT, "machine": machine_description(model.device), "device": str(model.device),
+            "target": model.fingerprint(), "layers": model.shape.num_layers, "dtype": str(model.dtype),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "packed": packing_available()}
+
+
+def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurve:
+    """The cached curve for this model and machine, or a fresh measurement (a few seconds) saved for next time."""
+    key = curve_key(model)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = (cache_dir or taps_home() / "costs") / f"{digest}.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] == key and time.time() - saved["measured_at"] < MAX_AGE_S:
+            return CostCurve(tuple(saved["sizes"]), tuple(saved["ms"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, stale or corrupt: measure again
+    log(f"[taps] measuring the target's forward cost for 1..{SIZES[-1]} tree tokens on {key['device']} "
+        f"(once per machine; cached in {path.parent})")
+    curve = measure_curve(model)
+    write_json_atomic(path, {"key": key, "measured_at": time.time(), "sizes": list(curve.sizes), "ms": list(curve.ms)})
+    return curve

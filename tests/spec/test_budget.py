@@ -1,0 +1,146 @@
+"""The hardware-aware tree budget: measured costs, node choice, pauses, and losslessness under it."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from taps.spec import costs
+from taps.spec.budget import MIN_PAUSE, BudgetedProposer, TreeBudget
+from taps.spec.costs import CostCurve, load_or_measure, non_decreasing
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.ngram import NgramProposer
+from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.tree import DraftTree
+from tests.conftest import random_drafter
+from tests.spec.test_lossless import PROMPTS, greedy
+
+FLAT = CostCurve((1, 64), (10.0, 10.0))  # a GPU-like curve: every tree costs one forward
+STEEP = CostCurve((1, 2, 64), (10.0, 40.0, 1000.0))  # one extra token costs 3 plain steps
+
+
+def test_non_decreasing_fit_pools_violators():
+    assert non_decreasing([1, 3, 2, 4]) == [1, 2.5, 2.5, 4]
+    assert non_decreasing([5, 1, 1, 1]) == [2, 2, 2, 2]
+    assert non_decreasing([1, 2, 3]) == [1, 2, 3]
+
+
+def test_curve_interpolates_and_extrapolates():
+    curve = CostCurve((1, 3, 5), (10.0, 20.0, 40.0))
+    assert [curve(n) for n in (1, 2, 3, 4, 5, 10)] == [10, 15, 20, 30, 40, 80]
+    assert curve.table()[1:4] == [10, 15, 20]
+
+
+def test_curve_is_measured_once_then_cached_until_stale(tiny_target, tmp_path, monkeypatch):
+    calls = []
+    real = costs.measure_curve
+    monkeypatch.setattr(costs, "measure_curve", lambda model: calls.append(1) or real(model, sizes=(1, 2, 4), rounds=1))
+    first = load_or_measure(tiny_target, tmp_path, log=lambda _: None)
+    assert load_or_measure(tiny_target, tmp_path, log=lambda _: None) == first and len(calls) == 1
+    assert first.sizes == (1, 2, 4) and list(first.ms) == sorted(first.ms)
+    (saved,) = tmp_path.glob("*.json")
+    stale = json.loads(saved.read_text()) | {"measured_at": 0}
+    saved.write_text(json.dumps(stale))
+    load_or_measure(tiny_target, tmp_path, log=lambda _: None)
+    assert len(calls) == 2
+    saved.write_text("{not json")
+    load_or_measure(tiny_target, tmp_path, log=lambda _: None)
+    assert len(calls) == 3
+
+
+def _tree() -> DraftTree:
+    # root children 0 (conf .9) and 1 (.3); node 2 (.8) under node 0; node 3 (.05) under node 2
+    scores = torch.tensor([0.9, 0.3, 0.8, 0.05]).log()
+    return DraftTree(torch.tensor([5, 6, 7, 8]), torch.tensor([-1, -1, 0, 2]), scores, torch.zeros(4),
+                     torch.ones(4, dtype=torch.long))
+
+
+def test_flat_costs_verify_every_node_and_steep_costs_none():
+    assert len(TreeBudget(FLAT).choose(_tree())) == 4
+    assert len(TreeBudget(STEEP).choose(_tree())) == 0
+
+
+def test_chosen_nodes_are_the_likeliest_and_closed_under_parents():
+    curve = CostCurve((1, 64), (10.0, 10.0 + 63 * 1.0))  # each node costs 1 ms: worth it above p = rate x 1 ms = 0.1
+    chosen = TreeBudget(curve).choose(_tree())
+    assert chosen.tokens.tolist() == [5, 6, 7]  # p .9, .3, .8 kept; .05 dropped
+    assert chosen.parents.tolist() == [-1, -1, 0]
+
+
+def test_losing_drafts_pause_then_probe_with_doubling_pauses():
+    budget = TreeBudget(CostCurve((1, 64), (10.0, 10.0 + 63 * 100.0)))
+    assert budget.should_draft()
+    budget.choose(_tree())
+    budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])  # drafting cost 50 ms for nothing
+    assert [budget.should_draft() for _ in range(MIN_PAUSE + 1)] == [False] * MIN_PAUSE + [True]
+    budget.choose(_tree())
+    budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])
+    assert [budget.should_draft() for _ in range(2 * MIN_PAUSE + 1)] == [False] * 2 * MIN_PAUSE + [True]
+
+
+def test_acceptance_is_learned_from_verdicts():
+    budget = TreeBudget(FLAT)
+    tree = budget.choose(_tree())
+    before = budget.acceptance.predict(tree.scores.exp(), torch.tensor([1, 1, 2, 3]))
+    for _ in range(20):
+        budget.choose(_tree())
+        budget.observe(0, 4, 1.0, 10.0, [False, False, False, False])
+    after = budget.acceptance.predict(tree.scores.exp(), torch.tensor([1, 1, 2, 3]))
+    assert (after < before / 5).all()
+
+
+class _Scripted(TreeBudget):
+    """Drafts on a fixed pattern of steps, so plain and speculative steps interleave."""
+
+    def __init__(self, curve, pattern):
+        super().__init__(curve)
+        self.pattern = itertools.cycle(pattern)
+
+    def should_draft(self) -> bool:
+        self.drafting = next(self.pattern)
+        return self.drafting
+
+
+@pytest.mark.parametrize("budget", ["flat", "steep", "interleaved", "measured"])
+def test_budgeted_drafting_is_lossless(tiny_target, tmp_path, budget):
+    curves = {"flat": FLAT, "steep": STEEP, "interleaved": FLAT}
+    for i, prompt in enumerate(PROMPTS):
+        if budget == "interleaved":
+            tree_budget = _Scripted(FLAT, [True, False, False, True, True, False])
+        elif budget == "measured":
+            tree_budget = TreeBudget(load_or_measure(tiny_target, tmp_path, log=lambda _: None))
+        else:
+            tree_budget = TreeBudget(curves[budget])
+        inner = DrafterProposer(random_drafter(tiny_target, seed=3), TreeShape(8, 6, 48)) if i else NgramProposer()
+        out = SpeculativeGenerator(tiny_target, BudgetedProposer(inner, tree_budget)).generate(
+            prompt, GenerationConfig(max_new_tokens=40))
+        assert out.tokens == greedy(tiny_target, prompt)
+        sizes = [s.tree_size for s in out.steps]
+        if budget == "interleaved":
+            assert 0 in sizes and max(sizes) > 0
+        if budget == "steep":
+            assert max(sizes) == 0
+
+
+def test_deeper_levels_stop_when_they_cannot_pay():
+    conf, depth = torch.tensor([[0.9, 0.5]]), torch.tensor([[1, 1]])
+    assert TreeBudget(FLAT).worth_deeper(conf, depth, conf, level=1, level_ms=0.1)
+    assert not TreeBudget(FLAT).worth_deeper(conf, depth, conf, level=1, level_ms=1000.0)
+    assert not TreeBudget(STEEP).worth_deeper(conf, depth, conf, level=1, level_ms=0.1)
+
+
+def test_budgeted_sampling_follows_the_target_distribution(tmp_path):
+    from tests.spec.test_sampling import _chi2_ok, _sampling_target
+
+    target, prompt, p2 = _sampling_target(tmp_path)
+    inner = DrafterProposer(random_drafter(target, seed=2), TreeShape(top_k=3, depth=3, total_tokens=8))
+    gen = SpeculativeGenerator(target, BudgetedProposer(inner, _Scripted(FLAT, [True, True, False])))
+    counts, accepted = np.zeros(len(p2)), 0
+    for seed in range(3000):
+        out = gen.generate(prompt, GenerationConfig(max_new_tokens=3, temperature=1.0, seed=seed))
+        counts[out.tokens[1]] += 1
+        accepted += out.steps[0].accepted
+    assert accepted > 200
+    assert _chi2_ok(counts, p2.numpy())
