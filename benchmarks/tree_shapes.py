@@ -44,15 +44,28 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target = load_target(args.target)
-    prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
-               for p in load_benchmark(args.benchmark, args.data_dir, limit=args.prompts, seed=0)]
+    prompts = [
+        encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
+        for p in load_benchmark(args.benchmark, args.data_dir, limit=args.prompts, seed=0)
+    ]
     plain, _, _, plain_ms = run(target, None, prompts, args.max_new_tokens)
-    print(f"target {args.target}, drafter {args.drafter}, {args.prompts} {args.benchmark} prompts, "
-          f"{args.max_new_tokens} new tokens, {args.threads} thread(s); plain decoding {plain:.1f} tok/s ({plain_ms:.1f} ms/token)\n")
-    print("| top_k | depth | total_tokens | tau | draft ms/step | verify ms/step | tok/s | speed-up |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"target {args.target}, drafter {args.drafter}, {args.prompts} {args.benchmark} prompts, "
+        f"{args.max_new_tokens} new tokens, {args.threads} thread(s); plain decoding {plain:.1f} tok/s "
+        f"({plain_ms:.1f} ms/token)\n"
+    )
+    print(
+        "| top_k | depth | total_tokens | tau | draft ms/step | verify ms/step | tok/s | speed-up "
+        "|\n|---|---|---|---|---|---|---|---|"
+    )
     for k, d, n in SHAPES:
-        tps, tau, draft, verify = run(target, make_proposer(args.drafter, target, TreeShape(k, d, n)), prompts, args.max_new_tokens)
-        print(f"| {k} | {d} | {n} | {tau:.2f} | {draft:.1f} | {verify:.1f} | {tps:.1f} | {tps / plain:.2f}x |", flush=True)
+        tps, tau, draft, verify = run(
+            target, make_proposer(args.drafter, target, TreeShape(k, d, n)), prompts, args.max_new_tokens
+        )
+        print(
+            f"| {k} | {d} | {n} | {tau:.2f} | {draft:.1f} | {verify:.1f} | {tps:.1f} | {tps / plain:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@ import pytest
 from taps.cli import build_parser, main
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["generate", "hi", "--target", "no-such-model"], "unknown target 'no-such-model'"),
-    (["setup", "no-such-model"], "unknown target"),
-    (["eval", "--rows", "blend=a,b", "--out", "x", "--target", "no-such-model"], "unknown target"),
-    (["report", "/nonexistent/run"], "no eval records"),
-    (["average", "--drafters", "a", "--out", "x"], "unknown drafter 'a'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["generate", "hi", "--target", "no-such-model"], "unknown target 'no-such-model'"),
+        (["setup", "no-such-model"], "unknown target"),
+        (["eval", "--rows", "blend=a,b", "--out", "x", "--target", "no-such-model"], "unknown target"),
+        (["report", "/nonexistent/run"], "no eval records"),
+        (["average", "--drafters", "a", "--out", "x"], "unknown drafter 'a'"),
+    ],
+)
 def test_user_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -21,7 +24,9 @@ def test_user_errors_are_one_line(argv, message, capsys):
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert {"setup", "generate", "features", "train", "average", "eval", "report", "reproduce"} <= set(commands)
+    assert {"setup", "generate", "features", "train", "average", "eval", "report", "reproduce"} <= set(
+        commands
+    )
     for name in commands:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([name, "--help"])
@@ -30,7 +35,7 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_features_train_on_the_targets_own_replies_by_default():
-    """Regenerated replies gave the higher tau at equal budget (README, budget curve), so they are the default."""
+    """Regenerated replies gave the higher tau at equal budget (README, budget curve): the default."""
     args = build_parser().parse_args(["features", "--corpus", "math", "--out", "x"])
     assert args.replies == "target"
 

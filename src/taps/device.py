@@ -39,7 +39,9 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise TapsError(f"--device {spec}: {why}; use --device cpu (or auto)")
     index = 0 if device.index is None else device.index
     if index >= torch.cuda.device_count():
-        raise TapsError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0..")
+        raise TapsError(
+            f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0.."
+        )
     return torch.device("cuda", index)
 
 

@@ -22,7 +22,9 @@ SHIPPED_ROOT = Path(__file__).parent / "drafters"
 def shipped_drafters(target_name: str) -> list[str]:
     """Names of the drafters shipped for a named target, sorted."""
     folder = SHIPPED_ROOT / target_name
-    return sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+    return (
+        sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+    )
 
 
 def drafter_path(name: str, target_name: str) -> Path:
@@ -33,7 +35,9 @@ def drafter_path(name: str, target_name: str) -> Path:
     if path.is_dir():
         return path
     known = ", ".join(["ngram", *shipped_drafters(target_name)])
-    raise TapsError(f"unknown drafter {name!r} for target {target_name!r}: use one of {known} or a drafter folder")
+    raise TapsError(
+        f"unknown drafter {name!r} for target {target_name!r}: use one of {known} or a drafter folder"
+    )
 
 
 def drafter_dtype(target) -> torch.dtype:
@@ -54,7 +58,8 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
 def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = TreeShape()) -> Proposer | None:
     """A proposer for `--strategy` over `--drafters` (`none` alone = plain decoding).
 
-    single: exactly one drafter. average: one drafter with the members' mean weights. route:confidence / route:entropy: verify the best member's tree.
+    single: exactly one drafter. average: one drafter with the members' mean weights.
+    route:confidence / route:entropy: verify the best member's tree.
     merged: all members' trees as one trie. merged:cut: the same, cut to `shape.total_tokens` nodes.
     With `shape.budget == "auto"` the proposer runs under a TreeBudget for this target and machine.
     """
@@ -76,7 +81,9 @@ def _strategy(strategy: str, names: list[str], target, shape: TreeShape) -> Prop
         raise TapsError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if strategy == "single":
         if len(names) != 1:
-            raise TapsError(f"strategy single takes one drafter, got {len(names)}; pick a combining --strategy")
+            raise TapsError(
+                f"strategy single takes one drafter, got {len(names)}; pick a combining --strategy"
+            )
         return make_proposer(names[0], target, shape)
     if len(names) < 2:
         raise TapsError(f"strategy {strategy} combines >= 2 drafters; pass --drafters a,b[,...]")
@@ -86,7 +93,12 @@ def _strategy(strategy: str, names: list[str], target, shape: TreeShape) -> Prop
         paths = [drafter_path(n, target.name) for n in names]
         drafter, fingerprint = average_drafters(paths)
         check_fingerprint(fingerprint, target.model.fingerprint(), paths[0])
-        drafter = drafter.to(target.model.device, drafter_dtype(target)).requires_grad_(False).eval().attach(target.model)
+        drafter = (
+            drafter.to(target.model.device, drafter_dtype(target))
+            .requires_grad_(False)
+            .eval()
+            .attach(target.model)
+        )
         return DrafterProposer(drafter, shape, name="average=" + ",".join(names))
     members = [make_proposer(n, target, shape, source=i) for i, n in enumerate(names)]
     if strategy.startswith("route:"):

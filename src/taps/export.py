@@ -44,8 +44,12 @@ from taps.models.checkpoint import (
 from taps.models.drafter import Drafter, DrafterConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-SHAPE_FIELDS = {"hidden_size": "hidden_size", "vocab_size": "vocab_size", "intermediate_size": "intermediate_size",
-                "num_attention_heads": "num_heads"}
+SHAPE_FIELDS = {
+    "hidden_size": "hidden_size",
+    "vocab_size": "vocab_size",
+    "intermediate_size": "intermediate_size",
+    "num_attention_heads": "num_heads",
+}
 
 
 def export_eagle(drafter_dir: str | Path, target, out: str | Path) -> Path:
@@ -64,7 +68,9 @@ def export_eagle(drafter_dir: str | Path, target, out: str | Path) -> Path:
         d2t = drafter.d2t.long()
         config["draft_vocab_size"] = len(d2t)
         state["d2t"] = d2t - torch.arange(len(d2t))
-        state["t2d"] = torch.zeros(drafter.config.shape.vocab_size, dtype=torch.bool).index_fill_(0, d2t, True)
+        state["t2d"] = torch.zeros(drafter.config.shape.vocab_size, dtype=torch.bool).index_fill_(
+            0, d2t, True
+        )
     config["taps"] = {"format": FORMAT, "target": source["target"], "card": source.get("card", {})}
     with atomic_dir(Path(out)) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -81,7 +87,10 @@ def import_eagle(src: str | Path, target, out: str | Path) -> Path:
     _check_shape(config, target.model.shape, src)
     state = {k.removeprefix("model."): v for k, v in _read_weights(src).items()}
     if any(k.startswith("midlayer.") for k in state) or "lm_head.weight" in state:
-        raise TapsError(f"{src} is an EAGLE-3 style checkpoint (own LM head / midlayer); taps imports EAGLE-1/2 and HASS drafters")
+        raise TapsError(
+            f"{src} is an EAGLE-3 style checkpoint (own LM head / midlayer); taps imports EAGLE-1/2 and HASS "
+            "drafters"
+        )
     _check_embedding(state.pop("embed_tokens.weight", None), target.model, src)
     d2t = _draft_map(state, config, target.model.shape.vocab_size, src)
     layers = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
@@ -89,8 +98,14 @@ def import_eagle(src: str | Path, target, out: str | Path) -> Path:
         raise TapsError(f"{src}: expected decoder layers 0..N-1 named layers.N.*, found {layers or 'none'}")
     bias = state.get("fc.bias")
     if bias is not None and not bias.any():
-        del state["fc.bias"]  # the zeros `taps export` adds for SGLang; dropping them keeps outputs bit-identical
-    drafter = Drafter(DrafterConfig(target.model.shape, len(layers), len(d2t) if d2t is not None else None, "fc.bias" in state))
+        del state[
+            "fc.bias"
+        ]  # the zeros `taps export` adds for SGLang; dropping them keeps outputs bit-identical
+    drafter = Drafter(
+        DrafterConfig(
+            target.model.shape, len(layers), len(d2t) if d2t is not None else None, "fc.bias" in state
+        )
+    )
     expected = drafter.state_dict()
     state["d2t"] = d2t if d2t is not None else expected["d2t"]
     _check_keys(state, expected, src)
@@ -120,17 +135,25 @@ def _read_weights(src: Path) -> dict[str, torch.Tensor]:
         if (src / "pytorch_model.bin").is_file():
             return torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        raise TapsError(f"cannot read the weights in {src} ({exc}); the checkpoint is truncated or corrupt") from exc
+        raise TapsError(
+            f"cannot read the weights in {src} ({exc}); the checkpoint is truncated or corrupt"
+        ) from exc
     raise TapsError(f"{src} has no model.safetensors or pytorch_model.bin")
 
 
 def _check_shape(config: dict, shape, src: Path) -> None:
     if config.get("model_type") != shape.family:
-        raise TapsError(f"{src} is a {config.get('model_type')!r} drafter but the target is {shape.family!r}; import it for a matching target")
+        raise TapsError(
+            f"{src} is a {config.get('model_type')!r} drafter but the target is {shape.family!r}; import it "
+            "for a matching target"
+        )
     for key, attr in SHAPE_FIELDS.items():
         if config.get(key) != getattr(shape, attr):
-            raise TapsError(f"{src} was made for a model with {key} {config.get(key)}, the target has {getattr(shape, attr)}; "
-                            "import it with the target it was trained for (--target)")
+            raise TapsError(
+                f"{src} was made for a model with {key} {config.get(key)}, the target has "
+                f"{getattr(shape, attr)}; "
+                "import it with the target it was trained for (--target)"
+            )
 
 
 def _check_embedding(embedding: torch.Tensor | None, model, src: Path) -> None:
@@ -138,8 +161,12 @@ def _check_embedding(embedding: torch.Tensor | None, model, src: Path) -> None:
     if embedding is None:
         return
     ours = model.model.embed_tokens.weight
-    if embedding.shape != ours.shape or not torch.allclose(embedding.float(), ours.float(), atol=1e-2, rtol=1e-2):
-        raise TapsError(f"{src} holds the embedding of another model; it was trained for a different target (--target)")
+    if embedding.shape != ours.shape or not torch.allclose(
+        embedding.float(), ours.float(), atol=1e-2, rtol=1e-2
+    ):
+        raise TapsError(
+            f"{src} holds the embedding of another model; it was trained for a different target (--target)"
+        )
 
 
 def _draft_map(state: dict, config: dict, vocab: int, src: Path) -> torch.Tensor | None:
@@ -149,16 +176,25 @@ def _draft_map(state: dict, config: dict, vocab: int, src: Path) -> torch.Tensor
         return None
     d2t = torch.arange(len(offsets)) + offsets.long()
     if config.get("draft_vocab_size", len(d2t)) != len(d2t) or d2t.min() < 0 or d2t.max() >= vocab:
-        raise TapsError(f"{src}: d2t does not map {config.get('draft_vocab_size')} draft tokens into the target's {vocab}")
+        raise TapsError(
+            f"{src}: d2t does not map {config.get('draft_vocab_size')} draft tokens into the target's {vocab}"
+        )
     return d2t
 
 
 def _check_keys(state: dict, expected: dict, src: Path) -> None:
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing:
-        raise TapsError(f"{src}: the checkpoint lacks {missing[0]} ({len(missing)} tensors missing); it is incomplete")
+        raise TapsError(
+            f"{src}: the checkpoint lacks {missing[0]} ({len(missing)} tensors missing); it is incomplete"
+        )
     if extra:
-        raise TapsError(f"{src}: unexpected tensor {extra[0]} ({len(extra)} unknown); this is not an EAGLE-1/2 drafter")
+        raise TapsError(
+            f"{src}: unexpected tensor {extra[0]} ({len(extra)} unknown); this is not an EAGLE-1/2 drafter"
+        )
     bad = [k for k in expected if state[k].shape != expected[k].shape]
     if bad:
-        raise TapsError(f"{src}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the target needs {tuple(expected[bad[0]].shape)}")
+        raise TapsError(
+            f"{src}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the target needs "
+            f"{tuple(expected[bad[0]].shape)}"
+        )

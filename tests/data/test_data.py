@@ -4,8 +4,17 @@ import pytest
 
 from taps.data import sources
 from taps.data.benchmarks import BENCHMARKS, load_benchmark
-from taps.data.corpora import (boxed, contamination, iter_json_array, load_jsonl_corpus, load_math_instruct, load_sharegpt,
-                               mix, split, word_count)
+from taps.data.corpora import (
+    boxed,
+    contamination,
+    iter_json_array,
+    load_jsonl_corpus,
+    load_math_instruct,
+    load_sharegpt,
+    mix,
+    split,
+    word_count,
+)
 from taps.errors import TapsError
 
 
@@ -77,7 +86,12 @@ def test_no_benchmark_item_in_the_math_corpus(data_dir):
     prompts = [p for b in BENCHMARKS for p in load_benchmark(b, data_dir)]
     convs = load_math_instruct(data_dir)
     assert contamination(convs, prompts) == []
-    planted = convs + [[{"role": "user", "content": "  " + prompts[5].turns[0].upper()}, {"role": "assistant", "content": "x"}]]
+    planted = convs + [
+        [
+            {"role": "user", "content": "  " + prompts[5].turns[0].upper()},
+            {"role": "assistant", "content": "x"},
+        ]
+    ]
     assert contamination(planted, prompts) == [prompts[5].id]
 
 
@@ -85,7 +99,14 @@ def test_sharegpt_recovery_from_a_truncated_file(tmp_path):
     records = [
         {"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
         {"id": "empty", "conversations": []},
-        {"id": "lead", "conversations": [{"from": "gpt", "value": "ignored"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "r"}]},
+        {
+            "id": "lead",
+            "conversations": [
+                {"from": "gpt", "value": "ignored"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "r"},
+            ],
+        },
         {"id": "noreply", "conversations": [{"from": "human", "value": "only a question"}]},
         {"id": "c", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
     ]
@@ -94,14 +115,22 @@ def test_sharegpt_recovery_from_a_truncated_file(tmp_path):
     f = tmp_path / "sg.json"
     f.write_text(cut)
     convs = load_sharegpt(f)
-    assert convs == [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-                     [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]]
+    assert convs == [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}],
+    ]
     assert len(list(iter_json_array(text))) == 5
 
 
 def test_mixture_ratio_split_and_user_corpus(tmp_path):
-    a = [[{"role": "user", "content": "a " * 10}, {"role": "assistant", "content": "b " * 10}] for _ in range(200)]
-    b = [[{"role": "user", "content": "c " * 5}, {"role": "assistant", "content": "d " * 25}] for _ in range(200)]
+    a = [
+        [{"role": "user", "content": "a " * 10}, {"role": "assistant", "content": "b " * 10}]
+        for _ in range(200)
+    ]
+    b = [
+        [{"role": "user", "content": "c " * 5}, {"role": "assistant", "content": "d " * 25}]
+        for _ in range(200)
+    ]
     mixed = mix({"a": a, "b": b}, {"a": 0.25, "b": 0.75}, total=2000)
     words_a = sum(word_count(c) for c in mixed if c[0]["content"].startswith("a"))
     assert abs(words_a / sum(word_count(c) for c in mixed) - 0.25) < 0.03

@@ -19,7 +19,9 @@ from tests.training.test_training import CharTokenizer
 @pytest.fixture(scope="module")
 def tiny(tiny_dirs, tmp_path_factory, monkeypatch_module):
     model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
-    target = SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny", path=tiny_dirs["llama"])
+    target = SimpleNamespace(
+        model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny", path=tiny_dirs["llama"]
+    )
     shipped = tmp_path_factory.mktemp("shipped")  # plays src/taps/drafters/, with drafters for target "tiny"
     for i, name in enumerate(("d-math", "d-chat")):
         save_drafter(random_drafter(model, seed=i), shipped / "tiny" / name, model.fingerprint())
@@ -35,28 +37,56 @@ def monkeypatch_module():
 
 
 def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
-    rows = ["plain", "hf", "ngram", "d-math", "route:confidence=d-math,d-chat", "merged=d-math,d-chat", "average=d-math,d-chat"]
-    grid = GridConfig(rows=rows, benchmarks=["gsm8k", "mt_bench"], temperatures=[0.0, 1.0], prompts=2, max_new_tokens=12,
-                      data_dir=str(data_dir), shape=TreeShape(3, 3, 8))
+    rows = [
+        "plain",
+        "hf",
+        "ngram",
+        "d-math",
+        "route:confidence=d-math,d-chat",
+        "merged=d-math,d-chat",
+        "average=d-math,d-chat",
+    ]
+    grid = GridConfig(
+        rows=rows,
+        benchmarks=["gsm8k", "mt_bench"],
+        temperatures=[0.0, 1.0],
+        prompts=2,
+        max_new_tokens=12,
+        data_dir=str(data_dir),
+        shape=TreeShape(3, 3, 8),
+    )
     run_grid(tiny, grid, tmp_path)
     records = load_records(tmp_path)
     assert len(records) == len(rows) * 2 * 2 * 2
     by_row = {r["row"]: r for r in records if r["benchmark"] == "mt_bench"}
     assert len(by_row["d-math"]["text"]) == 2  # both MT-Bench turns were asked
     assert by_row["plain"]["tau"] == 1.0 and by_row["hf"]["tau"] is None
-    assert all(len(s["confidence"]) == len(s["node_accepted"]) for s in by_row["merged=d-math,d-chat"]["steps"])
+    assert all(
+        len(s["confidence"]) == len(s["node_accepted"]) for s in by_row["merged=d-math,d-chat"]["steps"]
+    )
     routed = by_row["route:confidence=d-math,d-chat"]
     assert set(routed["router_choices"]) <= {0, 1}
-    for row in (r for r in records if r["temperature"] == 0 and "=" in r["row"] and not r["row"].startswith("average")):
+    for row in (
+        r for r in records if r["temperature"] == 0 and "=" in r["row"] and not r["row"].startswith("average")
+    ):
         assert len(row["member_accepts"]) == len(row["accept_lengths"]) > 0
-        for accepted, members, step in zip(row["accept_lengths"], row["member_accepts"], range(len(row["accept_lengths"]))):
-            if row["row"].startswith("route"):  # the offline oracle scores the verified tree exactly as the verifier did
+        for accepted, members, step in zip(
+            row["accept_lengths"], row["member_accepts"], range(len(row["accept_lengths"]))
+        ):
+            if row["row"].startswith(
+                "route"
+            ):  # the offline oracle scores the verified tree exactly as the verifier did
                 assert members[row["router_choices"][step]] == accepted
             else:  # the uncut merged tree holds every member's tree
                 assert accepted >= max(members)
     assert not any(r["member_accepts"] for r in records if r["temperature"] > 0)
     report = write_report(tmp_path)
-    assert report.count("\n| ") >= len(rows) and "gsm8k T=0" in report and "AUROC" in report and "router accuracy" in report
+    assert (
+        report.count("\n| ") >= len(rows)
+        and "gsm8k T=0" in report
+        and "AUROC" in report
+        and "router accuracy" in report
+    )
     for png in ("tau.png", "speedup.png", "accept_hist.png", "confidence_vs_entropy.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     csv = (tmp_path / "summary.csv").read_text().splitlines()
@@ -69,8 +99,19 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
     assert cells[0].is_file() and cells[1].stat().st_mtime_ns == kept
     # a rerun with other cell settings must not mix its records into this run
     with pytest.raises(TapsError, match="other settings .*prompts 2 -> 1"):
-        run_grid(tiny, GridConfig(rows=["plain"], benchmarks=["gsm8k"], temperatures=[0.0], prompts=1, max_new_tokens=12,
-                                  data_dir=str(data_dir), shape=TreeShape(3, 3, 8)), tmp_path)
+        run_grid(
+            tiny,
+            GridConfig(
+                rows=["plain"],
+                benchmarks=["gsm8k"],
+                temperatures=[0.0],
+                prompts=1,
+                max_new_tokens=12,
+                data_dir=str(data_dir),
+                shape=TreeShape(3, 3, 8),
+            ),
+            tmp_path,
+        )
 
 
 def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
@@ -79,9 +120,19 @@ def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
     with pytest.raises(TapsError, match="fewer than two"):
         parse_row("merged=a")
     with pytest.raises(TapsError, match="unknown benchmark"):
-        run_grid(tiny, GridConfig(rows=["plain"], benchmarks=["nope"], temperatures=[0.0], data_dir=str(data_dir)), tmp_path)
+        run_grid(
+            tiny,
+            GridConfig(rows=["plain"], benchmarks=["nope"], temperatures=[0.0], data_dir=str(data_dir)),
+            tmp_path,
+        )
     with pytest.raises(TapsError, match="unknown drafter"):
-        run_grid(tiny, GridConfig(rows=["missing"], benchmarks=["gsm8k"], temperatures=[0.0], prompts=1, data_dir=str(data_dir)), tmp_path)
+        run_grid(
+            tiny,
+            GridConfig(
+                rows=["missing"], benchmarks=["gsm8k"], temperatures=[0.0], prompts=1, data_dir=str(data_dir)
+            ),
+            tmp_path,
+        )
     (tmp_path / "records").mkdir(exist_ok=True)
     (tmp_path / "records" / "x.jsonl").write_text('{"row": "plain"}\n{broken\n')
     with pytest.raises(TapsError, match="corrupt"):

@@ -15,9 +15,16 @@ def test_round_trip_gives_identical_outputs(tiny_target, tmp_path):
     save_drafter(drafter, tmp_path / "d", tiny_target.fingerprint(), card={"note": "test"})
     loaded = load_drafter(tmp_path / "d", tiny_target, dtype=torch.float32)
     tok, feat, pos = torch.tensor([3, 4, 5]), torch.randn(3, 64), torch.arange(3)
-    torch.testing.assert_close(loaded(tok, feat, pos, loaded.new_cache()), drafter(tok, feat, pos, drafter.new_cache()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded(tok, feat, pos, loaded.new_cache()),
+        drafter(tok, feat, pos, drafter.new_cache()),
+        rtol=0,
+        atol=0,
+    )
     assert loaded.d2t.tolist() == drafter.d2t.tolist()
-    assert set(loaded.state_dict()) == {k for k in drafter.state_dict()} and not any("embed" in k for k in drafter.state_dict())
+    assert set(loaded.state_dict()) == {k for k in drafter.state_dict()} and not any(
+        "embed" in k for k in drafter.state_dict()
+    )
     assert not list((tmp_path).glob(".d-*"))  # no temp folder left behind
 
 
@@ -49,13 +56,20 @@ def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
     save_drafter(b, tmp_path / "b", llama.fingerprint())
     avg, _ = average_drafters([tmp_path / "a", tmp_path / "b"], [1.0, 3.0])
     torch.testing.assert_close(avg.fc.weight, 0.25 * a.fc.weight + 0.75 * b.fc.weight)
-    c = random_drafter(llama, seed=3, draft_vocab=20)  # another reduced vocabulary: the average drafts over the union
+    c = random_drafter(
+        llama, seed=3, draft_vocab=20
+    )  # another reduced vocabulary: the average drafts over the union
     save_drafter(c, tmp_path / "c", llama.fingerprint())
     mixed, _ = average_drafters([tmp_path / "a", tmp_path / "c"])
     union = torch.unique(torch.cat([a.d2t, c.d2t]))
     assert torch.equal(mixed.d2t, union) and mixed.config.draft_vocab_size == len(union)
-    torch.testing.assert_close(mixed.layers[0].mlp.up_proj.weight, 0.5 * (a.layers[0].mlp.up_proj.weight + c.layers[0].mlp.up_proj.weight))
-    full, _ = average_drafters([tmp_path / "a", save_drafter(random_drafter(llama, seed=4), tmp_path / "f", llama.fingerprint())])
+    torch.testing.assert_close(
+        mixed.layers[0].mlp.up_proj.weight,
+        0.5 * (a.layers[0].mlp.up_proj.weight + c.layers[0].mlp.up_proj.weight),
+    )
+    full, _ = average_drafters(
+        [tmp_path / "a", save_drafter(random_drafter(llama, seed=4), tmp_path / "f", llama.fingerprint())]
+    )
     assert full.config.draft_vocab_size is None and len(full.d2t) == llama.shape.vocab_size
     deep = Drafter(DrafterConfig(shape=llama.shape, num_layers=2))
     save_drafter(deep, tmp_path / "d", llama.fingerprint())

@@ -8,13 +8,17 @@ from taps.models.stacked import stack_drafters
 from taps.models.target import TargetModel
 from tests.conftest import random_drafter
 
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
+pytestmark = pytest.mark.skipif(
+    not packing_available(), reason="this torch build has no oneDNN packed linear"
+)
 
 
 def test_packed_target_matches_plain_forward(tiny_dirs):
     plain = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32)
     packed = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32).pack_for_cpu()
-    assert isinstance(packed.lm_head, PackedLinear) and isinstance(packed.model.layers[0].mlp.up_proj, PackedLinear)
+    assert isinstance(packed.lm_head, PackedLinear) and isinstance(
+        packed.model.layers[0].mlp.up_proj, PackedLinear
+    )
     assert packed.state_dict().keys() == plain.state_dict().keys()
     tokens = torch.tensor([0, 5, 17, 23, 5, 17, 9])
     tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)

@@ -11,7 +11,9 @@ from taps.models.checkpoint import load_drafter, read_config
 
 MB = 1024 * 1024
 CAP_MB = {DEFAULT_TARGET: 15}  # product limits: 15 MB for the default target's drafters, 40 MB otherwise
-SHIPPED = [(t.name, d) for t in sorted(SHIPPED_ROOT.iterdir()) if t.is_dir() for d in shipped_drafters(t.name)]
+SHIPPED = [
+    (t.name, d) for t in sorted(SHIPPED_ROOT.iterdir()) if t.is_dir() for d in shipped_drafters(t.name)
+]
 
 
 def test_the_default_target_ships_the_six_paper_drafters():
@@ -26,7 +28,9 @@ def test_shipped_drafter_is_consistent(target, name):
     config = read_config(folder)
     assert config["card"]["target"] == target
     assert name.startswith(config["card"]["method"])
-    siblings = {read_config(SHIPPED_ROOT / target / d)["target"]["embedding_sha256"] for d in shipped_drafters(target)}
+    siblings = {
+        read_config(SHIPPED_ROOT / target / d)["target"]["embedding_sha256"] for d in shipped_drafters(target)
+    }
     assert siblings == {config["target"]["embedding_sha256"]}
     weights = folder / "model.safetensors"
     assert weights.stat().st_size <= CAP_MB.get(target, 40) * MB

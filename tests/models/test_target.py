@@ -45,8 +45,10 @@ def test_cache_compaction_keeps_accepted_path(tiny_target):
     ctx = torch.tensor([5, 9, 2, 7])
     cache = tiny_target.new_cache()
     tiny_target(ctx, cache)
-    tokens, mask = torch.tensor([3, 4, 8, 6]), torch.tensor(
-        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool)
+    tokens, mask = (
+        torch.tensor([3, 4, 8, 6]),
+        torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool),
+    )
     tiny_target(tokens, cache, torch.tensor([4, 5, 5, 6]), mask)
     cache.compact(4, [4, 5, 7])  # keep root, node 4, node 6
     assert cache.length == 7

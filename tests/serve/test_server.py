@@ -111,7 +111,11 @@ def test_chat_equals_generate_streamed_or_not(server, tiny):
     assert whole.choices[0].message.content == expected
     assert whole.usage.prompt_tokens == len(encode_chat(tiny.tokenizer, MESSAGES))
     assert whole.model_extra["taps"]["tau"] >= 1.0
-    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
@@ -120,8 +124,13 @@ def test_completions_equal_generate(server, tiny):
     prompt = "The capital of France is"
     expected = reference(tiny, prompt_ids=tiny.tokenizer(prompt)["input_ids"])
     client = server.client()
-    assert client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0).choices[0].text == expected
-    streamed = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0, stream=True)
+    assert (
+        client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0).choices[0].text
+        == expected
+    )
+    streamed = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=24, temperature=0, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == expected
 
 
@@ -132,18 +141,30 @@ def test_stop_string_cuts_both_ways(server, tiny):
     expected = reference(tiny, MESSAGES, max_tokens=32, stop=[stop])
     assert expected == full[: full.find(stop)]
     client = server.client()
-    whole = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=32, temperature=0, stop=[stop])
+    whole = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=32, temperature=0, stop=[stop]
+    )
     assert (whole.choices[0].message.content, whole.choices[0].finish_reason) == (expected, "stop")
-    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=32, temperature=0, stop=stop, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=32, temperature=0, stop=stop, stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
 
 
 def test_request_picks_strategy_and_drafters(server, tiny, drafter_dirs):
     expected = reference(tiny, MESSAGES)
     client = server.client()
-    for taps in ({"strategy": "merged", "drafters": drafter_dirs}, {"strategy": "route:confidence", "drafters": drafter_dirs},
-                 {"drafters": [drafter_dirs[0]]}, {"drafters": ["none"]}):
-        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, extra_body={"taps": taps})
+    for taps in (
+        {"strategy": "merged", "drafters": drafter_dirs},
+        {"strategy": "route:confidence", "drafters": drafter_dirs},
+        {"drafters": [drafter_dirs[0]]},
+        {"drafters": ["none"]},
+    ):
+        reply = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, extra_body={"taps": taps}
+        )
         assert reply.choices[0].message.content == expected, taps
         stats = reply.model_extra["taps"]
         assert stats["drafters"] == taps["drafters"]
@@ -153,8 +174,14 @@ def test_request_picks_strategy_and_drafters(server, tiny, drafter_dirs):
 
 def test_sampling_is_seeded(server):
     client = server.client()
-    replies = [client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, temperature=1.0, top_p=0.9, seed=7)
-               .choices[0].message.content for _ in range(2)]
+    replies = [
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=16, temperature=1.0, top_p=0.9, seed=7
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert replies[0] == replies[1]
 
 
@@ -168,9 +195,24 @@ BAD_REQUESTS = [
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "max_tokens": 10_000}, 400, "context"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "n": 2}, 400, "n"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "top_p": 0}, 400, "top_p"),
-    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"strategy": "vote"}}, 400, "unknown strategy"),
-    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["nope"]}}, 400, "unknown drafter"),
-    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["/etc"]}}, 400, "on this server"),
+    (
+        "chat/completions",
+        {"model": "tiny", "messages": MESSAGES, "taps": {"strategy": "vote"}},
+        400,
+        "unknown strategy",
+    ),
+    (
+        "chat/completions",
+        {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["nope"]}},
+        400,
+        "unknown drafter",
+    ),
+    (
+        "chat/completions",
+        {"model": "tiny", "messages": MESSAGES, "taps": {"drafters": ["/etc"]}},
+        400,
+        "on this server",
+    ),
     ("chat/completions", {"model": "tiny"}, 400, "messages"),
     ("completions", {"model": "tiny", "prompt": ""}, 400, "empty"),
     ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),
@@ -181,7 +223,9 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize(("path", "body", "status", "says"), BAD_REQUESTS)
 def test_bad_requests_get_openai_errors(server, path, body, status, says):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = httpx.post(f"{server.url}/v1/{path}", content=content, headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{server.url}/v1/{path}", content=content, headers={"content-type": "application/json"}, timeout=30
+    )
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert says in error["message"] and error["type"]
@@ -196,8 +240,14 @@ def test_openai_client_raises_on_bad_input(server):
 
 def test_client_gone_mid_stream_frees_the_model(server):
     engine, before = server.engine, dict(server.engine.stats)
-    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 3500, "temperature": 0, "stream": True,
-            "taps": {"drafters": ["none"]}}
+    body = {
+        "model": "tiny",
+        "messages": MESSAGES,
+        "max_tokens": 3500,
+        "temperature": 0,
+        "stream": True,
+        "taps": {"drafters": ["none"]},
+    }
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as r:
         assert r.status_code == 200
         next(r.iter_lines())
@@ -206,7 +256,9 @@ def test_client_gone_mid_stream_frees_the_model(server):
         assert time.monotonic() < deadline, "the abandoned job was never cancelled"
         time.sleep(0.05)
     assert engine.stats["completed"] == before["completed"]
-    reply = server.client().chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, temperature=0)
+    reply = server.client().chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=4, temperature=0
+    )
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
@@ -218,11 +270,20 @@ def test_concurrent_clients_all_complete(server):
         for j in range(4):
             messages = [{"role": "user", "content": f"Client {i}, request {j}: count to five."}]
             if (i + j) % 2:
-                chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True))
+                chunks = list(
+                    client.chat.completions.create(
+                        model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True
+                    )
+                )
                 reasons.append(chunks[-1].choices[0].finish_reason)
             else:
-                reasons.append(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
-                               .choices[0].finish_reason)
+                reasons.append(
+                    client.chat.completions.create(
+                        model="tiny", messages=messages, max_tokens=12, temperature=0
+                    )
+                    .choices[0]
+                    .finish_reason
+                )
         return reasons
 
     with ThreadPoolExecutor(16) as pool:
@@ -239,9 +300,10 @@ def test_default_target_served_losslessly_with_a_shipped_drafter():
     target = load_target("smollm2-135m", dtype=torch.float32)
     running = RunningServer(Engine(target, Route("single", ("eagle2-math",))))
     try:
-        reply = running.client().chat.completions.create(model="smollm2-135m", messages=MESSAGES, max_tokens=32, temperature=0)
+        reply = running.client().chat.completions.create(
+            model="smollm2-135m", messages=MESSAGES, max_tokens=32, temperature=0
+        )
     finally:
         running.stop()
     assert reply.choices[0].message.content == reference(target, MESSAGES, max_tokens=32)
     assert reply.model_extra["taps"]["tau"] > 1.0
-

@@ -36,7 +36,9 @@ def test_curve_interpolates_and_extrapolates():
 def test_curve_is_measured_once_then_cached_until_stale(tiny_target, tmp_path, monkeypatch):
     calls = []
     real = costs.measure_curve
-    monkeypatch.setattr(costs, "measure_curve", lambda model: calls.append(1) or real(model, sizes=(1, 2, 4), rounds=1))
+    monkeypatch.setattr(
+        costs, "measure_curve", lambda model: calls.append(1) or real(model, sizes=(1, 2, 4), rounds=1)
+    )
     first = load_or_measure(tiny_target, tmp_path, log=lambda _: None)
     assert load_or_measure(tiny_target, tmp_path, log=lambda _: None) == first and len(calls) == 1
     assert first.sizes == (1, 2, 4) and list(first.ms) == sorted(first.ms)
@@ -53,8 +55,13 @@ def test_curve_is_measured_once_then_cached_until_stale(tiny_target, tmp_path, m
 def _tree() -> DraftTree:
     # root children 0 (conf .9) and 1 (.3); node 2 (.8) under node 0; node 3 (.05) under node 2
     scores = torch.tensor([0.9, 0.3, 0.8, 0.05]).log()
-    return DraftTree(torch.tensor([5, 6, 7, 8]), torch.tensor([-1, -1, 0, 2]), scores, torch.zeros(4),
-                     torch.ones(4, dtype=torch.long))
+    return DraftTree(
+        torch.tensor([5, 6, 7, 8]),
+        torch.tensor([-1, -1, 0, 2]),
+        scores,
+        torch.zeros(4),
+        torch.ones(4, dtype=torch.long),
+    )
 
 
 def test_flat_costs_verify_every_node_and_steep_costs_none():
@@ -63,7 +70,9 @@ def test_flat_costs_verify_every_node_and_steep_costs_none():
 
 
 def test_chosen_nodes_are_the_likeliest_and_closed_under_parents():
-    curve = CostCurve((1, 64), (10.0, 10.0 + 63 * 1.0))  # each node costs 1 ms: worth it above p = rate x 1 ms = 0.1
+    curve = CostCurve(
+        (1, 64), (10.0, 10.0 + 63 * 1.0)
+    )  # each node costs 1 ms: worth it above p = rate x 1 ms = 0.1
     chosen = TreeBudget(curve).choose(_tree())
     assert chosen.tokens.tolist() == [5, 6, 7]  # p .9, .3, .8 kept; .05 dropped
     assert chosen.parents.tolist() == [-1, -1, 0]
@@ -113,9 +122,14 @@ def test_budgeted_drafting_is_lossless(tiny_target, tmp_path, budget):
             tree_budget = TreeBudget(load_or_measure(tiny_target, tmp_path, log=lambda _: None))
         else:
             tree_budget = TreeBudget(curves[budget])
-        inner = DrafterProposer(random_drafter(tiny_target, seed=3), TreeShape(8, 6, 48)) if i else NgramProposer()
+        inner = (
+            DrafterProposer(random_drafter(tiny_target, seed=3), TreeShape(8, 6, 48))
+            if i
+            else NgramProposer()
+        )
         out = SpeculativeGenerator(tiny_target, BudgetedProposer(inner, tree_budget)).generate(
-            prompt, GenerationConfig(max_new_tokens=40))
+            prompt, GenerationConfig(max_new_tokens=40)
+        )
         assert out.tokens == greedy(tiny_target, prompt)
         sizes = [s.tree_size for s in out.steps]
         if budget == "interleaved":

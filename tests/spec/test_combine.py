@@ -4,12 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from taps.spec.combine import Committee, MergedProposer, RoutedProposer, greedy_match, merge_trees, tree_confidence, tree_entropy
+from taps.models.target import TargetModel
+from taps.spec.combine import (
+    Committee,
+    MergedProposer,
+    RoutedProposer,
+    greedy_match,
+    merge_trees,
+    tree_confidence,
+    tree_entropy,
+)
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import DrafterProposer, TreeShape
 from taps.spec.tree import DraftTree
 from tests.conftest import random_drafter
-from taps.models.target import TargetModel
 from tests.spec.test_lossless import PROMPTS, OracleProposer, greedy
 from tests.spec.test_sampling import _chi2_ok
 
@@ -55,20 +63,34 @@ def test_router_picks_by_signal():
 
 
 def _members(target, n, shape, oracle_ref=None, seed=0):
-    members = [DrafterProposer(random_drafter(target, seed=seed + i, draft_vocab=None if i % 2 else 50), shape, source=i) for i in range(n)]
+    members = [
+        DrafterProposer(
+            random_drafter(target, seed=seed + i, draft_vocab=None if i % 2 else 50), shape, source=i
+        )
+        for i in range(n)
+    ]
     if oracle_ref is not None:
         members[-1] = OracleProposer(oracle_ref, 96, seed, source=n - 1)
     return members
 
 
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("make", [lambda m: RoutedProposer(m, "confidence"), lambda m: RoutedProposer(m, "entropy"),
-                                  lambda m: MergedProposer(m), lambda m: MergedProposer(m, budget=12)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: RoutedProposer(m, "confidence"),
+        lambda m: RoutedProposer(m, "entropy"),
+        lambda m: MergedProposer(m),
+        lambda m: MergedProposer(m, budget=12),
+    ],
+)
 def test_strategies_are_lossless(tiny_target, n, make):
     for i, prompt in enumerate(PROMPTS):
         ref = greedy(tiny_target, prompt)
         shape = TreeShape(*[(2, 3, 6), (4, 4, 16)][i % 2])
-        gen = SpeculativeGenerator(tiny_target, make(_members(tiny_target, n, shape, list(prompt) + ref, seed=i)))
+        gen = SpeculativeGenerator(
+            tiny_target, make(_members(tiny_target, n, shape, list(prompt) + ref, seed=i))
+        )
         out = gen.generate(prompt, GenerationConfig(max_new_tokens=40))
         assert out.tokens == ref
 
@@ -77,9 +99,13 @@ def test_merged_attributes_accepted_tokens(tiny_target):
     prompt = PROMPTS[0]
     ref = greedy(tiny_target, prompt, 40)
     members = _members(tiny_target, 2, TreeShape(3, 3, 8), list(prompt) + ref)
-    out = SpeculativeGenerator(tiny_target, MergedProposer(members)).generate(prompt, GenerationConfig(max_new_tokens=40))
+    out = SpeculativeGenerator(tiny_target, MergedProposer(members)).generate(
+        prompt, GenerationConfig(max_new_tokens=40)
+    )
     accepted = [s for step in out.steps for s in step.accepted_sources]
-    assert accepted and all(s & 0b10 for s in accepted if s)  # the oracle (member 1) drafted every accepted node
+    assert accepted and all(
+        s & 0b10 for s in accepted if s
+    )  # the oracle (member 1) drafted every accepted node
     assert max(s.tree_size for s in out.steps) > 8  # the merged tree holds both members' nodes
 
 
@@ -89,15 +115,19 @@ def test_combined_sampling_follows_the_target(tiny_dirs, strategy):
     target = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
     prompt = [0, 3, 7]
     p1 = torch.softmax(target.logits(target(torch.tensor(prompt), target.new_cache()))[-1], -1)
-    p2 = sum(p1[a] * torch.softmax(target.logits(target(torch.tensor(prompt + [a]), target.new_cache()))[-1], -1)
-             for a in range(96))
+    p2 = sum(
+        p1[a] * torch.softmax(target.logits(target(torch.tensor(prompt + [a]), target.new_cache()))[-1], -1)
+        for a in range(96)
+    )
     shape = TreeShape(3, 2, 6)
     members = [DrafterProposer(random_drafter(target, seed=7), shape, source=i) for i in range(2)]
     combo = RoutedProposer(members, "confidence") if strategy == "route" else MergedProposer(members)
     gen = SpeculativeGenerator(target, combo)
     counts = np.zeros(96)
     for seed in range(2000):
-        counts[gen.generate(prompt, GenerationConfig(max_new_tokens=2, temperature=1.0, seed=seed)).tokens[1]] += 1
+        counts[
+            gen.generate(prompt, GenerationConfig(max_new_tokens=2, temperature=1.0, seed=seed)).tokens[1]
+        ] += 1
     assert _chi2_ok(counts, p2.numpy())
 
 
@@ -105,7 +135,10 @@ def test_combined_sampling_follows_the_target(tiny_dirs, strategy):
 def test_stacked_drafters_draft_the_trees_they_draft_alone(tiny_target, vocab):
     """Batching N same-shape drafters into one forward per level must not change any member's tree."""
     shape = TreeShape(3, 4, 10)
-    members = [DrafterProposer(random_drafter(tiny_target, seed=s, draft_vocab=vocab), shape, source=i) for i, s in enumerate([1, 2, 3])]
+    members = [
+        DrafterProposer(random_drafter(tiny_target, seed=s, draft_vocab=vocab), shape, source=i)
+        for i, s in enumerate([1, 2, 3])
+    ]
     committee = Committee(members)
     assert len(committee.groups) == 1  # all three stacked
     prompt = torch.tensor(PROMPTS[1])
@@ -120,25 +153,40 @@ def test_stacked_drafters_draft_the_trees_they_draft_alone(tiny_target, vocab):
         together = committee.propose(tokens, new_features)
         for proposer, tree in zip(members, together):
             alone = proposer.propose(tokens, new_features)
-            assert tree.tokens.tolist() == alone.tokens.tolist() and tree.parents.tolist() == alone.parents.tolist()
+            assert (
+                tree.tokens.tolist() == alone.tokens.tolist()
+                and tree.parents.tolist() == alone.parents.tolist()
+            )
             assert torch.allclose(tree.scores, alone.scores, atol=1e-5)
             assert tree.sources.tolist() == alone.sources.tolist()
 
 
 def test_members_of_different_shapes_draft_apart(tiny_target):
-    members = [DrafterProposer(random_drafter(tiny_target, seed=1, draft_vocab=v), TreeShape(3, 3, 8), source=i)
-               for i, v in enumerate([None, 50, 50])]
+    members = [
+        DrafterProposer(random_drafter(tiny_target, seed=1, draft_vocab=v), TreeShape(3, 3, 8), source=i)
+        for i, v in enumerate([None, 50, 50])
+    ]
     assert [index for index, _ in Committee(members).groups] == [[0], [1, 2]]
     assert len(Committee(members, batched=False).groups) == 3
 
 
-@pytest.mark.parametrize("make", [lambda m: RoutedProposer(m, "confidence"), lambda m: RoutedProposer(m, "entropy"),
-                                  lambda m: MergedProposer(m), lambda m: MergedProposer(m, budget=10)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: RoutedProposer(m, "confidence"),
+        lambda m: RoutedProposer(m, "entropy"),
+        lambda m: MergedProposer(m),
+        lambda m: MergedProposer(m, budget=10),
+    ],
+)
 def test_stacked_members_are_lossless(tiny_target, make):
     """Members that stack (same shape and draft vocabulary) draft in one batched forward per level."""
     shape = TreeShape(4, 4, 12)
     for i, prompt in enumerate(PROMPTS):
-        members = [DrafterProposer(random_drafter(tiny_target, seed=10 * i + j, draft_vocab=60), shape, source=j) for j in range(3)]
+        members = [
+            DrafterProposer(random_drafter(tiny_target, seed=10 * i + j, draft_vocab=60), shape, source=j)
+            for j in range(3)
+        ]
         combo = make(members)
         assert len(combo.committee.groups) == 1
         out = SpeculativeGenerator(tiny_target, combo).generate(prompt, GenerationConfig(max_new_tokens=40))

@@ -26,7 +26,10 @@ class OracleProposer(Proposer):
         truth = self.reference[done : done + self.rng.randint(0, 6)]
         if truth and self.rng.random() < 0.3:
             truth[self.rng.randrange(len(truth))] = self.rng.randrange(self.vocab)
-        paths = [[self.rng.randrange(self.vocab) for _ in range(self.rng.randint(1, 3))] for _ in range(self.rng.randint(0, 3))]
+        paths = [
+            [self.rng.randrange(self.vocab) for _ in range(self.rng.randint(1, 3))]
+            for _ in range(self.rng.randint(0, 3))
+        ]
         paths.insert(self.rng.randint(0, len(paths)), truth)
         return DraftTree.from_paths([p for p in paths if p], self.source)
 
@@ -42,12 +45,15 @@ def test_plain_decoding_equals_transformers_greedy(family, tiny_dirs):
     target = TargetModel.from_dir(tiny_dirs[family], dtype=torch.float32)
     hf = tiny_hf_model(family)
     for prompt in PROMPTS:
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None,
-                          pad_token_id=1)[0, len(prompt):].tolist()
+        ref = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=1
+        )[0, len(prompt) :].tolist()
         assert greedy(target, prompt, 30) == ref
 
 
-@pytest.mark.parametrize("shape", [TreeShape(1, 1, 1), TreeShape(4, 3, 10), TreeShape(8, 5, 24), TreeShape(3, 6, 60)])
+@pytest.mark.parametrize(
+    "shape", [TreeShape(1, 1, 1), TreeShape(4, 3, 10), TreeShape(8, 5, 24), TreeShape(3, 6, 60)]
+)
 @pytest.mark.parametrize("draft_vocab", [None, 40])
 def test_drafter_trees_are_lossless(tiny_target, shape, draft_vocab):
     drafter = random_drafter(tiny_target, seed=3, draft_vocab=draft_vocab)
@@ -71,7 +77,9 @@ def test_oracle_trees_are_lossless_and_accept_deep_paths(tiny_target):
 def test_ngram_proposer_is_lossless(tiny_target):
     gen = SpeculativeGenerator(tiny_target, NgramProposer(max_ngram=3, length=6, branches=3))
     for prompt in PROMPTS:
-        assert gen.generate(prompt, GenerationConfig(max_new_tokens=50)).tokens == greedy(tiny_target, prompt, 50)
+        assert gen.generate(prompt, GenerationConfig(max_new_tokens=50)).tokens == greedy(
+            tiny_target, prompt, 50
+        )
 
 
 def test_eos_and_budget_are_respected(tiny_target):
@@ -79,8 +87,11 @@ def test_eos_and_budget_are_respected(tiny_target):
     ref = greedy(tiny_target, prompt, 40)
     eos = ref[7]
     out = SpeculativeGenerator(tiny_target, OracleProposer(prompt + ref, 96, 0)).generate(
-        prompt, GenerationConfig(max_new_tokens=40, eos_token_ids=(eos,)))
+        prompt, GenerationConfig(max_new_tokens=40, eos_token_ids=(eos,))
+    )
     assert out.tokens == ref[: ref.index(eos) + 1] and out.finish_reason == "eos"
     for n in (1, 2, 5):
-        out = SpeculativeGenerator(tiny_target, OracleProposer(prompt + ref, 96, 1)).generate(prompt, GenerationConfig(max_new_tokens=n))
+        out = SpeculativeGenerator(tiny_target, OracleProposer(prompt + ref, 96, 1)).generate(
+            prompt, GenerationConfig(max_new_tokens=n)
+        )
         assert out.tokens == ref[:n]

@@ -31,8 +31,13 @@ def test_verifier_emits_target_distribution_with_duplicate_siblings(temperature,
     logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(0)) * 1.5
     logits[0, 2] += 2.0  # token 2 is likely at the root, so its subtree is sampled often
     # root children: 2, 4, 2 (duplicate); node 0 (token 2) has children 1, 3, 1 (duplicate)
-    tree = DraftTree(tokens=torch.tensor([2, 4, 2, 1, 3, 1]), parents=torch.tensor([-1, -1, -1, 0, 0, 0]),
-                     scores=torch.zeros(6), entropies=torch.zeros(6), sources=torch.zeros(6, dtype=torch.long))
+    tree = DraftTree(
+        tokens=torch.tensor([2, 4, 2, 1, 3, 1]),
+        parents=torch.tensor([-1, -1, -1, 0, 0, 0]),
+        scores=torch.zeros(6),
+        entropies=torch.zeros(6),
+        sources=torch.zeros(6, dtype=torch.long),
+    )
     gen = torch.Generator().manual_seed(1)
     first, second_after_2 = np.zeros(vocab), np.zeros(vocab)
     for _ in range(20000):
@@ -59,13 +64,18 @@ class _DuplicatingProposer(Proposer):
     def propose(self, tokens, features):
         t = self.inner.propose(tokens, features)
         roots = (t.parents < 0).nonzero().flatten()
-        return DraftTree(torch.cat([t.tokens, t.tokens[roots]]), torch.cat([t.parents, t.parents[roots]]),
-                         torch.cat([t.scores, t.scores[roots]]), torch.cat([t.entropies, t.entropies[roots]]),
-                         torch.cat([t.sources, t.sources[roots]]))
+        return DraftTree(
+            torch.cat([t.tokens, t.tokens[roots]]),
+            torch.cat([t.parents, t.parents[roots]]),
+            torch.cat([t.scores, t.scores[roots]]),
+            torch.cat([t.entropies, t.entropies[roots]]),
+            torch.cat([t.sources, t.sources[roots]]),
+        )
 
 
 def _sampling_target(folder):
-    """A tiny target with flat output distributions, a prompt, and the exact marginal of its 2nd generated token."""
+    """A tiny target with flat output distributions, a prompt, and the exact marginal of its second
+    generated token."""
     vocab = 12
     hf = tiny_hf_model("llama", vocab=vocab, seed=5)
     with torch.no_grad():

@@ -25,7 +25,13 @@ def test_mask_and_positions():
 
 def test_parents_must_precede_children():
     with pytest.raises(ValueError):
-        DraftTree(torch.tensor([1, 2]), torch.tensor([1, -1]), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+        DraftTree(
+            torch.tensor([1, 2]),
+            torch.tensor([1, -1]),
+            torch.zeros(2),
+            torch.zeros(2),
+            torch.zeros(2, dtype=torch.long),
+        )
 
 
 def test_greedy_walk_follows_argmax_and_returns_bonus():
@@ -76,6 +82,9 @@ def test_drafted_nodes_attend_to_their_ancestors_only(tiny_target):
     t_wide, t_narrow = wide.propose(nxt, features), narrow.propose(nxt, features)
     # the greedy chain of the narrow tree appears in the wide tree with the same scores
     for i in range(len(t_narrow)):
-        match = [(j, float(t_wide.scores[j])) for j in range(len(t_wide))
-                 if t_wide.tokens[j] == t_narrow.tokens[i] and int(t_wide.depths()[j]) == i + 1]
+        match = [
+            (j, float(t_wide.scores[j]))
+            for j in range(len(t_wide))
+            if t_wide.tokens[j] == t_narrow.tokens[i] and int(t_wide.depths()[j]) == i + 1
+        ]
         assert any(abs(s - float(t_narrow.scores[i])) < 1e-4 for _, s in match)

@@ -37,7 +37,12 @@ def conversations(n=48, seed=0):
     out = []
     for _ in range(n):
         word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
-        out.append([{"role": "user", "content": f"repeat {word}"}, {"role": "assistant", "content": " ".join([word] * rng.randint(3, 6))}])
+        out.append(
+            [
+                {"role": "user", "content": f"repeat {word}"},
+                {"role": "assistant", "content": " ".join([word] * rng.randint(3, 6))},
+            ]
+        )
     return out
 
 
@@ -62,7 +67,9 @@ def test_features_are_resumable_and_complete(features, tmp_path):
     assert m2["tokens"] == manifest["tokens"] and m2["sequences"] == 48
     _, seqs2 = load_sequences(part)
     for a, b in zip(seqs, seqs2):
-        assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.features.float(), b.features.float(), atol=1e-2)
+        assert torch.equal(a.tokens, b.tokens) and torch.allclose(
+            a.features.float(), b.features.float(), atol=1e-2
+        )
     with pytest.raises(TapsError, match="another target"):
         extract_features(target, conversations(), part, corpus="other", max_tokens=10)
 
@@ -70,7 +77,15 @@ def test_features_are_resumable_and_complete(features, tmp_path):
 @pytest.mark.parametrize("method", ["eagle2", "hass"])
 def test_loss_decreases(features, tmp_path, method):
     target, feats = features
-    cfg = TrainConfig(method=method, epochs=12, batch_tokens=400, lr=3e-3, warmup_steps=5, draft_vocab_size=40, checkpoint_every=1000)
+    cfg = TrainConfig(
+        method=method,
+        epochs=12,
+        batch_tokens=400,
+        lr=3e-3,
+        warmup_steps=5,
+        draft_vocab_size=40,
+        checkpoint_every=1000,
+    )
     out = train(target, [feats], tmp_path / method, cfg)
     log = __import__("json").loads((tmp_path / f".{method}.train" / "log.json").read_text())
     first = sum(r["loss"] for r in log[:5]) / 5
@@ -92,12 +107,16 @@ def test_a_short_run_still_reaches_the_peak_learning_rate(features, tmp_path):
     assert max(r["lr"] for r in log) == pytest.approx(cfg.lr)
     assert log[-1]["lr"] < 0.1 * cfg.lr  # and the cosine decay still runs to the end
     assert load_drafter(out).config.draft_vocab_size == 40
-    assert __import__("json").loads((out / "config.json").read_text())["card"]["warmup_steps"] == len(log) // 4
+    assert (
+        __import__("json").loads((out / "config.json").read_text())["card"]["warmup_steps"] == len(log) // 4
+    )
 
 
 def test_resume_gives_the_same_state(features, tmp_path):
     target, feats = features
-    cfg = dict(method="hass", epochs=3, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=2)
+    cfg = dict(
+        method="hass", epochs=3, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=2
+    )
     straight = train(target, [feats], tmp_path / "a", TrainConfig(**cfg))
     train(target, [feats], tmp_path / "b", TrainConfig(**cfg, max_steps=5))
     assert not (tmp_path / "b").exists()
@@ -120,7 +139,13 @@ def test_corrupt_shard_and_state_are_clear_errors(features, tmp_path):
     state.mkdir()
     (state / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TapsError, match="unreadable"):
-        train(target, [feats], tmp_path / "d", TrainConfig(epochs=1, batch_tokens=400, draft_vocab_size=40), resume=True)
+        train(
+            target,
+            [feats],
+            tmp_path / "d",
+            TrainConfig(epochs=1, batch_tokens=400, draft_vocab_size=40),
+            resume=True,
+        )
 
 
 def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, tiny_dirs):
@@ -134,8 +159,10 @@ def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, t
     first = regenerate(target, convs, out, max_new_tokens=8, batch_size=4, limit=4)
     assert len(out.read_text().splitlines()) == 4
     again = regenerate(target, convs, out, max_new_tokens=8, batch_size=4)
-    assert len(out.read_text().splitlines()) == 6 and again[:len(first)] == first
+    assert len(out.read_text().splitlines()) == 6 and again[: len(first)] == first
     # the reply is the target's own greedy continuation (batched, left-padded generation agrees with ours)
     ids = target.tokenizer.apply_chat_template([convs[0][0]], add_generation_prompt=True)
-    ours = SpeculativeGenerator(target.model).generate(ids, GenerationConfig(max_new_tokens=8, eos_token_ids=(1,)), target.tokenizer)
+    ours = SpeculativeGenerator(target.model).generate(
+        ids, GenerationConfig(max_new_tokens=8, eos_token_ids=(1,)), target.tokenizer
+    )
     assert again[0][1]["content"] == ours.text.strip()

@@ -30,25 +30,39 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise TapsError(f"{path} line {n} is not valid JSON ({exc.msg}); fix or remove that line") from exc
+                    raise TapsError(
+                        f"{path} line {n} is not valid JSON ({exc.msg}); fix or remove that line"
+                    ) from exc
     if not rows:
         raise TapsError(f"{path} has no records")
     return rows
 
 
 def _mt_bench(data_dir) -> list[Prompt]:
-    return [Prompt(f"mt_bench/{r['question_id']}", "mt_bench", tuple(r["turns"]), r["category"],
-                   (r.get("reference") or [None])[0]) for r in read_jsonl(resolve("mt_bench", data_dir))]
+    return [
+        Prompt(
+            f"mt_bench/{r['question_id']}",
+            "mt_bench",
+            tuple(r["turns"]),
+            r["category"],
+            (r.get("reference") or [None])[0],
+        )
+        for r in read_jsonl(resolve("mt_bench", data_dir))
+    ]
 
 
 def _gsm8k(data_dir) -> list[Prompt]:
-    return [Prompt(f"gsm8k/{i}", "gsm8k", (r["question"],), None, r["answer"].split("####")[-1].strip())
-            for i, r in enumerate(read_jsonl(resolve("gsm8k/test", data_dir)))]
+    return [
+        Prompt(f"gsm8k/{i}", "gsm8k", (r["question"],), None, r["answer"].split("####")[-1].strip())
+        for i, r in enumerate(read_jsonl(resolve("gsm8k/test", data_dir)))
+    ]
 
 
 def _math500(data_dir) -> list[Prompt]:
-    return [Prompt(f"math500/{r['unique_id']}", "math500", (r["problem"],), r["subject"], r["answer"])
-            for r in read_jsonl(resolve("math500", data_dir))]
+    return [
+        Prompt(f"math500/{r['unique_id']}", "math500", (r["problem"],), r["subject"], r["answer"])
+        for r in read_jsonl(resolve("math500", data_dir))
+    ]
 
 
 def _svamp(data_dir) -> list[Prompt]:
@@ -57,7 +71,15 @@ def _svamp(data_dir) -> list[Prompt]:
     for r in rows:
         body = r["Body"].strip()
         body = body if body.endswith((".", "?", "!")) else body + "."
-        out.append(Prompt(f"svamp/{r['ID']}", "svamp", (f"{body} {r['Question'].strip()}",), r["Type"], f"{r['Answer']:g}"))
+        out.append(
+            Prompt(
+                f"svamp/{r['ID']}",
+                "svamp",
+                (f"{body} {r['Question'].strip()}",),
+                r["Type"],
+                f"{r['Answer']:g}",
+            )
+        )
     return out
 
 
@@ -69,20 +91,33 @@ def _user_jsonl(path: str) -> list[Prompt]:
     for i, r in enumerate(read_jsonl(file)):
         turns = r.get("turns") or ([r["prompt"]] if isinstance(r.get("prompt"), str) else None)
         if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-            raise TapsError(f"{file} record {i + 1} needs a non-empty \"prompt\" string or \"turns\" list of strings")
-        out.append(Prompt(str(r.get("id", f"{file.stem}/{i}")), f"jsonl:{file.name}", tuple(turns), r.get("category"), r.get("reference")))
+            raise TapsError(
+                f'{file} record {i + 1} needs a non-empty "prompt" string or "turns" list of strings'
+            )
+        out.append(
+            Prompt(
+                str(r.get("id", f"{file.stem}/{i}")),
+                f"jsonl:{file.name}",
+                tuple(turns),
+                r.get("category"),
+                r.get("reference"),
+            )
+        )
     return out
 
 
 _LOADERS = {"mt_bench": _mt_bench, "gsm8k": _gsm8k, "math500": _math500, "svamp": _svamp}
 
 
-def load_benchmark(name: str, data_dir=None, limit: int | None = None, seed: int | None = None) -> list[Prompt]:
-    """Prompts of a benchmark (or `jsonl:PATH`); `limit` keeps the first ones, or a seeded sample in file order."""
+def load_benchmark(
+    name: str, data_dir=None, limit: int | None = None, seed: int | None = None
+) -> list[Prompt]:
+    """Prompts of a benchmark (or `jsonl:PATH`); `limit` keeps the first ones, or a seeded sample in
+    file order."""
     if limit is not None and limit <= 0:
         raise TapsError(f"limit must be > 0, got {limit}")
     if name.startswith("jsonl:"):
-        prompts = _user_jsonl(name[len("jsonl:"):])
+        prompts = _user_jsonl(name[len("jsonl:") :])
     elif name in _LOADERS:
         prompts = _LOADERS[name](data_dir)
     else:

@@ -15,7 +15,9 @@ def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def encode_conversation(tokenizer, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], list[int]]:
+def encode_conversation(
+    tokenizer, messages: list[dict[str, str]], max_tokens: int
+) -> tuple[list[int], list[int]]:
     """Token ids of a whole conversation and a loss mask that is 1 on assistant-written tokens.
 
     Assistant spans are found by rendering growing prefixes of the conversation with the

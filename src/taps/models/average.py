@@ -27,16 +27,23 @@ def average_drafters(paths: list[Path], weights: list[float] | None = None) -> t
     configs = [read_config(p) for p in paths]
     for p, c in zip(paths[1:], configs[1:]):
         if c["target"] != configs[0]["target"]:
-            raise TapsError(f"{p} belongs to another target than {paths[0]}; average drafters of one target only")
+            raise TapsError(
+                f"{p} belongs to another target than {paths[0]}; average drafters of one target only"
+            )
         if _shape_of(c) != _shape_of(configs[0]):
             raise TapsError(f"{p} has another shape than {paths[0]}; they cannot be averaged")
     drafters = [load_drafter(p, dtype=torch.float32) for p in paths]
     vocab = torch.unique(torch.cat([d.d2t for d in drafters]))  # sorted union
     full = len(vocab) == drafters[0].config.shape.vocab_size
-    config = DrafterConfig.from_dict(configs[0]["drafter"] | {"draft_vocab_size": None if full else len(vocab)})
+    config = DrafterConfig.from_dict(
+        configs[0]["drafter"] | {"draft_vocab_size": None if full else len(vocab)}
+    )
     total = sum(weights)
-    state = {k: sum(w / total * d.state_dict()[k].float() for w, d in zip(weights, drafters))
-             for k in drafters[0].state_dict() if k != "d2t"}
+    state = {
+        k: sum(w / total * d.state_dict()[k].float() for w, d in zip(weights, drafters))
+        for k in drafters[0].state_dict()
+        if k != "d2t"
+    }
     out = Drafter(config)
     out.load_state_dict(state | {"d2t": vocab}, strict=True)
     return out.requires_grad_(False).eval(), configs[0]["target"]
@@ -48,5 +55,9 @@ def _shape_of(config: dict) -> dict:
 
 def write_average(paths: list[Path], out: Path, weights: list[float] | None = None) -> Path:
     drafter, fingerprint = average_drafters(paths, weights)
-    card = {"method": "weight-average", "members": [str(p) for p in paths], "weights": weights or [1.0] * len(paths)}
+    card = {
+        "method": "weight-average",
+        "members": [str(p) for p in paths],
+        "weights": weights or [1.0] * len(paths),
+    }
     return save_drafter(drafter.to(torch.bfloat16), out, fingerprint, card)

@@ -68,9 +68,13 @@ def resolve_target(spec: str = DEFAULT_TARGET) -> Path:
         return path
     if path.is_file() and path.suffix == ".gguf":
         digest = file_sha256(path)
-        return _converted(f"gguf-{digest[:16]}", lambda: path, source={"file": str(path.resolve()), "sha256": digest})
+        return _converted(
+            f"gguf-{digest[:16]}", lambda: path, source={"file": str(path.resolve()), "sha256": digest}
+        )
     names = ", ".join(TARGETS)
-    raise TapsError(f"unknown target {spec!r}: use one of {names}, a Hugging Face model directory or a .gguf file")
+    raise TapsError(
+        f"unknown target {spec!r}: use one of {names}, a Hugging Face model directory or a .gguf file"
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -82,12 +86,18 @@ def file_sha256(path: Path) -> str:
 
 
 def _registry_model_dir(target: RegistryTarget) -> Path:
-    return _converted(target.name, lambda: _registry_gguf(target), source={"packages": list(target.packages), "sha256": target.sha256})
+    return _converted(
+        target.name,
+        lambda: _registry_gguf(target),
+        source={"packages": list(target.packages), "sha256": target.sha256},
+    )
 
 
 def _registry_gguf(target: RegistryTarget) -> Path:
     """The verified GGUF file of a registry target (split files are joined into the cache first)."""
-    files = [package_file(mod, rel, target.install_command, f"target {target.name!r}") for mod, rel in target.parts]
+    files = [
+        package_file(mod, rel, target.install_command, f"target {target.name!r}") for mod, rel in target.parts
+    ]
     if len(files) == 1:
         gguf = files[0]
     else:
@@ -103,7 +113,10 @@ def _registry_gguf(target: RegistryTarget) -> Path:
     if digest != target.sha256:
         if len(files) > 1:
             gguf.unlink()
-        raise TapsError(f"{target.name}: GGUF sha256 {digest[:12]}… != expected {target.sha256[:12]}…; reinstall with `{target.install_command} --force-reinstall`")
+        raise TapsError(
+            f"{target.name}: GGUF sha256 {digest[:12]}… != expected {target.sha256[:12]}…; reinstall with "
+            f"`{target.install_command} --force-reinstall`"
+        )
     return gguf
 
 

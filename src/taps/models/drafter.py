@@ -29,13 +29,21 @@ class DrafterConfig:
     fc_bias: bool = False  # the original EAGLE code has a bias on fc; imported checkpoints may carry one
 
     def to_dict(self) -> dict:
-        return {"shape": asdict(self.shape), "num_layers": self.num_layers, "draft_vocab_size": self.draft_vocab_size,
-                "fc_bias": self.fc_bias}
+        return {
+            "shape": asdict(self.shape),
+            "num_layers": self.num_layers,
+            "draft_vocab_size": self.draft_vocab_size,
+            "fc_bias": self.fc_bias,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DrafterConfig":
-        return cls(shape=ModelShape(**d["shape"]), num_layers=d["num_layers"], draft_vocab_size=d.get("draft_vocab_size"),
-                   fc_bias=d.get("fc_bias", False))
+    def from_dict(cls, d: dict) -> DrafterConfig:
+        return cls(
+            shape=ModelShape(**d["shape"]),
+            num_layers=d["num_layers"],
+            draft_vocab_size=d.get("draft_vocab_size"),
+            fc_bias=d.get("fc_bias", False),
+        )
 
 
 class Drafter(nn.Module):
@@ -53,7 +61,7 @@ class Drafter(nn.Module):
         self.packed_head: list[torch.Tensor] | None = None  # CPU inference only, see `pack_for_cpu`
         self.members: int | None = None  # set on a stack of drafters (see taps.models.stacked)
 
-    def attach(self, target) -> "Drafter":
+    def attach(self, target) -> Drafter:
         """Borrow the target's frozen embedding and LM-head rows (restricted to the draft vocabulary).
 
         Stored outside the module registry, so they are neither saved nor trained with the drafter.
@@ -76,7 +84,15 @@ class Drafter(nn.Module):
 
     def new_cache(self, capacity: int = 512) -> KVCache:
         s = self.config.shape
-        return KVCache(self.config.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity, self.members, self.device)
+        return KVCache(
+            self.config.num_layers,
+            s.num_kv_heads,
+            s.head_dim,
+            self.dtype,
+            capacity,
+            self.members,
+            self.device,
+        )
 
     def forward(
         self,
@@ -114,7 +130,7 @@ class Drafter(nn.Module):
             return head_matmul(hidden, self.packed_head, stacked=self.members is not None).float()
         return (hidden @ self.head_weight.mT).float()
 
-    def pack_for_cpu(self) -> "Drafter":
+    def pack_for_cpu(self) -> Drafter:
         """Inference on the CPU: oneDNN-packed linear layers and head (see `taps.models.packed`); in place."""
         pack_linears(self)
         if self.head_weight is not None:

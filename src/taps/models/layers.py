@@ -40,7 +40,7 @@ class ModelShape:
     rope_scaling: dict | None = field(default=None, compare=False)
 
     @classmethod
-    def from_hf_config(cls, cfg: dict) -> "ModelShape":
+    def from_hf_config(cls, cfg: dict) -> ModelShape:
         family = cfg.get("model_type", "?")
         if family not in SUPPORTED_FAMILIES:
             raise TapsError(
@@ -50,7 +50,9 @@ class ModelShape:
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "llama3"):
-            raise TapsError(f"rope scaling {rope_type!r} is not supported; use a model with default or llama3 rope")
+            raise TapsError(
+                f"rope scaling {rope_type!r} is not supported; use a model with default or llama3 rope"
+            )
         heads = cfg["num_attention_heads"]
         return cls(
             family=family,
@@ -97,7 +99,9 @@ class Rotary:
         self.inv_freq = inv_freq.float()
         self._cos = self._sin = torch.empty(0)
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, positions: torch.Tensor, dtype: torch.dtype, bound: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin rows for `positions`, all of which the caller knows to be < `bound` (a host int)."""
         cos = self._cos
         if bound > cos.shape[0] or cos.dtype != dtype or cos.device != positions.device:
@@ -105,7 +109,9 @@ class Rotary:
         return self._cos[positions], self._sin[positions]
 
     def _build(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
-        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), self.inv_freq.to(device))
+        angles = torch.outer(
+            torch.arange(length, dtype=torch.float32, device=device), self.inv_freq.to(device)
+        )
         angles = torch.cat([angles, angles], dim=-1)
         self._cos, self._sin = angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -135,8 +141,16 @@ class KVCache:
     (no recompute of the context).
     """
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 512,
-                 members: int | None = None, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        capacity: int = 512,
+        members: int | None = None,
+        device: torch.device | str = "cpu",
+    ):
         self.length = 0  # slots are dim -2; `members` adds a leading dim for a stack of drafters
         shape = (*([members] if members else []), num_kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -235,13 +249,18 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def attention_mask(n_new: int, n_cached: int, tree_mask: torch.Tensor | None,
-                   device: torch.device | str = "cpu") -> torch.Tensor | str | None:
+def attention_mask(
+    n_new: int, n_cached: int, tree_mask: torch.Tensor | None, device: torch.device | str = "cpu"
+) -> torch.Tensor | str | None:
     """Bool mask [n_new, n_cached + n_new]: all cached slots, then causal or the given tree mask
     (None when one new token sees everything, CAUSAL when nothing is cached)."""
     if tree_mask is None and (n_new == 1 or n_cached == 0):
         return None if n_new == 1 else CAUSAL
     if tree_mask is not None:
         device = tree_mask.device
-    local = tree_mask if tree_mask is not None else torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril_()
+    local = (
+        tree_mask
+        if tree_mask is not None
+        else torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril_()
+    )
     return torch.cat([torch.ones(n_new, n_cached, dtype=torch.bool, device=device), local], dim=1)

@@ -67,12 +67,19 @@ class PackedMembers(nn.Module):
 
     def __init__(self, stacked: nn.Module):
         super().__init__()
-        self.weight, self.bias = stacked.weight, stacked.bias  # [N, in, out], [N, 1, out] or None: kept for readers
+        self.weight, self.bias = (
+            stacked.weight,
+            stacked.bias,
+        )  # [N, in, out], [N, 1, out] or None: kept for readers
         self.packed = [_pack(w.mT) for w in stacked.weight]
-        self.member_bias = [b.reshape(-1) for b in stacked.bias] if stacked.bias is not None else [None] * len(self.packed)
+        self.member_bias = (
+            [b.reshape(-1) for b in stacked.bias] if stacked.bias is not None else [None] * len(self.packed)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([_packed_matmul(x[i], p, b) for i, (p, b) in enumerate(zip(self.packed, self.member_bias))])
+        return torch.stack(
+            [_packed_matmul(x[i], p, b) for i, (p, b) in enumerate(zip(self.packed, self.member_bias))]
+        )
 
 
 def pack_linears(module: nn.Module) -> nn.Module:

@@ -25,14 +25,24 @@ class StackedLinear(nn.Module):
 
     def __init__(self, linears: list[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([lin.weight.detach().T for lin in linears]), requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.stack([lin.weight.detach().T for lin in linears]), requires_grad=False
+        )
         has_bias = linears[0].bias is not None
-        self.bias = nn.Parameter(torch.stack([lin.bias.detach() for lin in linears])[:, None], requires_grad=False) if has_bias else None
+        self.bias = (
+            nn.Parameter(torch.stack([lin.bias.detach() for lin in linears])[:, None], requires_grad=False)
+            if has_bias
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, width = x.shape[0], x.shape[-1]
         flat = x.reshape(n, -1, width)
-        out = torch.baddbmm(self.bias, flat, self.weight) if self.bias is not None else torch.bmm(flat, self.weight)
+        out = (
+            torch.baddbmm(self.bias, flat, self.weight)
+            if self.bias is not None
+            else torch.bmm(flat, self.weight)
+        )
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -58,7 +68,9 @@ def stack_drafters(drafters: list[Drafter]) -> Drafter:
             stacked.set_submodule(name, StackedLinear(members))
         else:
             norm = stacked.get_submodule(name)
-            norm.weight = nn.Parameter(torch.stack([m.weight.detach() for m in members])[:, None], requires_grad=False)
+            norm.weight = nn.Parameter(
+                torch.stack([m.weight.detach() for m in members])[:, None], requires_grad=False
+            )
     stacked.d2t = torch.stack([d.d2t for d in drafters])
     stacked.head_weight = torch.stack([d.head_weight for d in drafters])
     stacked.members = len(drafters)

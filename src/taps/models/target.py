@@ -69,7 +69,9 @@ class TargetModel(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + n, device=tokens.device)
         cache.reserve(start + n)
-        cos, sin = self.rotary(positions, self.dtype, start + n)  # tree positions are base + depth < start + n
+        cos, sin = self.rotary(
+            positions, self.dtype, start + n
+        )  # tree positions are base + depth < start + n
         mask = attention_mask(n, start, tree_mask, tokens.device)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
@@ -81,7 +83,7 @@ class TargetModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
-    def pack_for_cpu(self) -> "TargetModel":
+    def pack_for_cpu(self) -> TargetModel:
         """Inference on the CPU: every linear layer (LM head included) runs on oneDNN-packed weights
         (see `taps.models.packed`); in place, and a no-op on other devices."""
         pack_linears(self)
@@ -90,7 +92,9 @@ class TargetModel(nn.Module):
     def fingerprint(self) -> dict:
         """What a drafter must match: architecture, sizes and a hash of the embedding it reuses."""
         emb = self.model.embed_tokens.weight.detach().float()
-        probe = emb[:: max(1, emb.shape[0] // 256)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        probe = (
+            emb[:: max(1, emb.shape[0] // 256)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        )
         return {
             "family": self.shape.family,
             "hidden_size": self.shape.hidden_size,
@@ -99,23 +103,35 @@ class TargetModel(nn.Module):
         }
 
     @classmethod
-    def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> "TargetModel":
+    def from_dir(
+        cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+    ) -> TargetModel:
         """Load a Hugging Face model directory (config.json + safetensors) of the llama/qwen2 family."""
         path = Path(path)
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
-            raise TapsError(f"{path} has no config.json; pass a Hugging Face model directory, a .gguf file or a target name")
+            raise TapsError(
+                f"{path} has no config.json; pass a Hugging Face model directory, a .gguf file or a target "
+                "name"
+            )
         shape = ModelShape.from_hf_config(json.loads(cfg_file.read_text()))
         with torch.device("meta"):
             model = cls(shape)
         state = _read_safetensors(path)
         if shape.tie_word_embeddings:
             state.pop("lm_head.weight", None)
-        expected = {k for k in model.state_dict() if not (shape.tie_word_embeddings and k == "lm_head.weight")}
+        expected = {
+            k for k in model.state_dict() if not (shape.tie_word_embeddings and k == "lm_head.weight")
+        }
         missing = sorted(expected - state.keys())
         if missing:
-            raise TapsError(f"{path}: weights are missing {len(missing)} tensors (e.g. {missing[0]}); the checkpoint is incomplete or not a {shape.family} model")
-        model.load_state_dict({k: v.to(device, dtype) for k, v in state.items() if k in expected}, strict=False, assign=True)
+            raise TapsError(
+                f"{path}: weights are missing {len(missing)} tensors (e.g. {missing[0]}); the checkpoint is "
+                f"incomplete or not a {shape.family} model"
+            )
+        model.load_state_dict(
+            {k: v.to(device, dtype) for k, v in state.items() if k in expected}, strict=False, assign=True
+        )
         if shape.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         model.rotary = Rotary(shape)
@@ -133,5 +149,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 for key in sf.keys():
                     state[key] = sf.get_tensor(key)
         except Exception as exc:  # safetensors raises several types for truncated / corrupt files
-            raise TapsError(f"cannot read {f} ({exc}); the file is truncated or corrupt, re-create it") from exc
+            raise TapsError(
+                f"cannot read {f} ({exc}); the file is truncated or corrupt, re-create it"
+            ) from exc
     return state

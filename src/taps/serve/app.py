@@ -78,13 +78,21 @@ class CompletionRequest(SamplingRequest):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -104,17 +112,26 @@ def create_app(engine: Engine) -> FastAPI:
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         if param is None:
-            return JSONResponse(error_body("the request body must be a JSON object (send Content-Type: application/json)"),
-                                status_code=400)
-        return JSONResponse(error_body(f"{param or 'body'}: {first.get('msg')}", param=param), status_code=400)
+            return JSONResponse(
+                error_body("the request body must be a JSON object (send Content-Type: application/json)"),
+                status_code=400,
+            )
+        return JSONResponse(
+            error_body(f"{param or 'body'}: {first.get('msg')}", param=param), status_code=400
+        )
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "taps"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "taps"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        ids = _checked(lambda: encode_chat(engine.target.tokenizer, [m.as_dict() for m in body.messages]), "messages")
+        ids = _checked(
+            lambda: encode_chat(engine.target.tokenizer, [m.as_dict() for m in body.messages]), "messages"
+        )
         return await _respond(engine, body, ids, request, chat=True)
 
     @app.post("/v1/completions")
@@ -161,13 +178,19 @@ def _config(engine: Engine, body: SamplingRequest) -> GenerationConfig:
         raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
     seed = body.seed if body.seed is not None else secrets.randbits(31)
-    return GenerationConfig(max_tokens, body.temperature, body.top_p, seed, engine.target.eos_token_ids, stops)
+    return GenerationConfig(
+        max_tokens, body.temperature, body.top_p, seed, engine.target.eos_token_ids, stops
+    )
 
 
 async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], request: Request, chat: bool):
     if body.model != engine.target.name:
-        raise ApiError(404, f"model {body.model!r} is not served here; this server serves {engine.target.name!r}",
-                       "model", "model_not_found")
+        raise ApiError(
+            404,
+            f"model {body.model!r} is not served here; this server serves {engine.target.name!r}",
+            "model",
+            "model_not_found",
+        )
     config, route = _config(engine, body), _route(engine, body.taps)
     try:
         job = engine.submit(ids, config, route)
@@ -222,12 +245,17 @@ class _Reply:
         self.created = int(time.time())
 
     def head(self, kind: str) -> dict:
-        obj = ("chat.completion" if self.chat else "text_completion") + (".chunk" if kind == "chunk" and self.chat else "")
+        obj = ("chat.completion" if self.chat else "text_completion") + (
+            ".chunk" if kind == "chunk" and self.chat else ""
+        )
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def usage(self, last: Delta) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": last.completion_tokens,
-                "total_tokens": self.prompt_tokens + last.completion_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "total_tokens": self.prompt_tokens + last.completion_tokens,
+        }
 
     def chunk(self, content, last: Delta | None = None) -> dict:
         finish = last.finish_reason if last else None
@@ -243,8 +271,12 @@ class _Reply:
 
     def whole(self, text: str, last: Delta) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": last.finish_reason}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": last.finish_reason,
+            }
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}
         return {**self.head("whole"), "choices": [choice], "usage": self.usage(last), "taps": last.stats}

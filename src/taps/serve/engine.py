@@ -87,8 +87,15 @@ class Job:
 class Engine:
     """The served target, a cache of proposers per route, and the worker that runs jobs in order."""
 
-    def __init__(self, target, default: Route, shape: TreeShape = TreeShape(), max_queue: int = 64, max_proposers: int = 8,
-                 extra_drafters: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        target,
+        default: Route,
+        shape: TreeShape = TreeShape(),
+        max_queue: int = 64,
+        max_proposers: int = 8,
+        extra_drafters: tuple[str, ...] = (),
+    ):
         from taps.drafters import shipped_drafters
 
         self.target, self.default, self.shape = target, default, shape
@@ -110,8 +117,11 @@ class Engine:
 
         refused = [d for d in route.drafters if d not in self.allowed]
         if refused:
-            raise TapsError(f"unknown drafter {refused[0]!r} on this server: use one of {', '.join(sorted(self.allowed))} "
-                            "(or start the server with it in --drafters / --extra-drafters)")
+            raise TapsError(
+                f"unknown drafter {refused[0]!r} on this server: use one of "
+                f"{', '.join(sorted(self.allowed))} "
+                "(or start the server with it in --drafters / --extra-drafters)"
+            )
         with self._lock:
             if route in self._proposers:
                 self._proposers.move_to_end(route)
@@ -126,8 +136,10 @@ class Engine:
     def submit(self, prompt_ids: list[int], config: GenerationConfig, route: Route) -> Job:
         """Check a request against the model and the queue, then queue it (called on the event loop)."""
         if len(prompt_ids) + config.max_new_tokens > self.context_limit:
-            raise TapsError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({config.max_new_tokens}) exceeds the "
-                            f"model's context of {self.context_limit} tokens; shorten the prompt or lower max_tokens")
+            raise TapsError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({config.max_new_tokens}) exceeds the "
+                f"model's context of {self.context_limit} tokens; shorten the prompt or lower max_tokens"
+            )
         if self._jobs.qsize() >= self.max_queue:
             raise ServerBusy(f"{self._jobs.qsize()} requests are already waiting; retry later")
         self.proposer(route)
@@ -201,9 +213,13 @@ class _Tally:
 
     def stats(self) -> dict:
         names = self.route.drafters
-        return {"tau": (self.steps + self.accepted) / self.steps if self.steps else 1.0, "target_forwards": self.steps + 1,
-                "strategy": self.route.strategy, "drafters": list(names),
-                "accepted_by_drafter": dict(zip(names, self.by_drafter)) if names != ("none",) else {}}
+        return {
+            "tau": (self.steps + self.accepted) / self.steps if self.steps else 1.0,
+            "target_forwards": self.steps + 1,
+            "strategy": self.route.strategy,
+            "drafters": list(names),
+            "accepted_by_drafter": dict(zip(names, self.by_drafter)) if names != ("none",) else {},
+        }
 
 
 def _send(job: Job, item) -> None:

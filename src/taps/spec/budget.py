@@ -28,7 +28,9 @@ from taps.spec.costs import CostCurve
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
 
-CONFIDENCE_EDGES = torch.tensor([0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.97], dtype=torch.float64)
+CONFIDENCE_EDGES = torch.tensor(
+    [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.97], dtype=torch.float64
+)
 MAX_DEPTH = 8  # deeper nodes share the last depth's statistics
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind the drafter's own confidence
 SMOOTHING = 0.1  # weight of the newest step in the running means
@@ -85,7 +87,9 @@ class TreeBudget:
     def __init__(self, curve: CostCurve, max_nodes: int = 63):
         self.curve = curve
         self.max_nodes = max(0, min(max_nodes, curve.max_tokens - 1))
-        self.cost = torch.tensor(curve.table()[: self.max_nodes + 2], dtype=torch.float64)  # cost[n] for n tokens
+        self.cost = torch.tensor(
+            curve.table()[: self.max_nodes + 2], dtype=torch.float64
+        )  # cost[n] for n tokens
         self.acceptance = AcceptanceModel()
         self.scale = 1.0  # measured verification ms / the curve's, this run
         self.overall = RunningRate()
@@ -121,27 +125,44 @@ class TreeBudget:
         p = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
         order = _best_first(p, depth)[: self.max_nodes]
         n = torch.arange(len(order) + 1)
-        gain = torch.cat([torch.zeros(1, dtype=torch.float64), p[order].cumsum(0)]) - self.rate * self.scale * self.cost[n + 1]
+        gain = (
+            torch.cat([torch.zeros(1, dtype=torch.float64), p[order].cumsum(0)])
+            - self.rate * self.scale * self.cost[n + 1]
+        )
         chosen = order[: int(gain.argmax())]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
         return tree.subtree(keep)
 
-    def worth_deeper(self, confidence: torch.Tensor, depth: torch.Tensor, frontier: torch.Tensor, level: int,
-                     level_ms: float) -> bool:
+    def worth_deeper(
+        self,
+        confidence: torch.Tensor,
+        depth: torch.Tensor,
+        frontier: torch.Tensor,
+        level: int,
+        level_ms: float,
+    ) -> bool:
         """Whether another drafting level can pay: the most its nodes can add (their parents' total
-        acceptance, the frontier's) against r x (one more level's drafting + verifying that many more nodes)."""
+        acceptance, the frontier's) against r x (one more level's drafting + verifying that many more
+        nodes)."""
         p = self.acceptance.predict(confidence.flatten().cpu(), depth.flatten().cpu())
         best = p.sort(descending=True).values[: self.max_nodes]
         n = torch.arange(len(best) + 1)
-        gain = torch.cat([torch.zeros(1, dtype=torch.float64), best.cumsum(0)]) - self.rate * self.scale * self.cost[n + 1]
+        gain = (
+            torch.cat([torch.zeros(1, dtype=torch.float64), best.cumsum(0)])
+            - self.rate * self.scale * self.cost[n + 1]
+        )
         now = int(gain.argmax())
         more = min(self.max_nodes, now + frontier.numel()) - now
-        upper = float(self.acceptance.predict(frontier.flatten().cpu(), torch.full((frontier.numel(),), level)).sum())
+        upper = float(
+            self.acceptance.predict(frontier.flatten().cpu(), torch.full((frontier.numel(),), level)).sum()
+        )
         extra_ms = level_ms + self.scale * float(self.cost[now + 1 + more] - self.cost[now + 1])
         return more > 0 and upper > self.rate * extra_ms
 
-    def observe(self, accepted: int, tree_size: int, draft_ms: float, verify_ms: float, node_accepted: list[bool]) -> None:
+    def observe(
+        self, accepted: int, tree_size: int, draft_ms: float, verify_ms: float, node_accepted: list[bool]
+    ) -> None:
         """Learn from one verified step: acceptance per node, the cost scale, the rates, and pauses."""
         if tree_size + 1 <= self.curve.max_tokens and verify_ms > 0:
             self.scale += SMOOTHING * (verify_ms / self.curve(tree_size + 1) - self.scale)
@@ -215,5 +236,6 @@ class BudgetedProposer(Proposer):
         return self.budget.choose(tree)
 
     def observe(self, record) -> None:
-        self.budget.observe(record.accepted, record.tree_size, record.draft_ms, record.verify_ms, record.node_accepted)
-
+        self.budget.observe(
+            record.accepted, record.tree_size, record.draft_ms, record.verify_ms, record.node_accepted
+        )

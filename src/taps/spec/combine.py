@@ -36,7 +36,12 @@ class Committee:
                 self.groups.append((index, members[first]))
             else:
                 group = [members[i] for i in index]
-                self.groups.append((index, TreeDrafter([m.drafter for m in group], group[0].shape, [m.source for m in group])))
+                self.groups.append(
+                    (
+                        index,
+                        TreeDrafter([m.drafter for m in group], group[0].shape, [m.source for m in group]),
+                    )
+                )
 
     def reset(self) -> None:
         for _, unit in self.groups:
@@ -53,15 +58,23 @@ class Committee:
         """Every member's tree, in member order."""
         trees: list[DraftTree | None] = [None] * len(self.members)
         for index, unit in self.groups:
-            out = unit.propose_all(tokens, features) if isinstance(unit, TreeDrafter) else [unit.propose(tokens, features)]
+            out = (
+                unit.propose_all(tokens, features)
+                if isinstance(unit, TreeDrafter)
+                else [unit.propose(tokens, features)]
+            )
             for i, tree in zip(index, out):
                 trees[i] = tree
         return trees
 
 
 def _lockstep(a: Proposer, b: Proposer) -> bool:
-    return (isinstance(a, DrafterProposer) and isinstance(b, DrafterProposer) and a.shape == b.shape
-            and stackable(a.drafter, b.drafter))
+    return (
+        isinstance(a, DrafterProposer)
+        and isinstance(b, DrafterProposer)
+        and a.shape == b.shape
+        and stackable(a.drafter, b.drafter)
+    )
 
 
 def tree_confidence(tree: DraftTree) -> float:
@@ -133,15 +146,22 @@ def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
                 entropies.append(float(tree.entropies[i]))
                 sources.append(int(tree.sources[i]))
             local.append(j)
-    merged = DraftTree(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long),
-                       torch.tensor(scores), torch.tensor(entropies), torch.tensor(sources, dtype=torch.long))
+    merged = DraftTree(
+        torch.tensor(tokens, dtype=torch.long),
+        torch.tensor(parents, dtype=torch.long),
+        torch.tensor(scores),
+        torch.tensor(entropies),
+        torch.tensor(sources, dtype=torch.long),
+    )
     return merged if budget is None or budget >= len(merged) else keep_best(merged, budget)
 
 
 def keep_best(tree: DraftTree, budget: int) -> DraftTree:
     depth = tree.depths()
     order = sorted(range(len(tree)), key=lambda i: (-float(tree.scores[i]), int(depth[i]), i))
-    return tree.subtree(torch.tensor(sorted(order[:budget]), dtype=torch.long))  # original order is topological
+    return tree.subtree(
+        torch.tensor(sorted(order[:budget]), dtype=torch.long)
+    )  # original order is topological
 
 
 class MergedProposer(Proposer):

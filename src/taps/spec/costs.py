@@ -91,13 +91,22 @@ def curve_key(model) -> dict:
     """Everything the curve depends on; a cached curve is reused only when all of it matches."""
     from taps.models.packed import packing_available
 
-    return {"format": FORMAT, "machine": machine_description(model.device), "device": str(model.device),
-            "target": model.fingerprint(), "layers": model.shape.num_layers, "dtype": str(model.dtype),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "packed": packing_available()}
+    return {
+        "format": FORMAT,
+        "machine": machine_description(model.device),
+        "device": str(model.device),
+        "target": model.fingerprint(),
+        "layers": model.shape.num_layers,
+        "dtype": str(model.dtype),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "packed": packing_available(),
+    }
 
 
 def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurve:
-    """The cached curve for this model and machine, or a fresh measurement (a few seconds) saved for next time."""
+    """The cached curve for this model and machine, or a fresh measurement (a few seconds) saved
+    for next time."""
     key = curve_key(model)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = (cache_dir or taps_home() / "costs") / f"{digest}.json"
@@ -107,8 +116,12 @@ def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurv
             return CostCurve(tuple(saved["sizes"]), tuple(saved["ms"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, stale or corrupt: measure again
-    log(f"[taps] measuring the target's forward cost for 1..{SIZES[-1]} tree tokens on {key['device']} "
-        f"(once per machine; cached in {path.parent})")
+    log(
+        f"[taps] measuring the target's forward cost for 1..{SIZES[-1]} tree tokens on {key['device']} "
+        f"(once per machine; cached in {path.parent})"
+    )
     curve = measure_curve(model)
-    write_json_atomic(path, {"key": key, "measured_at": time.time(), "sizes": list(curve.sizes), "ms": list(curve.ms)})
+    write_json_atomic(
+        path, {"key": key, "measured_at": time.time(), "sizes": list(curve.sizes), "ms": list(curve.ms)}
+    )
     return curve

@@ -104,14 +104,18 @@ class SpeculativeGenerator:
         return Generation(tokens, steps, prefill_ms, wall_ms, reason, text)
 
     @torch.inference_mode()
-    def stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], StepRecord | None]]:
+    def stream(
+        self, prompt_ids: list[int], config: GenerationConfig
+    ) -> Iterator[tuple[list[int], StepRecord | None]]:
         """Yield the tokens each target forward commits (the prefill's first token comes with None),
         never past `max_new_tokens` and stopping right after an EOS token."""
         if not prompt_ids:
             raise TapsError("the prompt is empty; give at least one token of input")
         target, budget = self.target, config.max_new_tokens
         device = target.device
-        generator = torch.Generator().manual_seed(config.seed)  # on the CPU: sampling reads host-side probabilities
+        generator = torch.Generator().manual_seed(
+            config.seed
+        )  # on the CPU: sampling reads host-side probabilities
         cache = target.new_cache(len(prompt_ids) + budget + 64)
         if self.proposer is not None:
             self.proposer.reset()
@@ -123,7 +127,11 @@ class SpeculativeGenerator:
         produced, features = 1, hidden
         while produced < budget and root not in config.eos_token_ids:
             t0 = time.perf_counter()
-            tree = self.proposer.propose(torch.tensor(tokens, device=device), features) if self.proposer else DraftTree.empty()
+            tree = (
+                self.proposer.propose(torch.tensor(tokens, device=device), features)
+                if self.proposer
+                else DraftTree.empty()
+            )
             t1 = time.perf_counter()
             base = cache.length
             new, features, record = self._verify(tree, root, cache, config, generator)

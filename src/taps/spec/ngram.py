@@ -19,10 +19,18 @@ class NgramProposer(Proposer):
 
     name = "ngram"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, length: int = 8, branches: int = 2, source: int = 0):
+    def __init__(
+        self, max_ngram: int = 3, min_ngram: int = 1, length: int = 8, branches: int = 2, source: int = 0
+    ):
         if not 1 <= min_ngram <= max_ngram or length < 1 or branches < 1:
             raise ValueError("ngram proposer needs 1 <= min_ngram <= max_ngram, length >= 1, branches >= 1")
-        self.max_ngram, self.min_ngram, self.length, self.branches, self.source = max_ngram, min_ngram, length, branches, source
+        self.max_ngram, self.min_ngram, self.length, self.branches, self.source = (
+            max_ngram,
+            min_ngram,
+            length,
+            branches,
+            source,
+        )
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
         seq = tokens.tolist()
@@ -42,4 +50,3 @@ class NgramProposer(Proposer):
                     if len(found) == self.branches:
                         break
         return found
-

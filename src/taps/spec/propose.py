@@ -34,7 +34,7 @@ class Proposer(ABC):
         """Told every step's StepRecord after verification (proposers that learn online override it)."""
 
     def attach_budget(self, budget) -> None:
-        """Let a TreeBudget stop this proposer's drafting early (proposers that draft in levels override it)."""
+        """Let a TreeBudget stop this proposer's drafting early (level-by-level drafters override it)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,9 @@ AUTO_SHAPE = TreeShape(top_k=8, depth=6, total_tokens=48, budget="auto")  # limi
 class DrafterProposer(Proposer):
     """EAGLE-2 with one drafter (see TreeDrafter)."""
 
-    def __init__(self, drafter: Drafter, shape: TreeShape = TreeShape(), source: int = 0, name: str = "drafter"):
+    def __init__(
+        self, drafter: Drafter, shape: TreeShape = TreeShape(), source: int = 0, name: str = "drafter"
+    ):
         self.drafter, self.shape, self.source, self.name = drafter, shape, source, name
         self._trees: TreeDrafter | None = None
         self.budget = None
@@ -109,35 +111,48 @@ class TreeDrafter:
         n, m = len(self.sources), features.shape[0]
         self.cache.length = self.pairs  # drop last step's drafted entries
         positions = torch.arange(self.pairs, self.pairs + m, device=features.device)
-        hidden = self.model(tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache)
+        hidden = self.model(
+            tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache
+        )
         self.pairs += m
         pool = self._expand(hidden[:, -1:], time.perf_counter())
         return [pool.best_tree(i, self.shape.total_tokens, s) for i, s in enumerate(self.sources)]
 
-    def _expand(self, root_hidden: torch.Tensor, clock: float) -> "_Pool":
+    def _expand(self, root_hidden: torch.Tensor, clock: float) -> _Pool:
         """root_hidden [N, 1, H] -> every candidate node of every member, scored. `clock`: when the
         expansion began (a budget compares each level's drafting time with what the level can add)."""
         k = self.shape.top_k
         pool = _Pool(len(self.sources), root_hidden.device)
         logp, ent = self._log_probs(root_hidden)
         top = logp[:, 0].topk(min(k, logp.shape[-1]))
-        frontier = pool.add(self._target_ids(top.indices), torch.full_like(top.indices, -1), top.values,
-                            ent.expand_as(top.values))
+        frontier = pool.add(
+            self._target_ids(top.indices),
+            torch.full_like(top.indices, -1),
+            top.values,
+            ent.expand_as(top.values),
+        )
         parent_hidden = root_hidden.expand(-1, frontier.shape[1], -1)
-        slot_anc = torch.zeros(len(self.sources), 0, 0, dtype=torch.bool, device=pool.device)  # ancestors over drafted slots
+        slot_anc = torch.zeros(
+            len(self.sources), 0, 0, dtype=torch.bool, device=pool.device
+        )  # ancestors over drafted slots
         for level in range(1, self.shape.depth):
             now = time.perf_counter()
             level_ms, clock = (now - clock) * 1000, now
             if self.budget is not None and not self.budget.worth_deeper(
-                    pool.scores.exp(), pool.depth, pool.scores.gather(1, frontier).exp(), level, level_ms):
+                pool.scores.exp(), pool.depth, pool.scores.gather(1, frontier).exp(), level, level_ms
+            ):
                 break
             hidden, slot_anc = self._forward_level(frontier, pool, parent_hidden, slot_anc, level)
             logp, ent = self._log_probs(hidden)
             width = min(k, logp.shape[-1])
             cand = (pool.scores.gather(1, frontier).unsqueeze(-1) + logp).topk(width, dim=-1)  # [N, f, width]
             parents = frontier.unsqueeze(-1).expand_as(cand.indices)
-            children = pool.add(self._target_ids(cand.indices).flatten(1), parents.flatten(1), cand.values.flatten(1),
-                                ent.unsqueeze(-1).expand_as(cand.values).flatten(1))
+            children = pool.add(
+                self._target_ids(cand.indices).flatten(1),
+                parents.flatten(1),
+                cand.values.flatten(1),
+                ent.unsqueeze(-1).expand_as(cand.values).flatten(1),
+            )
             best = pool.scores.gather(1, children).topk(min(k, children.shape[1]), dim=-1).indices
             frontier = children.gather(1, best)
             # children are laid out [parent row, width], so a child's parent row is its index // width
@@ -160,7 +175,9 @@ class TreeDrafter:
         grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool, device=dev)
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
-        mask = torch.cat([torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev), rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
+        mask = torch.cat([torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev), rows], dim=2).unsqueeze(
+            1
+        )  # [N, heads, f, ctx]
         positions = torch.full((f,), self.pairs - 1 + level, device=dev)
         hidden = self.model(pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask)
         return hidden, grown
@@ -186,7 +203,9 @@ class _Pool:
         self.scores = torch.zeros(members, 0, device=device)
         self.entropies = torch.zeros(members, 0, device=device)
         self.depth = torch.zeros(members, 0, dtype=torch.long, device=device)
-        self.slots = torch.zeros(members, 0, dtype=torch.long, device=device)  # drafter cache slot of a node, else -1
+        self.slots = torch.zeros(
+            members, 0, dtype=torch.long, device=device
+        )  # drafter cache slot of a node, else -1
 
     def add(self, tokens, parents, scores, entropies) -> torch.Tensor:
         """Append [N, c] new nodes; returns their indices [N, c]."""

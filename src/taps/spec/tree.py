@@ -30,11 +30,11 @@ class DraftTree:
             raise ValueError("DraftTree parents must precede their children")
 
     @classmethod
-    def empty(cls) -> "DraftTree":
+    def empty(cls) -> DraftTree:
         return cls.from_paths([])
 
     @classmethod
-    def from_paths(cls, paths: list[list[int]], source: int = 0) -> "DraftTree":
+    def from_paths(cls, paths: list[list[int]], source: int = 0) -> DraftTree:
         """Merge token paths under the root into one trie: shared prefixes become one node."""
         tokens: list[int] = []
         parents: list[int] = []
@@ -59,18 +59,22 @@ class DraftTree:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, device: torch.device | str) -> "DraftTree":
+    def to(self, device: torch.device | str) -> DraftTree:
         if self.tokens.device == torch.device(device):
             return self
-        return DraftTree(*(t.to(device) for t in (self.tokens, self.parents, self.scores, self.entropies, self.sources)))
+        return DraftTree(
+            *(t.to(device) for t in (self.tokens, self.parents, self.scores, self.entropies, self.sources))
+        )
 
-    def subtree(self, keep: torch.Tensor) -> "DraftTree":
+    def subtree(self, keep: torch.Tensor) -> DraftTree:
         """The nodes `keep` (ascending indices, closed under parents), renumbered in their order."""
         new_index = torch.full((len(self),), -1, dtype=torch.long, device=self.tokens.device)
         new_index[keep] = torch.arange(len(keep), device=self.tokens.device)
         parents = self.parents[keep]
         parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], -1)
-        return DraftTree(self.tokens[keep], parents, self.scores[keep], self.entropies[keep], self.sources[keep])
+        return DraftTree(
+            self.tokens[keep], parents, self.scores[keep], self.entropies[keep], self.sources[keep]
+        )
 
     def depths(self) -> torch.Tensor:
         """Depth of each node (children of the root have depth 1)."""
@@ -79,8 +83,9 @@ class DraftTree:
             depth[i] = 1 if p < 0 else depth[p] + 1
         return depth
 
-    def verification_inputs(self, root: int, base: int, device: torch.device | str = "cpu"
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def verification_inputs(
+        self, root: int, base: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokens, positions and ancestor mask for one target pass over [root] + nodes, on `device`.
 
         Row i of the mask lets entry i see the root, its ancestors and itself; the committed

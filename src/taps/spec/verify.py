@@ -79,7 +79,9 @@ def verify_sampling(
         row = nxt + 1
 
 
-def sample_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_p: float = 1.0) -> int:
+def sample_token(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_p: float = 1.0
+) -> int:
     """One token from the target's distribution (argmax at temperature 0)."""
     if temperature <= 0:
         return int(logits.argmax())

@@ -20,19 +20,29 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
         f"# {drafter_dir.name}",
         "",
         f"{card.get('method', '?').upper()} drafter for target `{card.get('target', '?')}` "
-        f"(fingerprint `{config['target'].get('embedding_sha256')}`), trained on: {', '.join(card.get('corpora', []))}.",
+        f"(fingerprint `{config['target'].get('embedding_sha256')}`), trained on: "
+        f"{', '.join(card.get('corpora', []))}.",
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | fc(2H->H) + {shape['num_layers']} {shape['shape']['family']} decoder layer, target's embedding and LM head borrowed |",
-        f"| draft vocabulary | {shape['draft_vocab_size'] or shape['shape']['vocab_size']} tokens (most frequent in the training replies) |",
+        f"| architecture | fc(2H->H) + {shape['num_layers']} {shape['shape']['family']} decoder layer, "
+        "target's embedding and LM head borrowed |",
+        f"| draft vocabulary | {shape['draft_vocab_size'] or shape['shape']['vocab_size']} tokens (most "
+        "frequent in the training replies) |",
         f"| weights | {size:.1f} MB, bf16 safetensors |",
-        f"| training tokens | {card.get('train_tokens')} (x {cfg.get('epochs')} epochs, {card.get('steps')} steps of <= {cfg.get('batch_tokens')} tokens) |",
+        f"| training tokens | {card.get('train_tokens')} (x {cfg.get('epochs')} epochs, {card.get('steps')} "
+        f"steps of <= {cfg.get('batch_tokens')} tokens) |",
         f"| objective | {_objective(cfg)} |",
-        f"| optimiser | AdamW lr {cfg.get('lr')}, warm-up {card.get('warmup_steps', cfg.get('warmup_steps'))} steps + cosine decay, clip {cfg.get('grad_clip')}, {_precision(card.get('mixed_precision', cfg.get('mixed_precision')))} |",
+        f"| optimiser | AdamW lr {cfg.get('lr')}, warm-up "
+        f"{card.get('warmup_steps', cfg.get('warmup_steps'))} steps + cosine decay, "
+        f"clip {cfg.get('grad_clip')}, "
+        f"{_precision(card.get('mixed_precision', cfg.get('mixed_precision')))} |",
         f"| hardware | {card.get('hardware')}; wall time of the final run {card.get('wall_s_last_run')} s |",
-        f"| final losses (mean of last {min(50, card.get('steps') or 50)} steps) | " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + " |",
-        f"| held-out tau | {held.get('tau')} on {held.get('prompts')} held-out prompts of its corpora, T = {held.get('temperature')}, "
+        f"| final losses (mean of last {min(50, card.get('steps') or 50)} steps) | "
+        + ", ".join(f"{k} {v:.3f}" for k, v in losses.items())
+        + " |",
+        f"| held-out tau | {held.get('tau')} on {held.get('prompts')} held-out prompts of its corpora, T = "
+        f"{held.get('temperature')}, "
         f"{held.get('max_new_tokens')} new tokens, default tree |",
         "",
         "Reproduce:",
@@ -54,24 +64,36 @@ def _precision(setting: str | None) -> str:
 def _objective(cfg: dict) -> str:
     base = "smooth-L1 feature regression (w 1.0) + soft cross-entropy vs the target (w 0.1)"
     if cfg.get("method") == "hass":
-        return f"{base} + HASS top-{cfg.get('topk')} distillation (w {cfg.get('topk_weight')}), {cfg.get('align_steps')} context-alignment steps"
+        return (
+            f"{base} + HASS top-{cfg.get('topk')} distillation (w {cfg.get('topk_weight')}), "
+            f"{cfg.get('align_steps')} context-alignment steps"
+        )
     return base
 
 
 def write_index(folder: str | Path, preamble: str = "") -> Path:
     """README.md of a folder of drafters: one row per drafter from its recorded card."""
     folder = Path(folder)
-    lines = [f"# Drafters for `{folder.name}`", "", preamble, "",
-             "| drafter | method | corpus | training tokens x epochs | steps | draft vocab | MB | final top-1 (train) | held-out tau |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Drafters for `{folder.name}`",
+        "",
+        preamble,
+        "",
+        "| drafter | method | corpus | training tokens x epochs | steps | draft vocab | MB | final top-1 "
+        "(train) | held-out tau |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for d in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
         c = read_config(d)
         card, held = c["card"], c["card"].get("heldout_tau", {})
         top1 = card.get("final_losses_last50", {}).get("top1")
-        lines.append(f"| [{d.name}]({d.name}/README.md) | {card.get('method')} | {', '.join(card.get('corpora', []))} | "
-                     f"{card.get('train_tokens')} x {card.get('config', {}).get('epochs')} | {card.get('steps')} | "
-                     f"{c['drafter']['draft_vocab_size']} | {(d / 'model.safetensors').stat().st_size / 1e6:.1f} | "
-                     f"{top1:.3f} | {held.get('tau')} |")
+        lines.append(
+            f"| [{d.name}]({d.name}/README.md) | {card.get('method')} | {', '.join(card.get('corpora', []))} "
+            "| "
+            f"{card.get('train_tokens')} x {card.get('config', {}).get('epochs')} | {card.get('steps')} | "
+            f"{c['drafter']['draft_vocab_size']} | {(d / 'model.safetensors').stat().st_size / 1e6:.1f} | "
+            f"{top1:.3f} | {held.get('tau')} |"
+        )
     out = folder / "README.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     return out

@@ -34,8 +34,16 @@ class Sequence:
     loss_mask: torch.Tensor  # [n] bool
 
 
-def extract_features(target, conversations: list, out_dir: str | Path, corpus: str, max_tokens: int,
-                     max_len: int = 1024, shard_tokens: int = 1 << 18, command: str | None = None) -> dict:
+def extract_features(
+    target,
+    conversations: list,
+    out_dir: str | Path,
+    corpus: str,
+    max_tokens: int,
+    max_len: int = 1024,
+    shard_tokens: int = 1 << 18,
+    command: str | None = None,
+) -> dict:
     """Write feature shards for `conversations` until `max_tokens` tokens; resumes a partial run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +51,14 @@ def extract_features(target, conversations: list, out_dir: str | Path, corpus: s
     manifest.setdefault("command", command)
     done, total = manifest["conversations_done"], manifest["tokens"]
     buffer: list[Sequence] = []
-    bar = tqdm(total=max_tokens, initial=total, unit="tok", desc=f"features[{corpus}]", dynamic_ncols=True, mininterval=20)
+    bar = tqdm(
+        total=max_tokens,
+        initial=total,
+        unit="tok",
+        desc=f"features[{corpus}]",
+        dynamic_ncols=True,
+        mininterval=20,
+    )
     start = time.perf_counter()
     for conv in conversations[done:]:
         if total >= max_tokens:
@@ -53,7 +68,9 @@ def extract_features(target, conversations: list, out_dir: str | Path, corpus: s
         if sum(mask) < 2:
             continue
         hidden = target.model(torch.tensor(ids, device=target.model.device), target.model.new_cache(len(ids)))
-        buffer.append(Sequence(torch.tensor(ids), hidden.to(torch.bfloat16).cpu(), torch.tensor(mask, dtype=torch.bool)))
+        buffer.append(
+            Sequence(torch.tensor(ids), hidden.to(torch.bfloat16).cpu(), torch.tensor(mask, dtype=torch.bool))
+        )
         total += len(ids)
         bar.update(len(ids))
         if sum(len(s.tokens) for s in buffer) >= shard_tokens:
@@ -65,8 +82,11 @@ def extract_features(target, conversations: list, out_dir: str | Path, corpus: s
     manifest["complete"] = total >= max_tokens or done >= len(conversations)
     _write_manifest(out_dir, manifest)
     elapsed = time.perf_counter() - start
-    print(f"[features] {corpus}: {manifest['tokens']} tokens in {manifest['sequences']} sequences, "
-          f"{len(manifest['shards'])} shards ({elapsed:.0f} s this run)", flush=True)
+    print(
+        f"[features] {corpus}: {manifest['tokens']} tokens in {manifest['sequences']} sequences, "
+        f"{len(manifest['shards'])} shards ({elapsed:.0f} s this run)",
+        flush=True,
+    )
     return manifest
 
 
@@ -75,12 +95,27 @@ def _load_or_start(out_dir: Path, target, corpus: str, max_len: int) -> dict:
     fingerprint = target.model.fingerprint()
     if path.is_file():
         manifest = read_manifest(out_dir)
-        if manifest["target"] != fingerprint or manifest["corpus"] != corpus or manifest["max_len"] != max_len:
-            raise TapsError(f"{out_dir} holds features of another target/corpus/max_len; pick a new --out folder")
+        if (
+            manifest["target"] != fingerprint
+            or manifest["corpus"] != corpus
+            or manifest["max_len"] != max_len
+        ):
+            raise TapsError(
+                f"{out_dir} holds features of another target/corpus/max_len; pick a new --out folder"
+            )
         return manifest
-    return {"format": "taps-features/1", "target": fingerprint, "corpus": corpus, "max_len": max_len,
-            "hidden_size": target.model.shape.hidden_size, "shards": [], "sequences": 0, "tokens": 0,
-            "conversations_done": 0, "complete": False}
+    return {
+        "format": "taps-features/1",
+        "target": fingerprint,
+        "corpus": corpus,
+        "max_len": max_len,
+        "hidden_size": target.model.shape.hidden_size,
+        "shards": [],
+        "sequences": 0,
+        "tokens": 0,
+        "conversations_done": 0,
+        "complete": False,
+    }
 
 
 def _write_shard(out_dir: Path, manifest: dict, seqs: list[Sequence], done: int) -> None:
@@ -126,11 +161,19 @@ def load_sequences(feature_dir: str | Path) -> tuple[dict, list[Sequence]]:
         try:
             t = load_file(str(path))
             offsets = t["offsets"].tolist()
-            ok = len(offsets) == shard["sequences"] + 1 and offsets[-1] == t["tokens"].shape[0] == t["features"].shape[0]
+            ok = (
+                len(offsets) == shard["sequences"] + 1
+                and offsets[-1] == t["tokens"].shape[0] == t["features"].shape[0]
+            )
         except (SafetensorError, FileNotFoundError, OSError, KeyError) as exc:
-            raise TapsError(f"feature shard {path} is unreadable ({exc}); delete the folder and rerun `taps features`") from exc
+            raise TapsError(
+                f"feature shard {path} is unreadable ({exc}); delete the folder and rerun `taps features`"
+            ) from exc
         if not ok:
-            raise TapsError(f"feature shard {path} does not match the manifest; delete the folder and rerun `taps features`")
+            raise TapsError(
+                f"feature shard {path} does not match the manifest; delete the folder and rerun `taps "
+                "features`"
+            )
         for a, b in zip(offsets[:-1], offsets[1:]):
             seqs.append(Sequence(t["tokens"][a:b].long(), t["features"][a:b], t["loss_mask"][a:b].bool()))
     return manifest, seqs

@@ -12,7 +12,15 @@ from taps.files import write_json_atomic
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
 
-def heldout_tau(target, drafter_dir: Path, corpora: list[str], data_dir, seed: int, prompts: int = 16, max_new_tokens: int = 64) -> float:
+def heldout_tau(
+    target,
+    drafter_dir: Path,
+    corpora: list[str],
+    data_dir,
+    seed: int,
+    prompts: int = 16,
+    max_new_tokens: int = 64,
+) -> float:
     """Mean tau (T = 0) over the first user turns of held-out conversations; written into the model card."""
     held = []
     for name in dict.fromkeys(c.split("+")[0] for c in corpora):
@@ -27,6 +35,11 @@ def heldout_tau(target, drafter_dir: Path, corpora: list[str], data_dir, seed: i
     tau = sum(steps) / max(1, len(steps))
     cfg_file = drafter_dir / "config.json"
     config_json = json.loads(cfg_file.read_text())
-    config_json["card"]["heldout_tau"] = {"tau": round(tau, 3), "prompts": len(held), "max_new_tokens": max_new_tokens, "temperature": 0}
+    config_json["card"]["heldout_tau"] = {
+        "tau": round(tau, 3),
+        "prompts": len(held),
+        "max_new_tokens": max_new_tokens,
+        "temperature": 0,
+    }
     write_json_atomic(cfg_file, config_json)
     return tau

@@ -33,13 +33,17 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return _masked_mean(per_pos, mask)
 
 
-def classification_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def classification_loss(
+    draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of the drafter's token distribution against the target's (soft labels)."""
     p = torch.softmax(target_logits.float(), -1)
     return _masked_mean(-(p * torch.log_softmax(draft_logits.float(), -1)).sum(-1), mask)
 
 
-def topk_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+def topk_loss(
+    draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor, k: int
+) -> torch.Tensor:
     """HASS: the cross-entropy restricted to the target's top-k tokens, where drafting decisions are made."""
     p = torch.softmax(target_logits.float(), -1)
     top_p, top_i = p.topk(min(k, p.shape[-1]), dim=-1)
@@ -47,7 +51,9 @@ def topk_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: tor
     return _masked_mean(-(top_p * logq).sum(-1), mask)
 
 
-def drafter_loss(pred, target_feat, draft_logits, target_logits, mask, w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+def drafter_loss(
+    pred, target_feat, draft_logits, target_logits, mask, w: LossWeights
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted total and its parts (for logs)."""
     parts = {
         "regression": regression_loss(pred, target_feat, mask),

@@ -18,20 +18,33 @@ from tqdm import tqdm
 from taps.data.chat import encode_chat
 
 
-def regenerate(target, conversations: list, out_file: str | Path, max_new_tokens: int = 256, batch_size: int = 16,
-               limit: int | None = None) -> list:
+def regenerate(
+    target,
+    conversations: list,
+    out_file: str | Path,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> list:
     """First user turn of each conversation + the target's greedy reply, as 2-turn conversations."""
     from transformers import AutoModelForCausalLM
 
     out_file = Path(out_file)
     done = _read(out_file)  # one row per source conversation, empty replies included, so resuming lines up
-    todo = conversations[len(done): limit]
+    todo = conversations[len(done) : limit]
     if not todo:
         return [c for c in done[:limit] if c[1]["content"]]
     device = target.model.device
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
     pad = target.eos_token_ids[0]
-    bar = tqdm(total=len(todo) + len(done), initial=len(done), unit="conv", desc="regenerate", dynamic_ncols=True, mininterval=20)
+    bar = tqdm(
+        total=len(todo) + len(done),
+        initial=len(done),
+        unit="conv",
+        desc="regenerate",
+        dynamic_ncols=True,
+        mininterval=20,
+    )
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         prompts = [encode_chat(target.tokenizer, [c[0]]) for c in batch]
@@ -39,8 +52,14 @@ def regenerate(target, conversations: list, out_file: str | Path, max_new_tokens
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=list(target.eos_token_ids), pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=list(target.eos_token_ids),
+                pad_token_id=pad,
+            )
         rows = []
         for conv, seq in zip(batch, out[:, width:].tolist()):
             text = target.tokenizer.decode(seq, skip_special_tokens=True).strip()

@@ -63,7 +63,9 @@ class TrainConfig:
         return self.align_steps if self.method == "hass" else 1
 
 
-def draft_vocabulary(seqs: list[Sequence], vocab_size: int, size: int | None, always: tuple[int, ...] = ()) -> torch.Tensor:
+def draft_vocabulary(
+    seqs: list[Sequence], vocab_size: int, size: int | None, always: tuple[int, ...] = ()
+) -> torch.Tensor:
     """The `size` most frequent target-side tokens of the corpus (plus `always`), sorted: the d2t map."""
     if size is None or size >= vocab_size:
         return torch.arange(vocab_size)
@@ -98,7 +100,11 @@ def collate(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     feats = torch.zeros(len(seqs), n, h, dtype=seqs[0].features.dtype)
     mask = torch.zeros(len(seqs), n, dtype=torch.bool)
     for b, s in enumerate(seqs):
-        tokens[b, : len(s.tokens)], feats[b, : len(s.tokens)], mask[b, : len(s.tokens)] = s.tokens, s.features, s.loss_mask
+        tokens[b, : len(s.tokens)], feats[b, : len(s.tokens)], mask[b, : len(s.tokens)] = (
+            s.tokens,
+            s.features,
+            s.loss_mask,
+        )
     return tokens, feats, mask
 
 
@@ -117,7 +123,9 @@ def alignment_mask(n: int, steps: int) -> torch.Tensor | str:
     return mask
 
 
-def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig, generator: torch.Generator | None):
+def training_loss(
+    drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig, generator: torch.Generator | None
+):
     """Loss over all alignment steps: step 1 reads target features, step j the drafter's own step j-1
     predictions, as at draft depth j during decoding."""
     tokens, feats, mask = batch
@@ -132,13 +140,21 @@ def training_loss(drafter: Drafter, head: torch.Tensor, batch, cfg: TrainConfig,
     step_inputs = [inp_feat]
     with torch.no_grad():
         for j in range(2, steps + 1):
-            prev = drafter(inp_tok.repeat(1, j - 1), torch.cat(step_inputs, 1), positions.repeat(j - 1),
-                           mask=_on(alignment_mask(n, j - 1), device))
+            prev = drafter(
+                inp_tok.repeat(1, j - 1),
+                torch.cat(step_inputs, 1),
+                positions.repeat(j - 1),
+                mask=_on(alignment_mask(n, j - 1), device),
+            )
             shifted = torch.zeros_like(inp_feat)
             shifted[:, 1:] = prev[:, -n:-1]  # step j-1's prediction of f_t feeds position t
             step_inputs.append(shifted)
-    pred = drafter(inp_tok.repeat(1, steps), torch.cat(step_inputs, 1), positions.repeat(steps),
-                   mask=_on(alignment_mask(n, steps), device))
+    pred = drafter(
+        inp_tok.repeat(1, steps),
+        torch.cat(step_inputs, 1),
+        positions.repeat(steps),
+        mask=_on(alignment_mask(n, steps), device),
+    )
     valid = torch.cat([loss_mask * (positions >= j).float() for j in range(steps)], 1)
     target_feat = tgt_feat.repeat(1, steps, 1)
     draft_logits = pred.float() @ head.T
@@ -160,7 +176,14 @@ def resolve_mixed_precision(setting: str, device: torch.device | None = None) ->
     return setting
 
 
-def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig, resume: bool = False, card: dict | None = None) -> Path:
+def train(
+    target,
+    feature_dirs: list[str],
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    card: dict | None = None,
+) -> Path:
     """Train a drafter on the features in `feature_dirs`; writes `out_dir` (drafter) and `out_dir/.state`."""
     from accelerate import Accelerator
 
@@ -170,21 +193,31 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
     for d in feature_dirs:
         manifest, part = load_sequences(d)
         if manifest["target"] != target.model.fingerprint():
-            raise TapsError(f"features in {d} were made with another target; rerun `taps features` for this target")
+            raise TapsError(
+                f"features in {d} were made with another target; rerun `taps features` for this target"
+            )
         seqs += part
     if not seqs:
-        raise TapsError("no training sequences in the feature folders; run `taps features` with a larger --tokens")
+        raise TapsError(
+            "no training sequences in the feature folders; run `taps features` with a larger --tokens"
+        )
     torch.manual_seed(cfg.seed)
     precision = resolve_mixed_precision(cfg.mixed_precision, target.model.device)
     accelerator = Accelerator(mixed_precision=precision, cpu=target.model.device.type == "cpu")
     device = accelerator.device  # under `accelerate launch`, this process's GPU: the target follows it
     target.model.to(device)
-    d2t = draft_vocabulary(seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids))
-    drafter = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=len(d2t) if cfg.draft_vocab_size else None))
+    d2t = draft_vocabulary(
+        seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids)
+    )
+    drafter = Drafter(
+        DrafterConfig(target.model.shape, draft_vocab_size=len(d2t) if cfg.draft_vocab_size else None)
+    )
     drafter.d2t = d2t
     drafter.to(device).attach(target.model)
     head = target.model.lm_head.weight.detach()[d2t.to(device)].float()
-    optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
+    )
     per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
     warmup = effective_warmup(cfg.warmup_steps, total_steps)
@@ -196,7 +229,14 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
         step, log = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
         print(f"[train] resumed at step {step}/{total_steps}", flush=True)
     start, stop_at = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.method}]", unit="step", dynamic_ncols=True, mininterval=20)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"train[{cfg.method}]",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=20,
+    )
     drafter.train()
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)
@@ -220,11 +260,17 @@ def train(target, feature_dirs: list[str], out_dir: str | Path, cfg: TrainConfig
         print(f"[train] stopped at step {step}/{total_steps}; continue with --resume", flush=True)
         return state_dir
     drafter = accelerator.unwrap_model(drafter).eval()
-    recent = log[-min(50, len(log)):]
+    recent = log[-min(50, len(log)) :]
     summary = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0] if k not in ("step", "lr")}
-    card = dict(card or {}) | {"config": asdict(cfg), "steps": total_steps, "warmup_steps": warmup, "mixed_precision": precision,
-                              "train_tokens": sum(len(s.tokens) for s in seqs),
-                              "final_losses_last50": summary, "wall_s_last_run": round(wall, 1)}
+    card = dict(card or {}) | {
+        "config": asdict(cfg),
+        "steps": total_steps,
+        "warmup_steps": warmup,
+        "mixed_precision": precision,
+        "train_tokens": sum(len(s.tokens) for s in seqs),
+        "final_losses_last50": summary,
+        "wall_s_last_run": round(wall, 1),
+    }
     save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
     write_json_atomic(state_dir / "log.json", log, indent=None)
     return out_dir
@@ -245,9 +291,19 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 def _save_state(state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / ".state.pt.tmp"
-    torch.save({"drafter": drafter.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "log": log,
-                "d2t": d2t}, tmp)
+    torch.save(
+        {
+            "drafter": drafter.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "log": log,
+            "d2t": d2t,
+        },
+        tmp,
+    )
     os.replace(tmp, state_dir / "state.pt")
 
 
@@ -255,9 +311,13 @@ def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -
     try:
         state = torch.load(state_dir / "state.pt", weights_only=False, map_location="cpu")
     except Exception as exc:
-        raise TapsError(f"training state {state_dir / 'state.pt'} is unreadable ({exc}); delete it to start over") from exc
+        raise TapsError(
+            f"training state {state_dir / 'state.pt'} is unreadable ({exc}); delete it to start over"
+        ) from exc
     if not torch.equal(state["d2t"], d2t):
-        raise TapsError(f"training state in {state_dir} was made with other features; delete it to start over")
+        raise TapsError(
+            f"training state in {state_dir} was made with other features; delete it to start over"
+        )
     drafter.load_state_dict(state["drafter"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
