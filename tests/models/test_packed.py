@@ -1,49 +1,85 @@
-"""oneDNN-packed CPU inference computes what the plain layers compute, and saves nothing new."""
+"""Packed CPU kernels compute what the plain layers compute (int8 to quantization error), save nothing new."""
 
 import pytest
 import torch
 
-from taps.models.packed import PackedLinear, PackedMembers, packing_available
+import taps.device
+from taps.models import packed
+from taps.models.packed import INT8, ONEDNN, PackedLinear, PackedMembers, drafting_kernel
 from taps.models.stacked import stack_drafters
 from taps.models.target import TargetModel
 from tests.conftest import random_drafter
 
-pytestmark = pytest.mark.skipif(
-    not packing_available(), reason="this torch build has no oneDNN packed linear"
-)
+
+def _require(kernel):
+    if not kernel.available:
+        pytest.skip(f"this torch build has no {kernel.name} kernel")
 
 
 def test_packed_target_matches_plain_forward(tiny_dirs):
+    _require(ONEDNN)
     plain = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32)
-    packed = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32).pack_for_cpu()
-    assert isinstance(packed.lm_head, PackedLinear) and isinstance(
-        packed.model.layers[0].mlp.up_proj, PackedLinear
+    model = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32).pack_for_cpu()
+    assert isinstance(model.lm_head, PackedLinear) and isinstance(
+        model.model.layers[0].mlp.up_proj, PackedLinear
     )
-    assert packed.state_dict().keys() == plain.state_dict().keys()
+    assert model.state_dict().keys() == plain.state_dict().keys()
     tokens = torch.tensor([0, 5, 17, 23, 5, 17, 9])
     tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
-    for model in (plain, packed):
-        cache = model.new_cache()
-        model(tokens[:4], cache)
-        model.outputs = model.logits(model(tokens[4:], cache, torch.tensor([4, 5, 5]), tree))
-    torch.testing.assert_close(packed.outputs, plain.outputs, atol=1e-4, rtol=1e-4)
-
-
-def test_packed_stacked_drafters_match_plain_ones(tiny_target):
-    drafters = [random_drafter(tiny_target, seed=s, draft_vocab=40) for s in (1, 2)]
-    plain, packed = stack_drafters(drafters), stack_drafters(drafters).pack_for_cpu()
-    assert isinstance(packed.fc, PackedMembers) and packed.packed_head is not None
-    tokens, features = torch.tensor([[3, 4, 5]] * 2), torch.randn(2, 3, tiny_target.shape.hidden_size)
     outs = []
-    for model in (plain, packed):
-        hidden = model(tokens, features, torch.arange(3), model.new_cache())
-        outs.append(model.draft_logits(hidden))
+    for m in (plain, model):
+        cache = m.new_cache()
+        m(tokens[:4], cache)
+        outs.append(m.logits(m(tokens[4:], cache, torch.tensor([4, 5, 5]), tree)))
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
 
 
-def test_packing_is_a_no_op_where_unavailable(tiny_dirs, monkeypatch):
-    import taps.models.packed as packed
+@pytest.mark.parametrize("kernel", [ONEDNN, INT8], ids=lambda k: k.name)
+def test_packed_stacked_drafters_match_plain_ones(tiny_target, kernel):
+    _require(kernel)
+    drafters = [random_drafter(tiny_target, seed=s, draft_vocab=40) for s in (1, 2)]
+    plain, fast = stack_drafters(drafters), stack_drafters(drafters).pack_for_cpu(kernel)
+    assert isinstance(fast.fc, PackedMembers) and fast.packed_head is not None
+    tokens, features = torch.tensor([[3, 4, 5]] * 2), torch.randn(2, 3, tiny_target.shape.hidden_size)
+    outs = []
+    for model in (plain, fast):
+        hidden = model(tokens, features, torch.arange(3), model.new_cache())
+        outs.append(model.draft_logits(hidden))
+    if kernel is ONEDNN:
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
+    else:  # int8 weights and activations: close, not equal (these random drafters have large weights)
+        assert float((outs[1] - outs[0]).norm() / outs[0].norm()) < 0.1
+        assert (outs[1].argmax(-1) == outs[0].argmax(-1)).float().mean() >= 2 / 3
 
-    monkeypatch.setattr(packed, "packing_available", lambda: False)
+
+def test_drafters_use_int8_only_where_bf16_is_not_native(monkeypatch):
+    _require(INT8)
+    monkeypatch.setattr(taps.device, "cpu_flags", lambda: {"avx2"})
+    assert drafting_kernel(torch.float32) is INT8
+    monkeypatch.setattr(taps.device, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert (
+        drafting_kernel(torch.float32)
+        is drafting_kernel(torch.bfloat16)
+        is (ONEDNN if ONEDNN.available else None)
+    )
+
+
+def test_packing_is_a_no_op_where_unavailable(tiny_dirs, monkeypatch):
+    monkeypatch.setitem(packed.ONEDNN.__dict__, "available", False)
     model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32).pack_for_cpu()
     assert type(model.lm_head) is torch.nn.Linear
+
+
+def test_int8_drafting_is_lossless(tiny_target, monkeypatch):
+    """Where bf16 is not native, float32 drafters draft on int8 weights: the target still decides."""
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+    from taps.spec.propose import DrafterProposer, TreeShape
+    from tests.spec.test_lossless import PROMPTS, greedy
+
+    _require(INT8)
+    monkeypatch.setattr(taps.device, "cpu_flags", lambda: {"avx2"})
+    proposer = DrafterProposer(random_drafter(tiny_target, seed=3), TreeShape(4, 4, 12))
+    assert proposer.trees.model.fc.kernel is INT8
+    gen = SpeculativeGenerator(tiny_target, proposer)
+    for prompt in PROMPTS:
+        assert gen.generate(prompt, GenerationConfig(max_new_tokens=40)).tokens == greedy(tiny_target, prompt)

@@ -138,11 +138,16 @@ def test_budgeted_drafting_is_lossless(tiny_target, tmp_path, budget):
             assert max(sizes) == 0
 
 
-def test_deeper_levels_stop_when_they_cannot_pay():
-    conf, depth = torch.tensor([[0.9, 0.5]]), torch.tensor([[1, 1]])
-    assert TreeBudget(FLAT).worth_deeper(conf, depth, conf, level=1, level_ms=0.1)
-    assert not TreeBudget(FLAT).worth_deeper(conf, depth, conf, level=1, level_ms=1000.0)
-    assert not TreeBudget(STEEP).worth_deeper(conf, depth, conf, level=1, level_ms=0.1)
+def test_frontier_expands_only_the_nodes_that_can_pay():
+    scores, depth = torch.tensor([[0.9, 0.5, 0.01]]).log(), torch.tensor([[1, 1, 1]])
+    budget = TreeBudget(FLAT)  # rate 0.1 token/ms; verifying is free
+    assert budget.frontier_width(scores, depth, scores, level=1) == 3  # drafting cost not measured yet
+    budget.level_timed(rows=1, ms=2.0)  # worth expanding while p > 0.1 x 2 ms
+    assert budget.frontier_width(scores, depth, scores, level=1) == 2
+    budget.level_timed(rows=1, ms=1000.0)
+    budget.level_timed(rows=1, ms=1000.0)
+    assert budget.frontier_width(scores, depth, scores, level=1) == 0
+    assert TreeBudget(STEEP).frontier_width(scores, depth, scores, level=1) == 0
 
 
 def test_budgeted_sampling_follows_the_target_distribution(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, Rotary, attention_mask
-from taps.models.packed import head_matmul, pack_linears, packed_head
+from taps.models.packed import Kernel, PackedHead, drafting_kernel, pack_linears
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Drafter(nn.Module):
         self.register_buffer("d2t", torch.arange(vocab), persistent=True)
         self.rotary = Rotary(s)
         self.head_weight: torch.Tensor | None = None
-        self.packed_head: list[torch.Tensor] | None = None  # CPU inference only, see `pack_for_cpu`
+        self.packed_head: PackedHead | None = None  # CPU inference only, see `pack_for_cpu`
         self.members: int | None = None  # set on a stack of drafters (see taps.models.stacked)
 
     def attach(self, target) -> Drafter:
@@ -125,14 +125,15 @@ class Drafter(nn.Module):
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over the draft vocabulary (map ids back with `d2t`)."""
-        hidden = hidden.to(self.head_weight.dtype)
         if self.packed_head is not None:
-            return head_matmul(hidden, self.packed_head, stacked=self.members is not None).float()
-        return (hidden @ self.head_weight.mT).float()
+            return self.packed_head(hidden).float()
+        return (hidden.to(self.head_weight.dtype) @ self.head_weight.mT).float()
 
-    def pack_for_cpu(self) -> Drafter:
-        """Inference on the CPU: oneDNN-packed linear layers and head (see `taps.models.packed`); in place."""
-        pack_linears(self)
+    def pack_for_cpu(self, kernel: Kernel | None = None) -> Drafter:
+        """Inference on the CPU: linear layers and head on a packed kernel (see `taps.models.packed`;
+        by default int8 where the CPU lacks native bf16, else oneDNN); in place, a no-op elsewhere."""
+        kernel = kernel or drafting_kernel(self.dtype)
+        pack_linears(self, kernel)
         if self.head_weight is not None:
-            self.packed_head = packed_head(self.head_weight)
+            self.packed_head = PackedHead.of(self.head_weight, kernel)
         return self

@@ -1,113 +1,172 @@
-"""Prepacked oneDNN weights for CPU inference: the small matmuls of a speculative step, made cheap.
+"""Prepacked CPU matmul kernels: the small matmuls of a speculative step, made cheap.
 
 A speculative step on a CPU multiplies a few rows at a time: 1 token in plain decoding, 2-30 tree
-nodes in verification, a frontier of ~8 nodes per drafting level. torch's default float32 path
-(MKL) handles those shapes poorly: on the AMD EPYC of the README a 576 -> 1536 projection took
-~170-250 us for 4-8 rows against ~70 us for one. oneDNN with the weight reordered once into its
-blocked layout took ~85-145 us for the same 4-8 rows, and the 8192-row draft head ran ~2x faster
-at every row count (`benchmarks/engine.py` measures the whole forwards). So on the CPU, every
-linear layer of the target and of the drafters is packed once at load time; the plain weights
-stay beside the packed ones for everything that reads them (fingerprints, export, stacking).
+nodes in verification, a frontier of ~1-8 nodes per drafting level. Two kernels serve them, each
+with its weight packed once at load time:
 
-Packing is an inference-only, CPU-only transformation (no autograd, no `.to(device)` afterwards):
-`load_target` applies it to the target and `TreeDrafter` to its own copy of the drafters; training
-never sees it. Where this torch build lacks the oneDNN ops, nothing is packed and F.linear runs.
+- ONEDNN, for the target (exact float arithmetic, so verification stays lossless) and for drafters
+  where the CPU computes bf16 natively. torch's default float32 path (MKL) handles few-row shapes
+  poorly: on the AMD EPYC of the README a 576 -> 1536 projection took ~170-250 us for 4-8 rows
+  against ~70 us for one; oneDNN with the weight reordered into its blocked layout took ~85-145 us.
+- INT8, for drafters on CPUs without native bf16 (int8 weights per output channel, activations
+  quantized per call; fbgemm). A drafting level is memory-bound there: in float32 the drafter's
+  weights and its 8192-row head are ~36 MB read per level. In int8 the head's matmul ran ~10x
+  faster for one row (0.12 vs 1.3 ms, AVX2). Drafting precision never touches losslessness: the
+  target verifies every token. It can cost acceptance: tau of the shipped eagle2-math drafter
+  fell from 2.05 to 1.98 on 6 GSM8K prompts (fixed tree; README).
+
+The plain weights stay beside the packed ones for everything that reads them (fingerprints, export,
+stacking). Packing is inference-only and CPU-only (no autograd, no `.to(device)` afterwards):
+`load_target` packs the target and `TreeDrafter` its own copy of the drafters; training never sees
+it. Where this torch build lacks a kernel's ops, that kernel is not used (F.linear runs).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-@functools.cache
-def packing_available() -> bool:
-    """oneDNN's prepacked linear exists in this torch build and computes what F.linear does."""
-    try:
-        if not torch.backends.mkldnn.is_available():
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    pack: Callable[[torch.Tensor], object]  # weight [out, in] -> packed
+    matmul: Callable[[torch.Tensor, object, torch.Tensor | None], torch.Tensor]  # x [..., in] -> [..., out]
+
+    @functools.cached_property
+    def available(self) -> bool:
+        """The ops exist in this torch build and reproduce F.linear (to quantization error for INT8)."""
+        try:
+            weight, x = torch.randn(16, 8), torch.randn(3, 8)
+            out = self.matmul(x, self.pack(weight), None)
+            return bool(torch.allclose(out.float(), F.linear(x, weight), atol=0.1, rtol=0.1))
+        except (RuntimeError, AttributeError, TypeError, NotImplementedError):
             return False
-        weight, x = torch.randn(8, 4), torch.randn(3, 4)
-        out = _packed_matmul(x, _pack(weight), None)
-        return bool(torch.allclose(out, F.linear(x, weight), atol=1e-5))
-    except (RuntimeError, AttributeError, TypeError):
-        return False
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
+def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
 
-def _packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _onednn_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def _int8_pack(weight: torch.Tensor) -> object:
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(1) / 127).clamp(min=1e-12).double()
+    zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch flags quantized tensor creation as deprecated; the op still runs
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+def _int8_matmul(x: torch.Tensor, packed: object, bias: torch.Tensor | None) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).float()
+    out = torch.ops.quantized.linear_dynamic(flat, packed, True).view(*x.shape[:-1], -1)
+    return out + bias.float() if bias is not None else out
+
+
+ONEDNN = Kernel("onednn", _onednn_pack, _onednn_matmul)
+INT8 = Kernel("int8", _int8_pack, _int8_matmul)
+
+
+def packing_available() -> bool:
+    """Whether the target's kernel (exact oneDNN) runs here."""
+    return ONEDNN.available
+
+
+def drafting_kernel(dtype: torch.dtype) -> Kernel | None:
+    """INT8 for float32 drafters on CPUs without native bf16 (where it is available), else ONEDNN."""
+    from taps.device import native_bf16
+
+    if dtype == torch.float32 and not native_bf16(torch.device("cpu")) and INT8.available:
+        return INT8
+    return ONEDNN if ONEDNN.available else None
+
+
 class PackedLinear(nn.Module):
-    """A frozen nn.Linear whose forward runs on a oneDNN-packed copy of its weight.
+    """A frozen nn.Linear whose forward runs on a packed copy of its weight.
 
     `weight` / `bias` stay registered (state_dict, tied embeddings and readers see the original)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, kernel: Kernel = ONEDNN):
         super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
+        self.weight, self.bias, self.kernel = linear.weight, linear.bias, kernel
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight)  # a plain attribute: not saved, not moved
+        self.packed = kernel.pack(linear.weight)  # a plain attribute: not saved, not moved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _packed_matmul(x, self.packed, self.bias)
+        return self.kernel.matmul(x, self.packed, self.bias).to(x.dtype)
 
 
 class PackedMembers(nn.Module):
     """N frozen linear maps applied to N inputs ([N, ..., in] -> [N, ..., out]), each member packed.
 
     Replaces a `StackedLinear` on the CPU: one packed matmul per member beat the batched matmul
-    there (N is 2-3; the batched float32 path is the slow small-row MKL one)."""
+    there (N is 2-3; the batched float32 path is the slow few-row MKL one)."""
 
-    def __init__(self, stacked: nn.Module):
+    def __init__(self, stacked: nn.Module, kernel: Kernel = ONEDNN):
         super().__init__()
-        self.weight, self.bias = (
+        self.weight, self.bias, self.kernel = (
             stacked.weight,
             stacked.bias,
-        )  # [N, in, out], [N, 1, out] or None: kept for readers
-        self.packed = [_pack(w.mT) for w in stacked.weight]
-        self.member_bias = (
+            kernel,
+        )  # [N, in, out], [N, 1, out]
+        self.packed = [kernel.pack(w.mT) for w in stacked.weight]
+        biases = (
             [b.reshape(-1) for b in stacked.bias] if stacked.bias is not None else [None] * len(self.packed)
         )
+        self.member_bias = biases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [_packed_matmul(x[i], p, b) for i, (p, b) in enumerate(zip(self.packed, self.member_bias))]
-        )
+        outs = [self.kernel.matmul(x[i], p, b) for i, (p, b) in enumerate(zip(self.packed, self.member_bias))]
+        return torch.stack(outs).to(x.dtype)
 
 
-def pack_linears(module: nn.Module) -> nn.Module:
+def pack_linears(module: nn.Module, kernel: Kernel | None = ONEDNN) -> nn.Module:
     """Swap every nn.Linear (and stacked member linear) under `module` for its packed form, in place.
 
-    A no-op off the CPU or where packing is unavailable; returns `module`."""
+    A no-op off the CPU, or with no kernel / an unavailable one; returns `module`."""
     from taps.models.stacked import StackedLinear
 
-    if not packing_available() or any(p.device.type != "cpu" for p in module.parameters()):
+    if kernel is None or not kernel.available or any(p.device.type != "cpu" for p in module.parameters()):
         return module
     for name, child in list(module.named_modules()):
         if isinstance(child, nn.Linear) and name:
-            module.set_submodule(name, PackedLinear(child))
+            module.set_submodule(name, PackedLinear(child, kernel))
         elif isinstance(child, StackedLinear):
-            module.set_submodule(name, PackedMembers(child))
+            module.set_submodule(name, PackedMembers(child, kernel))
     return module
 
 
-def packed_head(weight: torch.Tensor) -> list[torch.Tensor] | None:
-    """Packed copies of a borrowed LM-head slice ([V, H], or [N, V, H] for a stack of N drafters), or
-    None where packing does not apply (not on the CPU, or not available)."""
-    if weight.device.type != "cpu" or not packing_available():
-        return None
-    return [_pack(w) for w in (weight if weight.dim() == 3 else weight[None])]
+@dataclass
+class PackedHead:
+    """A borrowed LM-head slice ([V, H], or [N, V, H] for a stack of N drafters), packed per member."""
 
+    kernel: Kernel
+    members: list
+    stacked: bool
 
-def head_matmul(hidden: torch.Tensor, packed: list[torch.Tensor], stacked: bool) -> torch.Tensor:
-    """hidden [..., H] times one packed head, or [N, ..., H] times each member's (`stacked`)."""
-    if not stacked:
-        return _packed_matmul(hidden, packed[0], None)
-    return torch.stack([_packed_matmul(hidden[i], p, None) for i, p in enumerate(packed)])
+    @classmethod
+    def of(cls, weight: torch.Tensor, kernel: Kernel | None) -> PackedHead | None:
+        if kernel is None or not kernel.available or weight.device.type != "cpu":
+            return None
+        return cls(
+            kernel,
+            [kernel.pack(w) for w in (weight if weight.dim() == 3 else weight[None])],
+            weight.dim() == 3,
+        )
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] (one drafter) or [N, ..., H] (a stack) -> scores over the draft vocabulary."""
+        if not self.stacked:
+            return self.kernel.matmul(hidden, self.members[0], None)
+        return torch.stack([self.kernel.matmul(hidden[i], p, None) for i, p in enumerate(self.members)])

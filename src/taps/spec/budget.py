@@ -12,8 +12,9 @@ Three measured quantities feed it:
   drafter's own cumulative confidence exp(score) (what EAGLE-2 ranks nodes by) as the prior;
 - the rate r, over recent steps.
 
-Two more decisions follow from the same numbers. A drafter stops going deeper once the next level
-cannot pay for its drafting time plus the verification of what it could add. And when speculative
+Two more decisions follow from the same numbers. A drafting level expands only the frontier nodes
+whose descendants could still pay for their drafting row and their verification, and drafting stops
+when none could. And when speculative
 steps realise fewer tokens per ms than plain steps, drafting pauses: those steps are plain decoding
 (no draft, a 1-token verification); one probe step follows each pause, and the pause doubles while
 drafting keeps losing (up to MAX_PAUSE steps), so a drafter that cannot win costs at most a probe
@@ -95,10 +96,13 @@ class TreeBudget:
         self.overall = RunningRate()
         self.speculative = RunningRate()
         self.plain = RunningRate()
+        self.level_rows = RunningRate()  # drafted rows per ms of a drafting level
         self.pause, self.next_pause = 0, MIN_PAUSE
         self.drafting = True  # whether the current step drafts
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (confidence, depth) of verified nodes
         self._expected = 1.0  # tokens the current step is expected to emit (accepted + bonus)
+        self._ingest_ms = 0.0  # drafting time spent this step taking in committed features
+        self._resumed = False  # this step is the probe after a pause
 
     @property
     def rate(self) -> float:
@@ -111,6 +115,7 @@ class TreeBudget:
     # -- per step ----------------------------------------------------------------------------
     def should_draft(self) -> bool:
         """False during a pause: this step is plain decoding."""
+        self._resumed = not self.drafting and self.pause == 0
         self.drafting = self.pause == 0
         self.pause = max(0, self.pause - 1)
         return self.drafting
@@ -124,41 +129,42 @@ class TreeBudget:
         confidence, depth = tree.scores.exp(), tree.depths()
         p = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
         order = _best_first(p, depth)[: self.max_nodes]
-        n = torch.arange(len(order) + 1)
-        gain = (
-            torch.cat([torch.zeros(1, dtype=torch.float64), p[order].cumsum(0)])
-            - self.rate * self.scale * self.cost[n + 1]
-        )
-        chosen = order[: int(gain.argmax())]
+        chosen = order[: _best_count(p[order], self.rate * self.scale * self.cost)]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
         return tree.subtree(keep)
 
-    def worth_deeper(
-        self,
-        confidence: torch.Tensor,
-        depth: torch.Tensor,
-        frontier: torch.Tensor,
-        level: int,
-        level_ms: float,
-    ) -> bool:
-        """Whether another drafting level can pay: the most its nodes can add (their parents' total
-        acceptance, the frontier's) against r x (one more level's drafting + verifying that many more
-        nodes)."""
-        p = self.acceptance.predict(confidence.flatten().cpu(), depth.flatten().cpu())
-        best = p.sort(descending=True).values[: self.max_nodes]
-        n = torch.arange(len(best) + 1)
-        gain = (
-            torch.cat([torch.zeros(1, dtype=torch.float64), best.cumsum(0)])
-            - self.rate * self.scale * self.cost[n + 1]
-        )
-        now = int(gain.argmax())
-        more = min(self.max_nodes, now + frontier.numel()) - now
-        upper = float(
-            self.acceptance.predict(frontier.flatten().cpu(), torch.full((frontier.numel(),), level)).sum()
-        )
-        extra_ms = level_ms + self.scale * float(self.cost[now + 1 + more] - self.cost[now + 1])
-        return more > 0 and upper > self.rate * extra_ms
+    def frontier_width(
+        self, scores: torch.Tensor, depth: torch.Tensor, frontier: torch.Tensor, level: int
+    ) -> int:
+        """How many of the best frontier nodes (per member, by score) to expand into another level.
+
+        Expanding node f can add at most p_f expected tokens (its children's acceptance sums to at
+        most its own); it costs one drafted row (measured per level, `level_timed`) plus verifying
+        what it adds. So a node is worth expanding while p_f > r x (ms per drafted row + the marginal
+        verification ms per node at the current tree size); 0 stops drafting."""
+        confidence, frontier = scores.exp().flatten().cpu(), frontier.exp().cpu()
+        p = self.acceptance.predict(confidence, depth.flatten().cpu()).sort(descending=True).values
+        now = _best_count(p[: self.max_nodes], self.rate * self.scale * self.cost)
+        more = min(self.max_nodes, now + frontier.shape[-1]) - now
+        if more <= 0:
+            return 0
+        verify_ms = self.scale * float(self.cost[now + 1 + more] - self.cost[now + 1]) / more
+        row_ms = 1.0 / self.level_rows.value if self.level_rows.value else 0.0
+        p_frontier = self.acceptance.predict(frontier, torch.full(frontier.shape, level))
+        return int((p_frontier > self.rate * (row_ms + verify_ms)).sum(-1).max())
+
+    def level_timed(self, rows: int, ms: float) -> None:
+        """A drafting level forwarded `rows` frontier nodes in `ms` (drafter, head and bookkeeping)."""
+        self.level_rows.add(rows, ms)
+
+    def new_sequence(self) -> None:
+        """A new generation starts drafting again (what was learned about costs and acceptance stays)."""
+        self.pause, self.next_pause, self.drafting = 0, MIN_PAUSE, True
+
+    def ingested(self, ms: float) -> None:
+        """A drafter spent `ms` taking in the target features committed since it last drafted."""
+        self._ingest_ms += ms
 
     def observe(
         self, accepted: int, tree_size: int, draft_ms: float, verify_ms: float, node_accepted: list[bool]
@@ -171,16 +177,30 @@ class TreeBudget:
         self._sent = None
         tokens, ms = accepted + 1, draft_ms + verify_ms
         self.overall.add(tokens, ms)
+        ingest_ms, self._ingest_ms = self._ingest_ms, 0.0
         if not self.drafting:
             self.plain.add(tokens, ms)
             return
         # Judge drafting by expected tokens (calibrated p, summed over the verified nodes), not by this
-        # step's realised ones: those swing from 1 to depth + 1 from step to step.
-        self.speculative.add(self._expected, ms)
+        # step's realised ones, which swing from 1 to depth + 1; and by its drafting time without taking
+        # in the features committed meanwhile (the whole prompt on a first step, a pause's worth after
+        # one), which would otherwise make every first step and every probe look like a loss.
+        expected_ms = max(0.0, draft_ms - ingest_ms) + verify_ms
+        if self._resumed:  # a probe after a pause is fresh evidence: conditions may have changed
+            self.speculative = RunningRate(self._expected, expected_ms)
+        else:
+            self.speculative.add(self._expected, expected_ms)
         if self.speculative.value < self.plain_rate():
             self.pause, self.next_pause = self.next_pause, min(2 * self.next_pause, MAX_PAUSE)
         else:
             self.next_pause = MIN_PAUSE
+
+
+def _best_count(p_sorted: torch.Tensor, price: torch.Tensor) -> int:
+    """n maximising sum(p_sorted[:n]) - price[n + 1] (price[t]: what verifying t tokens forgoes)."""
+    n = torch.arange(len(p_sorted) + 1)
+    gain = torch.cat([torch.zeros(1, dtype=torch.float64), p_sorted.cumsum(0)]) - price[n + 1]
+    return int(gain.argmax())
 
 
 def _monotone(p: torch.Tensor, parents: torch.Tensor, max_depth: int) -> torch.Tensor:
@@ -217,6 +237,7 @@ class BudgetedProposer(Proposer):
 
     def reset(self) -> None:
         self.inner.reset()
+        self.budget.new_sequence()
         self.pending = None
         if self.history is not None:
             self.history = []

@@ -111,16 +111,20 @@ class TreeDrafter:
         n, m = len(self.sources), features.shape[0]
         self.cache.length = self.pairs  # drop last step's drafted entries
         positions = torch.arange(self.pairs, self.pairs + m, device=features.device)
+        start = time.perf_counter()
         hidden = self.model(
             tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache
         )
         self.pairs += m
-        pool = self._expand(hidden[:, -1:], time.perf_counter())
+        if self.budget is not None:
+            self.budget.ingested((time.perf_counter() - start) * 1000)
+        pool = self._expand(hidden[:, -1:])
         return [pool.best_tree(i, self.shape.total_tokens, s) for i, s in enumerate(self.sources)]
 
-    def _expand(self, root_hidden: torch.Tensor, clock: float) -> _Pool:
-        """root_hidden [N, 1, H] -> every candidate node of every member, scored. `clock`: when the
-        expansion began (a budget compares each level's drafting time with what the level can add)."""
+    def _expand(self, root_hidden: torch.Tensor) -> _Pool:
+        """root_hidden [N, 1, H] -> every candidate node of every member, scored. Under a budget, each
+        level expands only the frontier nodes whose descendants could still pay for their drafting and
+        verification (`TreeBudget.frontier_width`), and drafting stops when none could."""
         k = self.shape.top_k
         pool = _Pool(len(self.sources), root_hidden.device)
         logp, ent = self._log_probs(root_hidden)
@@ -136,12 +140,14 @@ class TreeDrafter:
             len(self.sources), 0, 0, dtype=torch.bool, device=pool.device
         )  # ancestors over drafted slots
         for level in range(1, self.shape.depth):
-            now = time.perf_counter()
-            level_ms, clock = (now - clock) * 1000, now
-            if self.budget is not None and not self.budget.worth_deeper(
-                pool.scores.exp(), pool.depth, pool.scores.gather(1, frontier).exp(), level, level_ms
-            ):
-                break
+            if self.budget is not None:  # frontier columns are sorted by score: keep the best `width`
+                width = self.budget.frontier_width(
+                    pool.scores, pool.depth, pool.scores.gather(1, frontier), level
+                )
+                if width == 0:
+                    break
+                frontier, parent_hidden = frontier[:, :width], parent_hidden[:, :width]
+            start = time.perf_counter()
             hidden, slot_anc = self._forward_level(frontier, pool, parent_hidden, slot_anc, level)
             logp, ent = self._log_probs(hidden)
             width = min(k, logp.shape[-1])
@@ -157,6 +163,8 @@ class TreeDrafter:
             frontier = children.gather(1, best)
             # children are laid out [parent row, width], so a child's parent row is its index // width
             parent_hidden = hidden.gather(1, (best // width).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            if self.budget is not None:
+                self.budget.level_timed(parents.shape[1], (time.perf_counter() - start) * 1000)
         return pool
 
     def _forward_level(self, frontier, pool, parent_hidden, slot_anc, level):
