@@ -152,6 +152,7 @@ class KVCache:
         device: torch.device | str = "cpu",
     ):
         self.length = 0  # slots are dim -2; `members` adds a leading dim for a stack of drafters
+        self.slots: torch.Tensor | None = None  # static mode (CUDA graphs): where a forward writes
         shape = (*([members] if members else []), num_kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -202,7 +203,11 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(*lead, n, self.num_kv_heads, self.head_dim).transpose(-2, -3)
         v = self.v_proj(x).view(*lead, n, self.num_kv_heads, self.head_dim).transpose(-2, -3)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        if cache is not None:
+        if cache is not None and cache.slots is not None:  # static cache: whole capacity under the mask
+            cache.keys[layer].index_copy_(-2, cache.slots, k)
+            cache.values[layer].index_copy_(-2, cache.slots, v)
+            k, v = cache.keys[layer], cache.values[layer]
+        elif cache is not None:
             start = cache.length
             cache.keys[layer][..., start : start + n, :] = k
             cache.values[layer][..., start : start + n, :] = v

@@ -69,14 +69,19 @@ class TargetModel(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + n, device=tokens.device)
         cache.reserve(start + n)
-        cos, sin = self.rotary(
-            positions, self.dtype, start + n
-        )  # tree positions are base + depth < start + n
         mask = attention_mask(n, start, tree_mask, tokens.device)
+        hidden = self.run_layers(tokens, positions, mask, cache, start + n)  # tree positions < start + n
+        cache.length = start + n
+        return hidden
+
+    def run_layers(self, tokens, positions, mask, cache: KVCache, bound: int) -> torch.Tensor:
+        """Embedding, decoder layers, final norm: the forward with the mask already made and no cache
+        bookkeeping (`bound`: every position is below it). A static cache (`cache.slots` set, see
+        `taps.models.graphs`) takes the keys/values at those slots and a mask over its whole capacity."""
+        cos, sin = self.rotary(positions, self.dtype, bound)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, i)
-        cache.length = start + n
         return self.model.norm(x)
 
     @torch.inference_mode()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from taps.errors import TapsError
+from taps.models.graphs import accelerated
 from taps.models.target import TargetModel
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
@@ -75,8 +76,9 @@ class Generation:
 
 
 class SpeculativeGenerator:
-    def __init__(self, target: TargetModel, proposer: Proposer | None = None):
-        self.target, self.proposer = target, proposer
+    def __init__(self, target: TargetModel, proposer: Proposer | None = None, graphs: bool | None = None):
+        """`graphs`: run the target through CUDA graphs (`taps.models.graphs`); default: on CUDA."""
+        self.target, self.proposer = accelerated(target, graphs), proposer
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig, tokenizer=None) -> Generation:
         """Run to completion; with a tokenizer, honour `config.stop` strings and decode the text."""

@@ -1,0 +1,173 @@
+"""CUDA graphs for the target's forward: a static KV cache, a few padded sizes, captured once each.
+
+On a GPU a decoding step is launch-bound, not arithmetic-bound: on an H200 the default target's
+eager forward took 12-14 ms whatever the token count, and 2.1-2.9 ms for 1-256 tokens captured in a
+CUDA graph (`../shared/design`). So on CUDA every forward of at most max(BUCKETS) tokens (plain
+steps and tree verification alike) is padded to the next bucket and replayed from a graph captured
+over a static cache; longer ones (the prompt) run eagerly over the same cache.
+
+Static means fixed addresses and shapes: the cache is allocated once (grown, and the graphs
+recaptured, only when a longer generation asks for more), new keys/values are written at slot
+indices held in a device buffer, and attention covers the whole capacity under a mask that shows
+each row the committed slots and its own tree ancestors. Padding rows write to a spare tail of the
+cache that no real row ever sees, so a padded forward computes exactly what the plain one does.
+
+`GraphedTarget` has the target's interface (`__call__`, `logits`, `new_cache`, `device`), so the
+generation loop does not change. With `capture=False` (the default off CUDA) it runs the same static
+path eagerly: that is what the CPU tests check against the plain forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from taps.errors import TapsError
+from taps.models.layers import KVCache
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+MIN_CAPACITY = 1024
+
+
+class _Inputs:
+    """The static input buffers of one bucket size."""
+
+    def __init__(self, bucket: int, total: int, device: torch.device):
+        self.tokens = torch.zeros(bucket, dtype=torch.long, device=device)
+        self.positions = torch.zeros(bucket, dtype=torch.long, device=device)
+        self.slots = torch.zeros(bucket, dtype=torch.long, device=device)
+        self.mask = torch.zeros(bucket, total, dtype=torch.bool, device=device)
+
+    def fill(self, tokens, positions, tree_mask, start: int, spare: int) -> None:
+        """Rows 0..n-1: the real tokens at slots start..; the rest write to the spare tail and see slot 0."""
+        n, bucket, device = tokens.shape[0], self.tokens.shape[0], tokens.device
+        self.tokens[:n], self.positions[:n] = tokens, positions
+        self.tokens[n:], self.positions[n:] = 0, 0
+        self.slots[:n] = torch.arange(start, start + n, device=device)
+        self.slots[n:] = torch.arange(spare, spare + bucket - n, device=device)
+        fill_mask(self.mask, tree_mask, start, n)
+
+
+def fill_mask(mask: torch.Tensor, tree_mask: torch.Tensor | None, start: int, n: int) -> None:
+    """mask [rows, total]: every real row sees slots < start and its tree (causal without one)."""
+    mask.zero_()
+    mask[:n, :start] = True
+    local = (
+        tree_mask if tree_mask is not None else torch.ones(n, n, dtype=torch.bool, device=mask.device).tril_()
+    )
+    mask[:n, start : start + n] = local
+    mask[n:, 0] = True  # padding rows attend somewhere (an all-masked row would be NaN)
+
+
+class GraphedTarget:
+    """A TargetModel's forward on a static cache, padded to BUCKETS, replayed from CUDA graphs."""
+
+    def __init__(self, model, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
+        self.model, self.buckets = model, tuple(sorted(buckets))
+        self.capture = model.device.type == "cuda" if capture is None else capture
+        self.cache: KVCache | None = None
+        self.capacity = 0  # usable slots; the spare tail (max bucket) takes padding rows
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.inputs: dict[int, _Inputs] = {}
+        self.pool = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(hidden)
+
+    def new_cache(self, capacity: int = 512) -> KVCache:
+        """The static cache, emptied; reallocated (graphs recaptured) only when `capacity` outgrows it."""
+        if capacity > self.capacity:
+            self._allocate(max(capacity, 2 * self.capacity, MIN_CAPACITY))
+        self.cache.length = 0
+        return self.cache
+
+    def _allocate(self, capacity: int) -> None:
+        total = capacity + self.buckets[-1]
+        self.cache, self.capacity = self.model.new_cache(total), capacity
+        # Build the rotary tables for every position now, and hold them: the graphs read these tensors
+        # even if a longer eager forward elsewhere replaces the model's.
+        self.model.rotary(torch.zeros(1, dtype=torch.long, device=self.device), self.dtype, total)
+        self.tables = (self.model.rotary._cos, self.model.rotary._sin)
+        self.inputs = {b: _Inputs(b, total, self.device) for b in self.buckets}
+        self.graphs = {}
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, cache: KVCache, positions=None, tree_mask=None) -> torch.Tensor:
+        """TargetModel.forward on the static cache: hidden states [n, H] of the n new tokens."""
+        if cache is not self.cache:
+            raise TapsError("a GraphedTarget runs on its own cache: get it from new_cache()")
+        n, start = tokens.shape[0], cache.length
+        if start + n > self.capacity:
+            raise TapsError(f"the static cache holds {self.capacity} tokens, {start + n} were asked for")
+        if positions is None:
+            positions = torch.arange(start, start + n, device=tokens.device)
+        bucket = next((b for b in self.buckets if b >= n), None)
+        if bucket is None:
+            hidden = self._eager(tokens, positions, tree_mask, start)
+        else:
+            self.inputs[bucket].fill(tokens, positions, tree_mask, start, self.capacity)
+            hidden = self._replay(bucket)[:n]
+        cache.length = start + n
+        return hidden
+
+    def _run(self, inputs: _Inputs) -> torch.Tensor:
+        self.cache.slots = inputs.slots
+        try:
+            return self.model.run_layers(
+                inputs.tokens, inputs.positions, inputs.mask, self.cache, self.cache.capacity
+            )
+        finally:
+            self.cache.slots = None
+
+    def _eager(self, tokens, positions, tree_mask, start: int) -> torch.Tensor:
+        """A forward longer than every bucket (a prompt): the static path without padding or graph."""
+        n = tokens.shape[0]
+        inputs = _Inputs(n, self.cache.capacity, self.device)
+        inputs.tokens, inputs.positions = tokens, positions
+        inputs.slots = torch.arange(start, start + n, device=self.device)
+        fill_mask(inputs.mask, tree_mask, start, n)
+        return self._run(inputs)
+
+    def _replay(self, bucket: int) -> torch.Tensor:
+        if not self.capture:
+            return self._run(self.inputs[bucket])
+        if bucket not in self.graphs:
+            self.graphs[bucket] = self._capture(bucket)
+        graph, output = self.graphs[bucket]
+        graph.replay()
+        return output
+
+    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Warm up on a side stream (as torch requires), then record one padded forward."""
+        inputs = self.inputs[bucket]
+        inputs.fill(inputs.tokens[:0], inputs.positions[:0], None, 0, self.capacity)  # all rows: padding
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self._run(inputs)
+        return graph, output
+
+
+def accelerated(model, graphs: bool | None = None):
+    """What the generation loop should call: on CUDA (or with graphs=True) the model's GraphedTarget,
+    made once per model and kept on it; otherwise the model itself."""
+    if graphs is False or (graphs is None and model.device.type != "cuda"):
+        return model
+    graphed = model.__dict__.get("_graphed")
+    if graphed is None:
+        graphed = model.__dict__["_graphed"] = GraphedTarget(model, capture=model.device.type == "cuda")
+    return graphed
