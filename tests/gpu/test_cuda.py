@@ -45,12 +45,8 @@ def test_captured_graphs_match_the_eager_static_path(cuda_target):
 
 
 def test_float32_speculation_on_cuda_equals_plain_greedy(cuda_target):
-    proposers = [
-        NgramProposer(),
-        DrafterProposer(random_drafter(cuda_target.to("cpu"), seed=3), TreeShape(8, 5, 24)),
-    ]
-    cuda_target.to(CUDA)
-    proposers[1].drafter.to(CUDA).attach(cuda_target)
+    drafter = random_drafter(cuda_target, seed=3).to(CUDA).attach(cuda_target)
+    proposers = [NgramProposer(), DrafterProposer(drafter, TreeShape(8, 5, 24))]
     for proposer in proposers:
         gen = SpeculativeGenerator(cuda_target, proposer)
         for prompt in PROMPTS:
