@@ -1,203 +1,271 @@
-"""Engine micro- and end-to-end benchmark: every figure measured side by side in one run.
+"""Engine benchmark: every decoder on the same prompts, side by side in one run.
 
-    python benchmarks/engine.py [--target smollm2-135m] [--threads 1] [--prompts 4] [--max-new-tokens 64]
+    python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
+        [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--out FILE.json]
 
-Prints (1) target forward latency by number of tree tokens; (2) one EAGLE-2 drafting step with the
-full vs a reduced draft vocabulary, and N drafters drafting one by one vs stacked; (3) our plain
-decoding vs `transformers` generate; (4) the n-gram proposer vs plain decoding; (5) a trained
-drafter over tree shapes, its time per step split into drafting, verification and the rest.
-Not a test: no assertions.
+Prints, and writes as JSON with `--out`:
+1. the target's forward cost by token count (the curve the tree budget weighs; the 1-token cost is
+   the limit line: no decoder of this target beats 1000 / that many tokens per second);
+2. one drafting step of a shipped drafter on each CPU kernel (plain matmul, oneDNN-packed, int8);
+3. decoding: `transformers` generate, its prompt lookup, its static cache + torch.compile (CUDA only,
+   when it runs), taps plain decoding (through CUDA graphs and eagerly, on CUDA), the n-gram proposer,
+   every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each under the
+   auto tree budget and the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to taps plain,
+   drafting / verification ms per step, verified nodes per step, and how many outputs equal taps
+   plain decoding token for token (with the first divergence where one does not).
+Speed-ups are ratios within this one run; nothing here is an assertion.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
+from taps.device import machine_description, synchronize
+from taps.drafters import make_strategy, shipped_drafters
+from taps.models import packed
 from taps.models.catalog import load_target
-from taps.models.drafter import Drafter, DrafterConfig
-from taps.spec.combine import MergedProposer
+from taps.models.graphs import accelerated
+from taps.models.stacked import stack_drafters
+from taps.spec.costs import measure_curve
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
-from taps.spec.ngram import NgramProposer
-from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.propose import AUTO_SHAPE, TreeDrafter, TreeShape
+
+PAIR = "eagle2-math,eagle2-chat"
 
 
-def median_ms(fn, repeat: int = 10) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def forward_latency(target, context: int = 128) -> list[tuple[int, float]]:
-    model = target.model
-    cache = model.new_cache()
-    model(torch.randint(0, 1000, (context,)), cache)
-    rows = []
-    for n in (1, 8, 16, 32, 64):
-        tokens, positions = torch.randint(0, 1000, (n,)), torch.arange(context, context + n)
-        mask = torch.ones(n, n, dtype=torch.bool).tril()
-
-        def step(tokens=tokens, positions=positions, mask=mask if n > 1 else None):
-            cache.length = context
-            model.logits(model(tokens, cache, positions, mask))
-
-        rows.append((n, median_ms(step)))
+def decoder_rows(target, graphs: bool) -> list[tuple[str, str, str, TreeShape | None]]:
+    """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters."""
+    rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
+    if graphs:
+        rows += [
+            ("hf static cache + compile", "hf-compile", "", None),
+            ("taps plain (eager)", "plain-eager", "", None),
+        ]
+    rows.append(("taps plain", "plain", "", None))
+    shipped = shipped_drafters(target.name)
+    proposers = [("single", "ngram"), *(("single", d) for d in shipped)]
+    if all(d in shipped for d in PAIR.split(",")):
+        proposers += [("merged", PAIR), ("route:confidence", PAIR)]
+    for strategy, names in proposers:
+        label = names if strategy == "single" else f"{strategy}={names}"
+        rows += [
+            (f"{label} [auto]", strategy, names, AUTO_SHAPE),
+            (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
+        ]
     return rows
 
 
-def random_drafter(target, vocab: int | None) -> Drafter:
-    drafter = Drafter(DrafterConfig(target.model.shape, draft_vocab_size=vocab)).to(target.model.dtype)
-    if vocab:
-        drafter.d2t = torch.arange(vocab)
-    return drafter.requires_grad_(False).attach(target.model)
-
-
-def draft_latency(
-    target, shape: TreeShape, vocab: int | None, members: int = 1, batched: bool = True
-) -> float:
-    """One drafting step; with members > 1, a merged committee drafting stacked or one by one."""
-    proposers = [DrafterProposer(random_drafter(target, vocab), shape, source=i) for i in range(members)]
-    proposer = proposers[0] if members == 1 else MergedProposer(proposers, batched=batched)
-    ctx = torch.randint(0, 1000, (128,))
-    feats = target.model(ctx, target.model.new_cache())
-    proposer.propose(ctx, feats)
-    return median_ms(lambda: proposer.propose(ctx[-1:], feats[-1:]))
-
-
-def decode(target, prompts, proposer, max_new: int, timing: bool = False):
-    gen = SpeculativeGenerator(target.model, proposer)
-    cfg = GenerationConfig(max_new_tokens=max_new, eos_token_ids=target.eos_token_ids)
-    outs = [gen.generate(p, cfg) for p in prompts]
-    toks, ms = sum(len(o.tokens) for o in outs), sum(o.wall_ms for o in outs)
-    steps = [s for o in outs for s in o.steps]
-    result = (
-        [o.tokens for o in outs],
-        toks / (ms / 1000),
-        sum(s.accepted + 1 for s in steps) / max(1, len(steps)),
-    )
-    if timing:  # mean draft / verify ms per target step, and the rest of the wall time per step
-        draft, verify = (sum(getattr(s, f) for s in steps) / len(steps) for f in ("draft_ms", "verify_ms"))
-        rest = (ms - sum(o.prefill_ms for o in outs)) / len(steps) - draft - verify
-        return *result, (draft, verify, rest)
-    return result
-
-
-SHAPES = [(8, 5, 24), (8, 5, 16), (6, 4, 12), (4, 4, 8), (4, 3, 6), (3, 3, 5), (2, 4, 4), (1, 4, 4)]
-
-
-def shape_sweep(target, prompts, drafter: str, max_new: int, plain_tps: float) -> None:
-    """A trained drafter over tree shapes: where a step's time goes, and what tau it buys."""
-    from taps.drafters import make_proposer
-
-    print(
-        f"\n| {drafter}: tree (top_k, depth, total) | tok/s | vs our plain | tau | draft ms / step | verify "
-        "ms / step | other ms / step |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for shape in SHAPES:
-        _, tps, tau, (draft, verify, rest) = decode(
-            target, prompts, make_proposer(drafter, target, TreeShape(*shape)), max_new, True
-        )
-        print(
-            f"| {shape} | {tps:.1f} | {tps / plain_tps:.2f}x | {tau:.2f} | {draft:.1f} | {verify:.1f} | "
-            f"{rest:.1f} |"
-        )
-
-
-def hf_generate(target, prompts, max_new: int):
+def hf_decoder(target, kind: str):
+    """A callable prompt_ids -> (tokens, seconds) over the `transformers` model of the same folder."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).eval()
-    outs, toks, sec = [], 0, 0.0
-    for p in prompts:
-        t = time.perf_counter()
-        out = hf.generate(
-            torch.tensor([p]),
-            max_new_tokens=max_new,
-            do_sample=False,
-            eos_token_id=list(target.eos_token_ids),
-            pad_token_id=target.eos_token_ids[0],
-        )
-        sec += time.perf_counter() - t
-        outs.append(out[0, len(p) :].tolist())
-        toks += len(outs[-1])
-    return outs, toks / sec
+    device = target.model.device
+    model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
+    kwargs = dict(
+        do_sample=False, eos_token_id=list(target.eos_token_ids), pad_token_id=target.eos_token_ids[0]
+    )
+    if kind == "hf-prompt-lookup":
+        kwargs["prompt_lookup_num_tokens"] = 10
+    if kind == "hf-compile":
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+
+    @torch.inference_mode()
+    def run(prompt: list[int], max_new: int) -> tuple[list[int], float]:
+        start = time.perf_counter()
+        out = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new, **kwargs)
+        synchronize(device)
+        return out[0, len(prompt) :].tolist(), time.perf_counter() - start
+
+    return run
+
+
+def taps_decoder(target, strategy: str, names: str, shape: TreeShape | None, graphs: bool | None):
+    proposer = (
+        None if strategy.startswith("plain") else make_strategy(strategy, names.split(","), target, shape)
+    )
+    gen = SpeculativeGenerator(target.model, proposer, graphs=graphs)
+
+    def run(prompt: list[int], max_new: int):
+        cfg = GenerationConfig(max_new_tokens=max_new, eos_token_ids=target.eos_token_ids)
+        out = gen.generate(prompt, cfg)
+        return out.tokens, out.wall_ms / 1000, out.steps
+
+    return run
+
+
+def measure_row(run, prompts: list[list[int]], max_new: int) -> dict:
+    run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
+    outputs, seconds, steps = [], 0.0, []
+    for prompt in prompts:
+        tokens, sec, *rest = run(prompt, max_new)
+        outputs.append(tokens)
+        seconds += sec
+        steps += rest[0] if rest else []
+    n_tokens = sum(map(len, outputs))
+    row = {"tok_s": n_tokens / seconds, "tokens": n_tokens, "outputs": outputs}
+    if steps:
+        row |= {
+            "tau": sum(s.accepted + 1 for s in steps) / len(steps),
+            "draft_ms": sum(s.draft_ms for s in steps) / len(steps),
+            "verify_ms": sum(s.verify_ms for s in steps) / len(steps),
+            "nodes": sum(s.tree_size for s in steps) / len(steps),
+            "plain_steps": sum(s.tree_size == 0 for s in steps) / len(steps),
+        }
+    return row
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b))
+    )
+
+
+def draft_step_ms(target, drafter_name: str) -> dict[str, float]:
+    """One fixed 8/5/24 drafting step of a shipped drafter on each matmul kernel (median of 10)."""
+    from taps.drafters import make_proposer
+
+    drafter = make_proposer(drafter_name, target, TreeShape()).drafter
+    kernels = {"plain matmul": None}
+    if target.model.device.type == "cpu":
+        kernels |= {k.name: k for k in (packed.ONEDNN, packed.INT8) if k.available}
+    ctx = torch.randint(0, 1000, (128,), device=target.model.device)
+    feats = target.model(ctx, target.model.new_cache())
+    out = {}
+    for name, kernel in kernels.items():
+        trees = TreeDrafter([drafter], TreeShape(), [0])
+        trees.model = stack_drafters([drafter])
+        if kernel is not None:
+            trees.model.pack_for_cpu(kernel)
+        trees.reset()
+        trees.propose_all(ctx, feats)
+        times = []
+        for _ in range(11):
+            start = time.perf_counter()
+            trees.propose_all(ctx[-1:], feats[-1:])
+            synchronize(target.model.device)
+            times.append((time.perf_counter() - start) * 1000)
+        out[f"{name} ({drafter.dtype})"] = statistics.median(times[1:])
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="smollm2-135m")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--prompts", type=int, default=4, help="GSM8K prompts for the decoding comparisons")
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per benchmark")
+    ap.add_argument("--benchmarks", default="gsm8k,mt_bench")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument(
-        "--drafter", default="eagle2-math", help="trained drafter for the tree-shape sweep ('' = skip)"
+        "--rows", default="", help="only rows whose name contains one of these comma-separated words"
     )
+    ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    target = load_target(args.target)
+    target = load_target(
+        args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device
+    )
+    device, graphs = target.model.device, target.model.device.type == "cuda"
+    meta = {
+        "target": args.target,
+        "device": str(device),
+        "machine": machine_description(device),
+        "dtype": str(target.model.dtype),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "benchmarks": args.benchmarks,
+        "prompts_per_benchmark": args.prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(
-        f"target {args.target} ({target.model.dtype}), torch {torch.__version__}, {args.threads} thread(s)\n"
+        f"target {args.target} ({target.model.dtype}) on {meta['machine']}, torch {torch.__version__}, "
+        f"{args.threads} thread(s)\n"
     )
 
+    curve = measure_curve(accelerated(target.model))  # through the CUDA graphs on a GPU
     print("| tree tokens | target forward ms | vs 1 token |\n|---|---|---|")
-    lat = forward_latency(target)
-    for n, ms in lat:
-        print(f"| {n} | {ms:.1f} | {ms / lat[0][1]:.2f}x |")
+    for n, ms in zip(curve.sizes, curve.ms):
+        print(f"| {n} | {ms:.2f} | {ms / curve.ms[0]:.2f}x |")
+    print(f"\nlimit: {1000 / curve.ms[0]:.1f} tok/s (1000 / the 1-token forward)")
 
-    shape = TreeShape()
-    full = draft_latency(target, shape, None)
-    print(
-        f"\n| draft step (top_k {shape.top_k}, depth {shape.depth}, total {shape.total_tokens}) | ms "
-        "|\n|---|---|"
-    )
-    print(f"| full vocabulary ({target.model.shape.vocab_size}) | {full:.1f} |")
-    for v in (16384, 8192, 4096):
-        print(f"| reduced vocabulary ({v}) | {draft_latency(target, shape, v):.1f} |")
-
-    print(
-        "\n| drafters per step (vocabulary 8192) | one by one ms | stacked ms | stacked vs one by one "
-        "|\n|---|---|---|---|"
-    )
-    for n in (2, 3):
-        apart, stacked = (
-            draft_latency(target, shape, 8192, n, batched=False),
-            draft_latency(target, shape, 8192, n),
-        )
-        print(f"| {n} | {apart:.1f} | {stacked:.1f} | {apart / stacked:.2f}x |")
+    drafts = draft_step_ms(target, "eagle2-math") if "eagle2-math" in shipped_drafters(target.name) else {}
+    if drafts:
+        print("\n| eagle2-math drafting step (fixed 8/5/24) | ms |\n|---|---|")
+        for kernel, ms in drafts.items():
+            print(f"| {kernel} | {ms:.1f} |")
 
     prompts = [
         encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
-        for p in load_benchmark("gsm8k", args.data_dir, limit=args.prompts, seed=0)
+        for b in args.benchmarks.split(",")
+        for p in load_benchmark(b, args.data_dir, limit=args.prompts, seed=0)
     ]
-    ours, plain_tps, _ = decode(target, prompts, None, args.max_new_tokens)
-    theirs, hf_tps = hf_generate(target, prompts, args.max_new_tokens)
-    ngram, ngram_tps, ngram_tau = decode(target, prompts, NgramProposer(), args.max_new_tokens)
-    same = sum(a == b for a, b in zip(ours, theirs))
+    wanted = [w for w in args.rows.split(",") if w]
+    results: dict[str, dict] = {}
+    for name, strategy, names, shape in decoder_rows(target, graphs):
+        if wanted and not any(w in name for w in wanted) and strategy not in ("hf", "plain"):
+            continue
+        try:
+            if strategy.startswith("hf"):
+                run = hf_decoder(target, strategy)
+            else:
+                run = taps_decoder(
+                    target, strategy, names, shape, graphs=False if strategy == "plain-eager" else None
+                )
+            results[name] = measure_row(run, prompts, args.max_new_tokens)
+        except Exception as exc:  # a baseline that does not run here (e.g. compile) is reported, not fatal
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        print(f"[engine] {name}: {results[name].get('tok_s', float('nan')):.1f} tok/s", flush=True)
+
+    hf, plain = results["hf generate"], results["taps plain"]
     print(
-        f"\n| decoding ({args.prompts} GSM8K prompts, {args.max_new_tokens} new tokens max) | tok/s | vs our "
-        "plain | tau |\n|---|---|---|---|"
+        f"\n| decoder ({len(prompts)} prompts: {args.benchmarks}, {args.max_new_tokens} new tokens max) "
+        "| tok/s | vs HF generate | vs taps plain | tau | nodes / step | plain steps | draft ms / step "
+        "| verify ms / step | output == taps plain |"
     )
-    print(f"| transformers generate (greedy) | {hf_tps:.1f} | {hf_tps / plain_tps:.2f}x | 1.00 |")
-    print(f"| taps plain decoding | {plain_tps:.1f} | 1.00x | 1.00 |")
-    print(f"| taps + n-gram proposer | {ngram_tps:.1f} | {ngram_tps / plain_tps:.2f}x | {ngram_tau:.2f} |")
-    print(
-        f"\nn-gram output == plain output: {sum(a == b for a, b in zip(ours, ngram))}/{len(prompts)}; "
-        f"taps plain == transformers greedy: {same}/{len(prompts)} (bf16 kernels may break near-ties "
-        "differently)"
-    )
-    if args.drafter:
-        shape_sweep(target, prompts, args.drafter, args.max_new_tokens, plain_tps)
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, row in results.items():
+        if "error" in row:
+            print(f"| {name} | did not run: {row['error']} | | | | | | | | |")
+            continue
+        diverged = [first_divergence(a, b) for a, b in zip(row["outputs"], plain["outputs"])]
+        row["same_as_plain"] = sum(d is None for d in diverged)
+        row["first_divergence"] = diverged
+        row["vs_hf"], row["vs_plain"] = row["tok_s"] / hf["tok_s"], row["tok_s"] / plain["tok_s"]
+        extra = " | ".join(
+            f"{row[k]:.2f}" if k in row else "–"
+            for k in ("tau", "nodes", "plain_steps", "draft_ms", "verify_ms")
+        )
+        print(
+            f"| {name} | {row['tok_s']:.1f} | {row['vs_hf']:.2f}x | {row['vs_plain']:.2f}x | {extra} | "
+            f"{row['same_as_plain']}/{len(prompts)} |"
+        )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "meta": meta,
+                    "curve": dict(zip(map(str, curve.sizes), curve.ms)),
+                    "limit_tok_s": 1000 / curve.ms[0],
+                    "draft_step_ms": drafts,
+                    "rows": results,
+                },
+                indent=1,
+            )
+        )
+        print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from taps.device import fast_dtype
 from taps.errors import TapsError
 from taps.models.checkpoint import check_fingerprint, load_drafter
+from taps.models.graphs import accelerated
 from taps.spec.ngram import NgramProposer
 from taps.spec.propose import DrafterProposer, Proposer, TreeShape
 
@@ -69,7 +70,10 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
     from taps.spec.budget import BudgetedProposer, TreeBudget
     from taps.spec.costs import load_or_measure
 
-    return BudgetedProposer(proposer, TreeBudget(load_or_measure(target.model), shape.total_tokens))
+    # the costs the loop will see: through the CUDA graphs on a GPU (`accelerated`), else the model's own
+    return BudgetedProposer(
+        proposer, TreeBudget(load_or_measure(accelerated(target.model)), shape.total_tokens)
+    )
 
 
 def _strategy(strategy: str, names: list[str], target, shape: TreeShape) -> Proposer | None:

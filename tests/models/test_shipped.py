@@ -16,6 +16,14 @@ SHIPPED = [
 ]
 
 
+def test_shipped_drafters_fit_the_repository_budget():
+    """Every transfer to a lent GPU machine carries the tree (64 MiB at most, parts included), and a
+    drafter is shipped only where it beats the n-gram proposer (the 50k-token qwen ones did not)."""
+    total = sum(f.stat().st_size for f in SHIPPED_ROOT.rglob("*") if f.is_file())
+    assert total <= 55 * MB
+    assert {t.name for t in SHIPPED_ROOT.iterdir() if t.is_dir()} == {DEFAULT_TARGET}
+
+
 def test_the_default_target_ships_the_six_paper_drafters():
     expected = {f"{m}-{c}" for m in ("eagle2", "hass") for c in ("math", "chat", "mixed")}
     assert expected <= set(shipped_drafters(DEFAULT_TARGET))

@@ -70,16 +70,11 @@ class GraphedTarget:
         self.inputs: dict[int, _Inputs] = {}
         self.pool = None
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(hidden)
+    def __getattr__(self, name: str):
+        """Everything else (device, dtype, shape, logits, fingerprint, ...) is the model's."""
+        if name == "model":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     def new_cache(self, capacity: int = 512) -> KVCache:
         """The static cache, emptied; reallocated (graphs recaptured) only when `capacity` outgrows it."""
