@@ -1,7 +1,8 @@
 """Engine benchmark: every decoder on the same prompts, side by side in one run.
 
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
-        [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--out FILE.json]
+        [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
+        [--emulate-avx2] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
 1. the target's forward cost by token count (the curve the tree budget weighs; the 1-token cost is
@@ -13,6 +14,9 @@ Prints, and writes as JSON with `--out`:
    auto tree budget and the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to taps plain,
    drafting / verification ms per step, verified nodes per step, and how many outputs equal taps
    plain decoding token for token (with the first divergence where one does not).
+`--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
+a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
+caches, memory bandwidth and clocks stay this machine's.
 Speed-ups are ratios within this one run; nothing here is an assertion.
 """
 
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -63,14 +69,15 @@ def decoder_rows(target, graphs: bool) -> list[tuple[str, str, str, TreeShape | 
     return rows
 
 
-def hf_decoder(target, kind: str):
+def hf_decoder(target, kind: str, temperature: float):
     """A callable prompt_ids -> (tokens, seconds) over the `transformers` model of the same folder."""
     from transformers import AutoModelForCausalLM
 
     device = target.model.device
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
-    kwargs = dict(
-        do_sample=False, eos_token_id=list(target.eos_token_ids), pad_token_id=target.eos_token_ids[0]
+    kwargs = dict(eos_token_id=list(target.eos_token_ids), pad_token_id=target.eos_token_ids[0])
+    kwargs |= (
+        dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
     )
     if kind == "hf-prompt-lookup":
         kwargs["prompt_lookup_num_tokens"] = 10
@@ -88,14 +95,18 @@ def hf_decoder(target, kind: str):
     return run
 
 
-def taps_decoder(target, strategy: str, names: str, shape: TreeShape | None, graphs: bool | None):
+def taps_decoder(
+    target, strategy: str, names: str, shape: TreeShape | None, graphs: bool | None, temperature: float
+):
     proposer = (
         None if strategy.startswith("plain") else make_strategy(strategy, names.split(","), target, shape)
     )
     gen = SpeculativeGenerator(target.model, proposer, graphs=graphs)
 
     def run(prompt: list[int], max_new: int):
-        cfg = GenerationConfig(max_new_tokens=max_new, eos_token_ids=target.eos_token_ids)
+        cfg = GenerationConfig(
+            max_new_tokens=max_new, temperature=temperature, eos_token_ids=target.eos_token_ids
+        )
         out = gen.generate(prompt, cfg)
         return out.tokens, out.wall_ms / 1000, out.steps
 
@@ -157,6 +168,19 @@ def draft_step_ms(target, drafter_name: str) -> dict[str, float]:
     return out
 
 
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def emulate_avx2() -> None:
+    """Cap torch's CPU kernels at AVX2 (read at start-up: re-exec once); report no native bf16."""
+    import taps.device
+
+    if any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | AVX2_ENV)
+    flags = taps.device.cpu_flags() - {"avx512_bf16", "amx_bf16"}
+    taps.device.cpu_flags = lambda: flags
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="smollm2-135m")
@@ -166,12 +190,18 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per benchmark")
     ap.add_argument("--benchmarks", default="gsm8k,mt_bench")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--temperature", type=float, default=0.0, help="> 0: outputs are samples (no equality check)"
+    )
+    ap.add_argument("--emulate-avx2", action="store_true", help="run as an AVX2-only CPU without native bf16")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument(
         "--rows", default="", help="only rows whose name contains one of these comma-separated words"
     )
     ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()
+    if args.emulate_avx2:
+        emulate_avx2()
     torch.set_num_threads(args.threads)
     target = load_target(
         args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device
@@ -187,6 +217,8 @@ def main() -> None:
         "benchmarks": args.benchmarks,
         "prompts_per_benchmark": args.prompts,
         "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "emulated_avx2": args.emulate_avx2,
         "date": time.strftime("%Y-%m-%d"),
     }
     print(
@@ -218,11 +250,10 @@ def main() -> None:
             continue
         try:
             if strategy.startswith("hf"):
-                run = hf_decoder(target, strategy)
+                run = hf_decoder(target, strategy, args.temperature)
             else:
-                run = taps_decoder(
-                    target, strategy, names, shape, graphs=False if strategy == "plain-eager" else None
-                )
+                graphs = False if strategy == "plain-eager" else None
+                run = taps_decoder(target, strategy, names, shape, graphs, args.temperature)
             results[name] = measure_row(run, prompts, args.max_new_tokens)
         except Exception as exc:  # a baseline that does not run here (e.g. compile) is reported, not fatal
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
@@ -239,9 +270,10 @@ def main() -> None:
         if "error" in row:
             print(f"| {name} | did not run: {row['error']} | | | | | | | | |")
             continue
-        diverged = [first_divergence(a, b) for a, b in zip(row["outputs"], plain["outputs"])]
-        row["same_as_plain"] = sum(d is None for d in diverged)
-        row["first_divergence"] = diverged
+        if args.temperature == 0:  # samples (T > 0) are not expected to equal plain decoding's
+            diverged = [first_divergence(a, b) for a, b in zip(row["outputs"], plain["outputs"])]
+            row["same_as_plain"], row["first_divergence"] = sum(d is None for d in diverged), diverged
+        same = f"{row['same_as_plain']}/{len(prompts)}" if args.temperature == 0 else "–"
         row["vs_hf"], row["vs_plain"] = row["tok_s"] / hf["tok_s"], row["tok_s"] / plain["tok_s"]
         extra = " | ".join(
             f"{row[k]:.2f}" if k in row else "–"
@@ -249,7 +281,7 @@ def main() -> None:
         )
         print(
             f"| {name} | {row['tok_s']:.1f} | {row['vs_hf']:.2f}x | {row['vs_plain']:.2f}x | {extra} | "
-            f"{row['same_as_plain']}/{len(prompts)} |"
+            f"{same} |"
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
