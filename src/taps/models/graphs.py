@@ -160,7 +160,11 @@ class GraphedTarget:
 def accelerated(model, graphs: bool | None = None):
     """What the generation loop should call: on CUDA (or with graphs=True) the model's GraphedTarget,
     made once per model and kept on it; otherwise the model itself."""
-    if graphs is False or (graphs is None and model.device.type != "cuda"):
+    if (
+        isinstance(model, GraphedTarget)
+        or graphs is False
+        or (graphs is None and model.device.type != "cuda")
+    ):
         return model
     graphed = model.__dict__.get("_graphed")
     if graphed is None:
