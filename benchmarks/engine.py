@@ -115,14 +115,14 @@ def taps_decoder(
 
 def measure_row(run, prompts: list[list[int]], max_new: int) -> dict:
     run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
-    outputs, seconds, steps = [], 0.0, []
+    outputs, seconds, steps = [], [], []
     for prompt in prompts:
         tokens, sec, *rest = run(prompt, max_new)
         outputs.append(tokens)
-        seconds += sec
+        seconds.append(sec)
         steps += rest[0] if rest else []
     n_tokens = sum(map(len, outputs))
-    row = {"tok_s": n_tokens / seconds, "tokens": n_tokens, "outputs": outputs}
+    row = {"tok_s": n_tokens / sum(seconds), "tokens": n_tokens, "seconds": seconds, "outputs": outputs}
     if steps:
         row |= {
             "tau": sum(s.accepted + 1 for s in steps) / len(steps),
@@ -132,6 +132,22 @@ def measure_row(run, prompts: list[list[int]], max_new: int) -> dict:
             "plain_steps": sum(s.tree_size == 0 for s in steps) / len(steps),
         }
     return row
+
+
+def print_by_benchmark(results: dict[str, dict], benchmarks: list[str]) -> None:
+    """tok/s per benchmark, as a ratio to taps plain decoding on the same prompts."""
+    names = list(dict.fromkeys(benchmarks))
+
+    def tok_s(row: dict, bench: str) -> float:
+        picked = [i for i, b in enumerate(benchmarks) if b == bench]
+        return sum(len(row["outputs"][i]) for i in picked) / sum(row["seconds"][i] for i in picked)
+
+    plain = results["taps plain"]
+    print(f"\n| decoder: vs taps plain by benchmark | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+    for name, row in results.items():
+        if "error" not in row:
+            ratios = " | ".join(f"{tok_s(row, b) / tok_s(plain, b):.2f}x" for b in names)
+            print(f"| {name} | {ratios} |")
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -227,10 +243,11 @@ def main() -> None:
     )
 
     curve = measure_curve(accelerated(target.model))  # through the CUDA graphs on a GPU
-    print("| tree tokens | target forward ms | vs 1 token |\n|---|---|---|")
-    for n, ms in zip(curve.sizes, curve.ms):
-        print(f"| {n} | {ms:.2f} | {ms / curve.ms[0]:.2f}x |")
-    print(f"\nlimit: {1000 / curve.ms[0]:.1f} tok/s (1000 / the 1-token forward)")
+    print("| tree tokens | target forward ms (median) | fitted non-decreasing | vs 1 token |")
+    print("|---|---|---|---|")
+    for n, raw, ms in zip(curve.sizes, curve.measured, curve.ms):
+        print(f"| {n} | {raw:.2f} | {ms:.2f} | {raw / curve.measured[0]:.2f}x |")
+    print(f"\nlimit: {1000 / curve.measured[0]:.1f} tok/s (1000 / the 1-token forward)")
 
     drafts = draft_step_ms(target, "eagle2-math") if "eagle2-math" in shipped_drafters(target.name) else {}
     if drafts:
@@ -238,11 +255,12 @@ def main() -> None:
         for kernel, ms in drafts.items():
             print(f"| {kernel} | {ms:.1f} |")
 
-    prompts = [
-        encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
+    items = [
+        p
         for b in args.benchmarks.split(",")
         for p in load_benchmark(b, args.data_dir, limit=args.prompts, seed=0)
     ]
+    prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
     results: dict[str, dict] = {}
     for name, strategy, names, shape in decoder_rows(target, graphs):
@@ -283,14 +301,15 @@ def main() -> None:
             f"| {name} | {row['tok_s']:.1f} | {row['vs_hf']:.2f}x | {row['vs_plain']:.2f}x | {extra} | "
             f"{same} |"
         )
+    print_by_benchmark(results, [p.benchmark for p in items])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(
             json.dumps(
                 {
                     "meta": meta,
-                    "curve": dict(zip(map(str, curve.sizes), curve.ms)),
-                    "limit_tok_s": 1000 / curve.ms[0],
+                    "curve": dict(zip(map(str, curve.sizes), curve.measured)),
+                    "limit_tok_s": 1000 / curve.measured[0],
                     "draft_step_ms": drafts,
                     "rows": results,
                 },

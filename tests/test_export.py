@@ -68,9 +68,8 @@ def test_exported_layout_is_eagle(target, tmp_path):
     original = load_drafter(tmp_path / "taps", target.model)
     assert torch.equal(torch.arange(40) + state["d2t"], original.d2t)  # EAGLE-3 offset convention
     assert int(state["t2d"].sum()) == 40 and bool(state["t2d"][original.d2t].all())
-    assert torch.equal(
-        torch.load(exported / "hot_token_map.pt", weights_only=True), original.d2t
-    )  # SGLang token map
+    # the SGLang token map
+    assert torch.equal(torch.load(exported / "hot_token_map.pt", weights_only=True), original.d2t)
 
 
 def test_imports_a_reference_eagle_checkpoint(target, tmp_path):

@@ -56,9 +56,8 @@ def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
     save_drafter(b, tmp_path / "b", llama.fingerprint())
     avg, _ = average_drafters([tmp_path / "a", tmp_path / "b"], [1.0, 3.0])
     torch.testing.assert_close(avg.fc.weight, 0.25 * a.fc.weight + 0.75 * b.fc.weight)
-    c = random_drafter(
-        llama, seed=3, draft_vocab=20
-    )  # another reduced vocabulary: the average drafts over the union
+    # another reduced vocabulary: the average drafts over the union
+    c = random_drafter(llama, seed=3, draft_vocab=20)
     save_drafter(c, tmp_path / "c", llama.fingerprint())
     mixed, _ = average_drafters([tmp_path / "a", tmp_path / "c"])
     union = torch.unique(torch.cat([a.d2t, c.d2t]))

@@ -70,9 +70,8 @@ def test_flat_costs_verify_every_node_and_steep_costs_none():
 
 
 def test_chosen_nodes_are_the_likeliest_and_closed_under_parents():
-    curve = CostCurve(
-        (1, 64), (10.0, 10.0 + 63 * 1.0)
-    )  # each node costs 1 ms: worth it above p = rate x 1 ms = 0.1
+    # each node costs 1 ms: worth it above p = rate x 1 ms = 0.1
+    curve = CostCurve((1, 64), (10.0, 10.0 + 63 * 1.0))
     chosen = TreeBudget(curve).choose(_tree())
     assert chosen.tokens.tolist() == [5, 6, 7]  # p .9, .3, .8 kept; .05 dropped
     assert chosen.parents.tolist() == [-1, -1, 0]

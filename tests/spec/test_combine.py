@@ -103,9 +103,8 @@ def test_merged_attributes_accepted_tokens(tiny_target):
         prompt, GenerationConfig(max_new_tokens=40)
     )
     accepted = [s for step in out.steps for s in step.accepted_sources]
-    assert accepted and all(
-        s & 0b10 for s in accepted if s
-    )  # the oracle (member 1) drafted every accepted node
+    # the oracle (member 1) drafted every accepted node
+    assert accepted and all(s & 0b10 for s in accepted if s)
     assert max(s.tree_size for s in out.steps) > 8  # the merged tree holds both members' nodes
 
 

@@ -72,9 +72,8 @@ class PromptRecord:
     verify_ms: float = 0.0
     accept_lengths: list[int] = field(default_factory=list)
     router_choices: list[int] = field(default_factory=list)
-    member_accepts: list[list[int]] = field(
-        default_factory=list
-    )  # T = 0, combined rows: each member's would-be accepts per step
+    # T = 0, combined rows: each member's would-be accepts per step
+    member_accepts: list[list[int]] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)  # per step: node confidence / entropy / accepted / source
     text: list[str] = field(default_factory=list)
 

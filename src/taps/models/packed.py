@@ -115,16 +115,11 @@ class PackedMembers(nn.Module):
 
     def __init__(self, stacked: nn.Module, kernel: Kernel = ONEDNN):
         super().__init__()
-        self.weight, self.bias, self.kernel = (
-            stacked.weight,
-            stacked.bias,
-            kernel,
-        )  # [N, in, out], [N, 1, out]
+        # stacked.weight [N, in, out] and bias [N, 1, out] stay for readers
+        self.weight, self.bias, self.kernel = stacked.weight, stacked.bias, kernel
         self.packed = [kernel.pack(w.mT) for w in stacked.weight]
-        biases = (
-            [b.reshape(-1) for b in stacked.bias] if stacked.bias is not None else [None] * len(self.packed)
-        )
-        self.member_bias = biases
+        no_bias = [None] * len(self.packed)
+        self.member_bias = [b.reshape(-1) for b in stacked.bias] if stacked.bias is not None else no_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [self.kernel.matmul(x[i], p, b) for i, (p, b) in enumerate(zip(self.packed, self.member_bias))]

@@ -14,11 +14,10 @@ Three measured quantities feed it:
 
 Two more decisions follow from the same numbers. A drafting level expands only the frontier nodes
 whose descendants could still pay for their drafting row and their verification, and drafting stops
-when none could. And when speculative
-steps realise fewer tokens per ms than plain steps, drafting pauses: those steps are plain decoding
-(no draft, a 1-token verification); one probe step follows each pause, and the pause doubles while
-drafting keeps losing (up to MAX_PAUSE steps), so a drafter that cannot win costs at most a probe
-every MAX_PAUSE steps.
+when none could. And when speculative steps realise fewer tokens per ms than plain steps, drafting
+pauses: those steps are plain decoding (no draft, a 1-token verification); one probe step follows
+each pause, and the pause doubles while drafting keeps losing (up to MAX_PAUSE steps), so a drafter
+that cannot win costs at most a probe every MAX_PAUSE steps.
 """
 
 from __future__ import annotations
@@ -88,9 +87,8 @@ class TreeBudget:
     def __init__(self, curve: CostCurve, max_nodes: int = 63):
         self.curve = curve
         self.max_nodes = max(0, min(max_nodes, curve.max_tokens - 1))
-        self.cost = torch.tensor(
-            curve.table()[: self.max_nodes + 2], dtype=torch.float64
-        )  # cost[n] for n tokens
+        # cost[t]: the curve's ms for a forward of t tokens (the root and t - 1 drafted nodes)
+        self.cost = torch.tensor(curve.table()[: self.max_nodes + 2], dtype=torch.float64)
         self.acceptance = AcceptanceModel()
         self.scale = 1.0  # measured verification ms / the curve's, this run
         self.overall = RunningRate()

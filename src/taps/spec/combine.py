@@ -159,9 +159,8 @@ def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
 def keep_best(tree: DraftTree, budget: int) -> DraftTree:
     depth = tree.depths()
     order = sorted(range(len(tree)), key=lambda i: (-float(tree.scores[i]), int(depth[i]), i))
-    return tree.subtree(
-        torch.tensor(sorted(order[:budget]), dtype=torch.long)
-    )  # original order is topological
+    # sorted back into the original order, which is topological
+    return tree.subtree(torch.tensor(sorted(order[:budget]), dtype=torch.long))
 
 
 class MergedProposer(Proposer):

@@ -13,7 +13,7 @@ import hashlib
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +34,8 @@ class CostCurve:
     linearly between measured sizes; n = 1 is a plain decoding step."""
 
     sizes: tuple[int, ...]
-    ms: tuple[float, ...]
+    ms: tuple[float, ...]  # fitted non-decreasing (what the budget uses)
+    measured: tuple[float, ...] = field(default=(), compare=False)  # the raw medians, where known
 
     @property
     def max_tokens(self) -> int:
@@ -73,7 +74,8 @@ def measure_curve(model, sizes: tuple[int, ...] = SIZES, rounds: int = 5) -> Cos
             synchronize(device)
             if round_:
                 times[n].append((time.perf_counter() - start) * 1000)
-    return CostCurve(tuple(sizes), tuple(non_decreasing([statistics.median(times[n]) for n in sizes])))
+    medians = [statistics.median(times[n]) for n in sizes]
+    return CostCurve(tuple(sizes), tuple(non_decreasing(medians)), tuple(medians))
 
 
 def non_decreasing(values: list[float]) -> list[float]:

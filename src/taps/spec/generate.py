@@ -115,9 +115,8 @@ class SpeculativeGenerator:
             raise TapsError("the prompt is empty; give at least one token of input")
         target, budget = self.target, config.max_new_tokens
         device = target.device
-        generator = torch.Generator().manual_seed(
-            config.seed
-        )  # on the CPU: sampling reads host-side probabilities
+        # on the CPU whatever the device: sampling reads host-side probabilities
+        generator = torch.Generator().manual_seed(config.seed)
         cache = target.new_cache(len(prompt_ids) + budget + 64)
         if self.proposer is not None:
             self.proposer.reset()

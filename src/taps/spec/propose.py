@@ -136,17 +136,16 @@ class TreeDrafter:
             ent.expand_as(top.values),
         )
         parent_hidden = root_hidden.expand(-1, frontier.shape[1], -1)
-        slot_anc = torch.zeros(
-            len(self.sources), 0, 0, dtype=torch.bool, device=pool.device
-        )  # ancestors over drafted slots
+        # each drafted cache slot's ancestors among the drafted slots
+        slot_anc = torch.zeros(len(self.sources), 0, 0, dtype=torch.bool, device=pool.device)
         for level in range(1, self.shape.depth):
-            if self.budget is not None:  # frontier columns are sorted by score: keep the best `width`
-                width = self.budget.frontier_width(
+            if self.budget is not None:  # frontier columns are sorted by score: expand the best `keep`
+                keep = self.budget.frontier_width(
                     pool.scores, pool.depth, pool.scores.gather(1, frontier), level
                 )
-                if width == 0:
+                if keep == 0:
                     break
-                frontier, parent_hidden = frontier[:, :width], parent_hidden[:, :width]
+                frontier, parent_hidden = frontier[:, :keep], parent_hidden[:, :keep]
             start = time.perf_counter()
             hidden, slot_anc = self._forward_level(frontier, pool, parent_hidden, slot_anc, level)
             logp, ent = self._log_probs(hidden)
@@ -183,9 +182,8 @@ class TreeDrafter:
         grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool, device=dev)
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
-        mask = torch.cat([torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev), rows], dim=2).unsqueeze(
-            1
-        )  # [N, heads, f, ctx]
+        context = torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev)
+        mask = torch.cat([context, rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
         positions = torch.full((f,), self.pairs - 1 + level, device=dev)
         hidden = self.model(pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask)
         return hidden, grown
@@ -211,9 +209,8 @@ class _Pool:
         self.scores = torch.zeros(members, 0, device=device)
         self.entropies = torch.zeros(members, 0, device=device)
         self.depth = torch.zeros(members, 0, dtype=torch.long, device=device)
-        self.slots = torch.zeros(
-            members, 0, dtype=torch.long, device=device
-        )  # drafter cache slot of a node, else -1
+        # the drafter cache slot of a forwarded node, else -1
+        self.slots = torch.zeros(members, 0, dtype=torch.long, device=device)
 
     def add(self, tokens, parents, scores, entropies) -> torch.Tensor:
         """Append [N, c] new nodes; returns their indices [N, c]."""
