@@ -113,14 +113,21 @@ def taps_decoder(
     return run
 
 
-def measure_row(run, prompts: list[list[int]], max_new: int) -> dict:
-    run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
-    outputs, seconds, steps = [], [], []
-    for prompt in prompts:
-        tokens, sec, *rest = run(prompt, max_new)
-        outputs.append(tokens)
-        seconds.append(sec)
-        steps += rest[0] if rest else []
+def measure_rows(decoders: dict, prompts: list[list[int]], max_new: int) -> dict[str, dict]:
+    """Every decoder on every prompt, round-robin (prompt by prompt, each decoder in turn), so that a
+    slow spell of a shared machine slows every decoder alike instead of whichever row it hit."""
+    runs: dict[str, list] = {name: [] for name in decoders}
+    for i, prompt in enumerate(prompts):
+        for name, run in decoders.items():
+            runs[name].append(run(prompt, max_new))
+        print(f"[engine] prompt {i + 1}/{len(prompts)} done by {len(decoders)} decoders", flush=True)
+    return {name: summarize(done) for name, done in runs.items()}
+
+
+def summarize(done: list[tuple]) -> dict:
+    """(tokens, seconds[, steps]) per prompt -> one row of figures."""
+    outputs, seconds = [d[0] for d in done], [d[1] for d in done]
+    steps = [s for d in done if len(d) > 2 for s in d[2]]
     n_tokens = sum(map(len, outputs))
     row = {"tok_s": n_tokens / sum(seconds), "tokens": n_tokens, "seconds": seconds, "outputs": outputs}
     if steps:
@@ -262,7 +269,7 @@ def main() -> None:
     ]
     prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
-    results: dict[str, dict] = {}
+    decoders, failed = {}, {}
     for name, strategy, names, shape in decoder_rows(target, graphs):
         if wanted and not any(w in name for w in wanted) and strategy not in ("hf", "plain"):
             continue
@@ -270,12 +277,13 @@ def main() -> None:
             if strategy.startswith("hf"):
                 run = hf_decoder(target, strategy, args.temperature)
             else:
-                graphs = False if strategy == "plain-eager" else None
-                run = taps_decoder(target, strategy, names, shape, graphs, args.temperature)
-            results[name] = measure_row(run, prompts, args.max_new_tokens)
+                use_graphs = False if strategy == "plain-eager" else None
+                run = taps_decoder(target, strategy, names, shape, use_graphs, args.temperature)
+            run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
+            decoders[name] = run
         except Exception as exc:  # a baseline that does not run here (e.g. compile) is reported, not fatal
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-        print(f"[engine] {name}: {results[name].get('tok_s', float('nan')):.1f} tok/s", flush=True)
+            failed[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    results = measure_rows(decoders, prompts, args.max_new_tokens) | failed
 
     hf, plain = results["hf generate"], results["taps plain"]
     print(
