@@ -57,6 +57,42 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """What `taps features` and `taps train --online` read: the corpus, its token budget, which replies."""
+    p.add_argument(
+        "--corpus",
+        required=required,
+        help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH",
+    )
+    p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=1024,
+        help="tokens per conversation, longer ones are cut (default: %(default)s)",
+    )
+    p.add_argument(
+        "--replies",
+        choices=["target", "corpus"],
+        default="target",
+        help="train on the target's own greedy replies to the corpus prompts (regenerated first; "
+        "measured to give the higher tau, see README) or on the corpus's replies (much cheaper) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=256,
+        help="reply length cap with --replies target (default: %(default)s)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=64,
+        help="conversations kept out of training for tau (default: %(default)s)",
+    )
+
+
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drafters",
@@ -253,30 +289,37 @@ def cmd_average(args) -> None:
     print(f"[average] wrote {write_average(paths, Path(args.out), weights)}")
 
 
-def cmd_features(args) -> None:
-    from taps.data.corpora import load_corpus, split
-    from taps.training.features import extract_features
+def _training_conversations(args, target, work_dir) -> tuple[list, str]:
+    """The corpus's training conversations (held-out ones removed) and the corpus label; with
+    `--replies target`, the target's own replies to their prompts (regenerated into `work_dir`)."""
+    from pathlib import Path
 
-    target = _load(args)
+    from taps.data.corpora import load_corpus, split
+
     convs = load_corpus(args.corpus, args.data_dir, seed=args.seed)
     train_part, held = split(convs, args.held_out, seed=args.seed)
     print(
-        f"[features] {args.corpus}: {len(convs)} conversations ({len(held)} held out for tau), up to "
+        f"[data] {args.corpus}: {len(convs)} conversations ({len(held)} held out for tau), up to "
         f"{args.tokens} tokens",
         flush=True,
     )
-    corpus = args.corpus
-    if args.replies == "target":
-        from pathlib import Path
+    if args.replies == "corpus":
+        return train_part, args.corpus
+    from taps.training.regenerate import regenerate
 
-        from taps.training.regenerate import regenerate
+    # about tokens / (prompt + reply) conversations are needed; 1.3x covers short replies
+    need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
+    regenerated = Path(work_dir) / "regenerated.jsonl"
+    return regenerate(
+        target, train_part, regenerated, args.reply_tokens, limit=need
+    ), args.corpus + "+regenerated"
 
-        # about tokens / (prompt + reply) conversations are needed; 1.3x covers short replies
-        need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
-        train_part = regenerate(
-            target, train_part, Path(args.out) / "regenerated.jsonl", args.reply_tokens, limit=need
-        )
-        corpus += "+regenerated"
+
+def cmd_features(args) -> None:
+    from taps.training.features import extract_features
+
+    target = _load(args)
+    train_part, corpus = _training_conversations(args, target, args.out)
     extract_features(
         target,
         train_part,
@@ -289,12 +332,16 @@ def cmd_features(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from pathlib import Path
+
     from taps.device import machine_description
     from taps.training.card import write_model_card
-    from taps.training.features import read_manifest
+    from taps.training.features import read_manifest, token_sequences
     from taps.training.heldout import heldout_tau
-    from taps.training.trainer import TrainConfig, train
+    from taps.training.trainer import TrainConfig, feature_sequences, train
 
+    if bool(args.features) == bool(args.online) or (args.online and not args.corpus):
+        raise TapsError("taps train needs either --features DIR... (cached) or --online --corpus NAME")
     target = _load(args)
     cfg = TrainConfig(
         method=args.method,
@@ -308,7 +355,15 @@ def cmd_train(args) -> None:
         max_steps=args.max_steps,
         mixed_precision=args.mixed_precision,
     )
-    corpora = [read_manifest(d)["corpus"] for d in args.features]
+    if args.online:
+        work = Path(args.out).parent / f".{Path(args.out).name}.data"
+        convs, corpus = _training_conversations(args, target, work)
+        seqs, corpora = token_sequences(target.tokenizer, convs, args.tokens, args.max_len), [corpus]
+    else:
+        seqs, corpora = (
+            feature_sequences(target, args.features),
+            [read_manifest(d)["corpus"] for d in args.features],
+        )
     card = {
         "command": "taps " + " ".join(sys.argv[1:]),
         "target": args.target,
@@ -317,11 +372,11 @@ def cmd_train(args) -> None:
         "hardware": f"{machine_description(target.model.device)}, {args.threads} torch thread(s)",
     }
     start = time.perf_counter()
-    out = train(target, args.features, args.out, cfg, resume=args.resume, card=card)
+    out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith("."):
         return  # stopped early (--max-steps); resume later
     tau = heldout_tau(target, out, corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
-    commands = [read_manifest(d).get("command") for d in args.features]
+    commands = [read_manifest(d).get("command") for d in args.features or []]
     write_model_card(out, "\n".join(c for c in commands if c) or None)
     print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
@@ -497,39 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "features", help="run the target over a training corpus once and cache its features in shards"
     )
-    p.add_argument(
-        "--corpus",
-        required=True,
-        help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH",
-    )
+    _add_corpus_args(p, required=True)
     p.add_argument("--out", required=True, help="feature folder (resumable: rerun to continue)")
-    p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
-    p.add_argument(
-        "--max-len",
-        type=int,
-        default=1024,
-        help="tokens per conversation, longer ones are cut (default: %(default)s)",
-    )
-    p.add_argument(
-        "--replies",
-        choices=["target", "corpus"],
-        default="target",
-        help="train on the target's own greedy replies to the corpus prompts (regenerated first; "
-        "measured to give the higher tau, see README) or on the corpus's replies (much cheaper) "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--reply-tokens",
-        type=int,
-        default=256,
-        help="reply length cap with --replies target (default: %(default)s)",
-    )
-    p.add_argument(
-        "--held-out",
-        type=int,
-        default=64,
-        help="conversations kept out of training for tau (default: %(default)s)",
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR)")
     _add_engine_args(p)
@@ -538,7 +562,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train an EAGLE-2 or HASS drafter on cached features (accelerate; resumable)"
     )
-    p.add_argument("--features", required=True, nargs="+", help="feature folder(s) from `taps features`")
+    p.add_argument("--features", nargs="+", help="feature folder(s) from `taps features` (offline training)")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="online training: the frozen target makes each batch's features inside the loop (no "
+        "shards; for GPUs) from --corpus, --tokens, --replies; on N GPUs: `accelerate launch "
+        "--num_processes N -m taps.cli train --online ...`",
+    )
+    _add_corpus_args(p)
     p.add_argument("--out", required=True, help="drafter folder to write")
     p.add_argument("--method", choices=["eagle2", "hass"], default="eagle2")
     p.add_argument("--epochs", type=float, default=1.0)

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from taps.errors import TapsError
 from taps.models.checkpoint import load_drafter
-from taps.training.features import extract_features, load_sequences
-from taps.training.trainer import TrainConfig, train
+from taps.training.features import extract_features, load_sequences, token_sequences
+from taps.training.trainer import TrainConfig, collate, feature_sequences, online_features, train
 
 
 class CharTokenizer:
@@ -86,7 +86,7 @@ def test_loss_decreases(features, tmp_path, method):
         draft_vocab_size=40,
         checkpoint_every=1000,
     )
-    out = train(target, [feats], tmp_path / method, cfg)
+    out = train(target, feature_sequences(target, [feats]), tmp_path / method, cfg)
     log = __import__("json").loads((tmp_path / f".{method}.train" / "log.json").read_text())
     first = sum(r["loss"] for r in log[:5]) / 5
     last = sum(r["loss"] for r in log[-5:]) / 5
@@ -101,7 +101,7 @@ def test_a_short_run_still_reaches_the_peak_learning_rate(features, tmp_path):
     """The default 50-step warm-up is capped at a quarter of a short run, so it ends warm, not mid-ramp."""
     target, feats = features
     cfg = TrainConfig(epochs=2, batch_tokens=400, lr=2e-3, draft_vocab_size=40, checkpoint_every=1000)
-    out = train(target, [feats], tmp_path / "d", cfg)
+    out = train(target, feature_sequences(target, [feats]), tmp_path / "d", cfg)
     log = __import__("json").loads((tmp_path / ".d.train" / "log.json").read_text())
     assert cfg.warmup_steps > len(log) >= 8
     assert max(r["lr"] for r in log) == pytest.approx(cfg.lr)
@@ -117,10 +117,12 @@ def test_resume_gives_the_same_state(features, tmp_path):
     cfg = dict(
         method="hass", epochs=3, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=2
     )
-    straight = train(target, [feats], tmp_path / "a", TrainConfig(**cfg))
-    train(target, [feats], tmp_path / "b", TrainConfig(**cfg, max_steps=5))
+    straight = train(target, feature_sequences(target, [feats]), tmp_path / "a", TrainConfig(**cfg))
+    train(target, feature_sequences(target, [feats]), tmp_path / "b", TrainConfig(**cfg, max_steps=5))
     assert not (tmp_path / "b").exists()
-    resumed = train(target, [feats], tmp_path / "b", TrainConfig(**cfg), resume=True)
+    resumed = train(
+        target, feature_sequences(target, [feats]), tmp_path / "b", TrainConfig(**cfg), resume=True
+    )
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -141,7 +143,7 @@ def test_corrupt_shard_and_state_are_clear_errors(features, tmp_path):
     with pytest.raises(TapsError, match="unreadable"):
         train(
             target,
-            [feats],
+            feature_sequences(target, [feats]),
             tmp_path / "d",
             TrainConfig(epochs=1, batch_tokens=400, draft_vocab_size=40),
             resume=True,
@@ -166,3 +168,38 @@ def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, t
         ids, GenerationConfig(max_new_tokens=8, eos_token_ids=(1,)), target.tokenizer
     )
     assert again[0][1]["content"] == ours.text.strip()
+
+
+def test_online_features_equal_the_targets_own_forward(features):
+    target, _ = features
+    seqs = token_sequences(target.tokenizer, conversations(8), max_tokens=10**6)
+    tokens, feats, _ = collate(seqs)
+    assert feats is None
+    online = online_features(target.model, tokens)
+    for b, s in enumerate(seqs):  # right padding changes nothing before it
+        alone = target.model(s.tokens, target.model.new_cache(len(s.tokens)))
+        torch.testing.assert_close(online[b, : len(s.tokens)], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_online_training_learns_without_feature_shards(features, tmp_path):
+    import json
+
+    target, _ = features
+    seqs = token_sequences(target.tokenizer, conversations(), max_tokens=10**6)
+    cfg = TrainConfig(
+        epochs=12, batch_tokens=400, lr=3e-3, warmup_steps=5, draft_vocab_size=40, checkpoint_every=1000
+    )
+    out = train(target, seqs, tmp_path / "online", cfg)
+    log = json.loads((tmp_path / ".online.train" / "log.json").read_text())
+    assert sum(r["loss"] for r in log[-5:]) < 0.85 * sum(r["loss"] for r in log[:5])
+    card = json.loads((out / "config.json").read_text())["card"]
+    assert card["features"].startswith("online") and card["processes"] == 1 and card["device"] == "cpu"
+    assert not list(tmp_path.glob("**/shard-*"))
+
+
+def test_train_needs_exactly_one_data_source(capsys):
+    from taps.cli import main
+
+    assert main(["train", "--out", "x"]) == 2
+    assert main(["train", "--out", "x", "--online"]) == 2
+    assert "--online --corpus" in capsys.readouterr().err

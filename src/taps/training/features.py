@@ -30,8 +30,22 @@ MANIFEST = "manifest.json"
 @dataclass
 class Sequence:
     tokens: torch.Tensor  # [n] long
-    features: torch.Tensor  # [n, H] bf16
+    features: torch.Tensor | None  # [n, H] bf16; None when training online (the target makes them)
     loss_mask: torch.Tensor  # [n] bool
+
+
+def token_sequences(tokenizer, conversations: list, max_tokens: int, max_len: int = 1024) -> list[Sequence]:
+    """Conversations as token sequences without features (for online training), up to `max_tokens`;
+    like `extract_features`, sequences with fewer than two assistant tokens are skipped."""
+    seqs, total = [], 0
+    for conv in conversations:
+        if total >= max_tokens:
+            break
+        ids, mask = encode_conversation(tokenizer, conv, max_len)
+        if sum(mask) >= 2:
+            seqs.append(Sequence(torch.tensor(ids), None, torch.tensor(mask, dtype=torch.bool)))
+            total += len(ids)
+    return seqs
 
 
 def extract_features(

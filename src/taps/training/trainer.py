@@ -1,6 +1,8 @@
-"""Drafter training loop (EAGLE-2 or HASS) on cached target features, built on `accelerate`.
+"""Drafter training loop (EAGLE-2 or HASS), built on `accelerate`: on cached target features (offline,
+for CPUs) or on features the frozen target makes inside the loop (online, for GPUs).
 
-`accelerate launch taps train ...` spreads it over GPUs unchanged; on a CPU it runs as is. State
+`accelerate launch --num_processes N -m taps.cli train ...` spreads it over N GPUs (each process
+trains on every N-th batch); on a CPU it runs as is. State
 (drafter, optimizer, schedule, data position, RNG) is checkpointed atomically every N steps and
 `resume=True` continues an interrupted run exactly where it stopped.
 """
@@ -93,18 +95,18 @@ def make_batches(seqs: list[Sequence], batch_tokens: int, seed: int, epoch: int)
     return batches
 
 
-def collate(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Right-padded tokens, features (None for online sequences) and loss masks of a batch."""
     n = max(len(s.tokens) for s in seqs)
-    h = seqs[0].features.shape[-1]
     tokens = torch.zeros(len(seqs), n, dtype=torch.long)
-    feats = torch.zeros(len(seqs), n, h, dtype=seqs[0].features.dtype)
     mask = torch.zeros(len(seqs), n, dtype=torch.bool)
     for b, s in enumerate(seqs):
-        tokens[b, : len(s.tokens)], feats[b, : len(s.tokens)], mask[b, : len(s.tokens)] = (
-            s.tokens,
-            s.features,
-            s.loss_mask,
-        )
+        tokens[b, : len(s.tokens)], mask[b, : len(s.tokens)] = s.tokens, s.loss_mask
+    if seqs[0].features is None:
+        return tokens, None, mask
+    feats = torch.zeros(len(seqs), n, seqs[0].features.shape[-1], dtype=seqs[0].features.dtype)
+    for b, s in enumerate(seqs):
+        feats[b, : len(s.tokens)] = s.features
     return tokens, feats, mask
 
 
@@ -176,19 +178,8 @@ def resolve_mixed_precision(setting: str, device: torch.device | None = None) ->
     return setting
 
 
-def train(
-    target,
-    feature_dirs: list[str],
-    out_dir: str | Path,
-    cfg: TrainConfig,
-    resume: bool = False,
-    card: dict | None = None,
-) -> Path:
-    """Train a drafter on the features in `feature_dirs`; writes `out_dir` (drafter) and `out_dir/.state`."""
-    from accelerate import Accelerator
-
-    out_dir = Path(out_dir)
-    state_dir = out_dir.parent / f".{out_dir.name}.train"
+def feature_sequences(target, feature_dirs: list[str]) -> list[Sequence]:
+    """The cached sequences (with the target's features) of `taps features` folders made for `target`."""
     seqs: list[Sequence] = []
     for d in feature_dirs:
         manifest, part = load_sequences(d)
@@ -201,6 +192,38 @@ def train(
         raise TapsError(
             "no training sequences in the feature folders; run `taps features` with a larger --tokens"
         )
+    return seqs
+
+
+@torch.no_grad()
+def online_features(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The frozen target's last hidden states for a right-padded batch [B, n] (causal, so padding at
+    the end changes nothing before it): what `taps features` would have cached, made on the fly."""
+    n = tokens.shape[1]
+    return model.run_layers(tokens, torch.arange(n, device=tokens.device), CAUSAL, None, n)
+
+
+def train(
+    target,
+    seqs: list[Sequence],
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    card: dict | None = None,
+) -> Path:
+    """Train a drafter on `seqs`; writes `out_dir` (drafter) and `out_dir/.state`.
+
+    Sequences carry the target's features (offline, from `feature_sequences`) or none (online, from
+    `token_sequences`): then the frozen target runs inside the loop and makes each batch's features
+    on the fly, as SpecForge's online mode does; no shards. Under `accelerate launch` with N
+    processes each process trains on every N-th batch (data parallel)."""
+    from accelerate import Accelerator
+
+    out_dir = Path(out_dir)
+    state_dir = out_dir.parent / f".{out_dir.name}.train"
+    if not seqs:
+        raise TapsError("no training sequences; raise --tokens or check the corpus")
+    online = seqs[0].features is None
     torch.manual_seed(cfg.seed)
     precision = resolve_mixed_precision(cfg.mixed_precision, target.model.device)
     accelerator = Accelerator(mixed_precision=precision, cpu=target.model.device.type == "cpu")
@@ -218,7 +241,8 @@ def train(
     optimizer = torch.optim.AdamW(
         drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
     )
-    per_epoch = len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_epoch = max(1, len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0)) // world)
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
     warmup = effective_warmup(cfg.warmup_steps, total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
@@ -240,8 +264,11 @@ def train(
     drafter.train()
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)
-        batch_ids = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch)[idx]
-        batch = tuple(t.to(device) for t in collate([seqs[i] for i in batch_ids]))
+        batches = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch)
+        tokens, feats, mask = collate([seqs[i] for i in batches[(idx * world + rank) % len(batches)]])
+        tokens, mask = tokens.to(device), mask.to(device)
+        feats = online_features(target.model, tokens) if online else feats.to(device)
+        batch = (tokens, feats, mask)
         loss, parts = training_loss(drafter, head, batch, cfg, generator)
         optimizer.zero_grad()
         accelerator.backward(loss)
@@ -267,6 +294,9 @@ def train(
         "steps": total_steps,
         "warmup_steps": warmup,
         "mixed_precision": precision,
+        "features": "online (the target ran in the loop)" if online else "offline (cached shards)",
+        "device": str(device),
+        "processes": world,
         "train_tokens": sum(len(s.tokens) for s in seqs),
         "final_losses_last50": summary,
         "wall_s_last_run": round(wall, 1),
