@@ -310,9 +310,11 @@ def _training_conversations(args, target, work_dir) -> tuple[list, str]:
     # about tokens / (prompt + reply) conversations are needed; 1.3x covers short replies
     need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
     regenerated = Path(work_dir) / "regenerated.jsonl"
-    return regenerate(
-        target, train_part, regenerated, args.reply_tokens, limit=need
-    ), args.corpus + "+regenerated"
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # under accelerate launch: one writer, the others then read it
+        convs = regenerate(target, train_part, regenerated, args.reply_tokens, limit=need)
+    return convs, args.corpus + "+regenerated"
 
 
 def cmd_features(args) -> None:
@@ -333,6 +335,8 @@ def cmd_features(args) -> None:
 
 def cmd_train(args) -> None:
     from pathlib import Path
+
+    from accelerate import PartialState
 
     from taps.device import machine_description
     from taps.training.card import write_model_card
@@ -373,8 +377,8 @@ def cmd_train(args) -> None:
     }
     start = time.perf_counter()
     out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
-    if out.name.startswith("."):
-        return  # stopped early (--max-steps); resume later
+    if out.name.startswith(".") or not PartialState().is_main_process:
+        return  # stopped early (--max-steps; resume later), or not the process that writes the card
     tau = heldout_tau(target, out, corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
     commands = [read_manifest(d).get("command") for d in args.features or []]
     write_model_card(out, "\n".join(c for c in commands if c) or None)

@@ -279,7 +279,7 @@ def train(
         log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
-        if step % cfg.checkpoint_every == 0 or step == stop_at:
+        if (step % cfg.checkpoint_every == 0 or step == stop_at) and accelerator.is_main_process:
             _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t)
     bar.close()
     wall = time.perf_counter() - start
@@ -301,8 +301,10 @@ def train(
         "final_losses_last50": summary,
         "wall_s_last_run": round(wall, 1),
     }
-    save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
-    write_json_atomic(state_dir / "log.json", log, indent=None)
+    if accelerator.is_main_process:  # one writer under `accelerate launch`
+        save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
+        write_json_atomic(state_dir / "log.json", log, indent=None)
+    accelerator.wait_for_everyone()
     return out_dir
 
 
