@@ -294,7 +294,10 @@ def _training_conversations(args, target, work_dir) -> tuple[list, str]:
     `--replies target`, the target's own replies to their prompts (regenerated into `work_dir`)."""
     from pathlib import Path
 
+    from accelerate import PartialState
+
     from taps.data.corpora import load_corpus, split
+    from taps.training.regenerate import regenerate
 
     convs = load_corpus(args.corpus, args.data_dir, seed=args.seed)
     train_part, held = split(convs, args.held_out, seed=args.seed)
@@ -305,13 +308,9 @@ def _training_conversations(args, target, work_dir) -> tuple[list, str]:
     )
     if args.replies == "corpus":
         return train_part, args.corpus
-    from taps.training.regenerate import regenerate
-
     # about tokens / (prompt + reply) conversations are needed; 1.3x covers short replies
     need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
     regenerated = Path(work_dir) / "regenerated.jsonl"
-    from accelerate import PartialState
-
     with PartialState().main_process_first():  # under accelerate launch: one writer, the others then read it
         convs = regenerate(target, train_part, regenerated, args.reply_tokens, limit=need)
     return convs, args.corpus + "+regenerated"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -23,10 +24,13 @@ def regenerate(
     conversations: list,
     out_file: str | Path,
     max_new_tokens: int = 256,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     limit: int | None = None,
 ) -> list:
-    """First user turn of each conversation + the target's greedy reply, as 2-turn conversations."""
+    """First user turn of each conversation + the target's greedy reply, as 2-turn conversations.
+
+    `batch_size` defaults to 16 on a CPU and 512 on a GPU: the training issue measured HF generate on
+    an H200 at 1.1k tokens/s in batches of 128 and 5.3k in batches of 512. The rate is printed."""
     from transformers import AutoModelForCausalLM
 
     out_file = Path(out_file)
@@ -35,6 +39,7 @@ def regenerate(
     if not todo:
         return [c for c in done[:limit] if c[1]["content"]]
     device = target.model.device
+    batch_size = batch_size or (512 if device.type == "cuda" else 16)
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
     pad = target.eos_token_ids[0]
     bar = tqdm(
@@ -45,6 +50,7 @@ def regenerate(
         dynamic_ncols=True,
         mininterval=20,
     )
+    began, generated = time.perf_counter(), 0
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         prompts = [encode_chat(target.tokenizer, [c[0]]) for c in batch]
@@ -62,12 +68,19 @@ def regenerate(
             )
         rows = []
         for conv, seq in zip(batch, out[:, width:].tolist()):
+            generated += sum(t != pad for t in seq)
             text = target.tokenizer.decode(seq, skip_special_tokens=True).strip()
             rows.append([conv[0], {"role": "assistant", "content": text}])
         _append(out_file, rows)
         done += rows
         bar.update(len(batch))
     bar.close()
+    seconds = time.perf_counter() - began
+    print(
+        f"[regenerate] {generated} reply tokens in {seconds:.0f} s ({generated / seconds:.0f} tok/s, "
+        f"batches of {batch_size} on {device})",
+        flush=True,
+    )
     return [c for c in done if c[1]["content"]]
 
 
