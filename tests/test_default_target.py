@@ -13,7 +13,7 @@ from taps.data.chat import encode_chat
 from taps.drafters import make_proposer, make_strategy, shipped_drafters
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
-from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.propose import AUTO_SHAPE, DrafterProposer, TreeShape
 from tests.conftest import require_default_target
 
 pytestmark = pytest.mark.slow
@@ -66,14 +66,19 @@ def test_greedy_speculative_equals_plain_greedy_on_real_prompts(default_target, 
             assert gen.generate(p, cfg).tokens == ref, f"{name} diverged from greedy on prompt {i}"
 
 
-@pytest.mark.parametrize("strategy", ["average", "route:confidence", "route:entropy", "merged", "merged:cut"])
-def test_combined_shipped_drafters_equal_plain_greedy(default_target, prompts, reference, strategy):
+@pytest.mark.parametrize(
+    "strategy,shape",
+    [(s, TreeShape()) for s in ("average", "route:confidence", "route:entropy", "merged", "merged:cut")]
+    + [(s, AUTO_SHAPE) for s in ("route:confidence", "merged")],
+    ids=lambda v: getattr(v, "budget", v),
+)
+def test_combined_shipped_drafters_equal_plain_greedy(default_target, prompts, reference, strategy, shape):
     """Every strategy over the shipped math and chat drafters (stacked where they can be), on one
     GSM8K and one MT-Bench prompt (the full eight run for the single drafters above)."""
     pair = ["eagle2-math", "eagle2-chat"]
     if not all(p in shipped_drafters(default_target.name) for p in pair):
         pytest.skip("the eagle2 math/chat drafters are not shipped")
-    gen = SpeculativeGenerator(default_target.model, make_strategy(strategy, pair, default_target))
+    gen = SpeculativeGenerator(default_target.model, make_strategy(strategy, pair, default_target, shape))
     cfg = GenerationConfig(max_new_tokens=64)
     for i in _ONE_PER_KIND:
         assert gen.generate(prompts[i], cfg).tokens == reference[i], (

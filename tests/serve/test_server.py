@@ -296,9 +296,11 @@ def test_concurrent_clients_all_complete(server):
 def test_default_target_served_losslessly_with_a_shipped_drafter():
     require_default_target()
     from taps.models.catalog import load_target
+    from taps.spec.propose import AUTO_SHAPE
 
     target = load_target("smollm2-135m", dtype=torch.float32)
-    running = RunningServer(Engine(target, Route("single", ("eagle2-math",))))
+    # under the auto tree budget, as `taps serve` runs by default
+    running = RunningServer(Engine(target, Route("single", ("eagle2-math",)), AUTO_SHAPE))
     try:
         reply = running.client().chat.completions.create(
             model="smollm2-135m", messages=MESSAGES, max_tokens=32, temperature=0
