@@ -5,15 +5,16 @@
         [--emulate-avx2] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
-1. the target's forward cost by token count (the curve the tree budget weighs; the 1-token cost is
-   the limit line: no decoder of this target beats 1000 / that many tokens per second);
+1. the target's forward cost by token count (the curve the tree budget weighs; 1000 / the 1-token
+   cost is the limit line: the most plain decoding of this target could reach here);
 2. one drafting step of a shipped drafter on each CPU kernel (plain matmul, oneDNN-packed, int8);
-3. decoding: `transformers` generate, its prompt lookup, its static cache + torch.compile (CUDA only,
-   when it runs), taps plain decoding (through CUDA graphs and eagerly, on CUDA), the n-gram proposer,
-   every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each under the
-   auto tree budget and the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to taps plain,
-   drafting / verification ms per step, verified nodes per step, and how many outputs equal taps
-   plain decoding token for token (with the first divergence where one does not).
+3. decoding: `transformers` generate, its prompt lookup, its static cache + torch.compile (with
+   `--compile`; compiling can take minutes), taps plain decoding (through CUDA graphs and eagerly,
+   on CUDA), the n-gram proposer, every shipped drafter, merged and route:confidence over
+   eagle2-math + eagle2-chat, each under the auto tree budget and the fixed 8/5/24 tree: tok/s,
+   tau, ratio to HF generate and to taps plain, drafting / verification ms per step, verified
+   nodes per step, and how many outputs equal taps plain decoding token for token (with the first
+   divergence where one does not).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.
@@ -47,14 +48,13 @@ from taps.spec.propose import AUTO_SHAPE, TreeDrafter, TreeShape
 PAIR = "eagle2-math,eagle2-chat"
 
 
-def decoder_rows(target, graphs: bool) -> list[tuple[str, str, str, TreeShape | None]]:
+def decoder_rows(target, graphs: bool, compile_hf: bool) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
+    if compile_hf:
+        rows.append(("hf static cache + compile", "hf-compile", "", None))
     if graphs:
-        rows += [
-            ("hf static cache + compile", "hf-compile", "", None),
-            ("taps plain (eager)", "plain-eager", "", None),
-        ]
+        rows.append(("taps plain (eager)", "plain-eager", "", None))
     rows.append(("taps plain", "plain", "", None))
     shipped = shipped_drafters(target.name)
     proposers = [("single", "ngram"), *(("single", d) for d in shipped)]
@@ -217,6 +217,9 @@ def main() -> None:
         "--temperature", type=float, default=0.0, help="> 0: outputs are samples (no equality check)"
     )
     ap.add_argument("--emulate-avx2", action="store_true", help="run as an AVX2-only CPU without native bf16")
+    ap.add_argument(
+        "--compile", action="store_true", help="add HF generate with a static cache + torch.compile"
+    )
     ap.add_argument("--data-dir", default=None)
     ap.add_argument(
         "--rows", default="", help="only rows whose name contains one of these comma-separated words"
@@ -254,7 +257,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for n, raw, ms in zip(curve.sizes, curve.measured, curve.ms):
         print(f"| {n} | {raw:.2f} | {ms:.2f} | {raw / curve.measured[0]:.2f}x |")
-    print(f"\nlimit: {1000 / curve.measured[0]:.1f} tok/s (1000 / the 1-token forward)")
+    print(f"\nlimit of plain decoding: {1000 / curve.measured[0]:.1f} tok/s (1000 / the 1-token forward)")
 
     drafts = draft_step_ms(target, "eagle2-math") if "eagle2-math" in shipped_drafters(target.name) else {}
     if drafts:
@@ -270,7 +273,7 @@ def main() -> None:
     prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
     decoders, failed = {}, {}
-    for name, strategy, names, shape in decoder_rows(target, graphs):
+    for name, strategy, names, shape in decoder_rows(target, graphs, args.compile):
         if wanted and not any(w in name for w in wanted) and strategy not in ("hf", "plain"):
             continue
         try:

@@ -21,6 +21,9 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 timeout 180 python3 -m pytest -q -s -m gpu tests/gpu 2>&1 | tee "$out/pytest-gpu.log"
-timeout 300 python3 benchmarks/engine.py --device cuda --prompts 4 --max-new-tokens 128 \
+timeout 300 python3 benchmarks/engine.py --device cuda --prompts 2 --max-new-tokens 128 \
     --out "$out/engine-cuda.json" 2>&1 | tee "$out/engine-cuda.md"
-timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/spec tests/models 2>&1 | tail -5 | tee "$out/pytest-cpu.log"
+timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/spec tests/models 2>&1 | tail -5 | tee "$out/pytest-cpu.log"
+# HF generate with a static cache + torch.compile, last: compiling may take minutes
+timeout 150 python3 benchmarks/engine.py --device cuda --prompts 2 --max-new-tokens 128 --compile --rows none \
+    --out "$out/engine-cuda-compile.json" 2>&1 | tee "$out/engine-cuda-compile.md"
