@@ -274,7 +274,7 @@ def main() -> None:
     wanted = [w for w in args.rows.split(",") if w]
     decoders, failed = {}, {}
     for name, strategy, names, shape in decoder_rows(target, graphs, args.compile):
-        if wanted and not any(w in name for w in wanted) and strategy not in ("hf", "plain"):
+        if wanted and not any(w in name for w in wanted) and not strategy.startswith(("hf", "plain")):
             continue
         try:
             if strategy.startswith("hf"):
