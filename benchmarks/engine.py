@@ -222,7 +222,9 @@ def main() -> None:
     )
     ap.add_argument("--data-dir", default=None)
     ap.add_argument(
-        "--rows", default="", help="only rows whose name contains one of these comma-separated words"
+        "--rows",
+        default="",
+        help="only proposer rows whose name contains one of these words (comma-separated)",
     )
     ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()
