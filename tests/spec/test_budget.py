@@ -162,3 +162,13 @@ def test_budgeted_sampling_follows_the_target_distribution(tmp_path):
         accepted += out.steps[0].accepted
     assert accepted > 200
     assert _chi2_ok(counts, p2.numpy())
+
+
+def test_a_pause_carries_over_to_the_next_generation():
+    budget = TreeBudget(CostCurve((1, 64), (10.0, 10.0 + 63 * 100.0)))
+    proposer = BudgetedProposer(NgramProposer(), budget)
+    tokens = torch.tensor([1, 2, 3, 1, 2])
+    proposer.propose(tokens, torch.zeros(5, 4))
+    budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])  # drafting lost
+    proposer.reset()
+    assert len(proposer.propose(tokens, torch.zeros(5, 4))) == 0 and not budget.drafting

@@ -156,10 +156,6 @@ class TreeBudget:
         """A drafting level forwarded `rows` frontier nodes in `ms` (drafter, head and bookkeeping)."""
         self.level_rows.add(rows, ms)
 
-    def new_sequence(self) -> None:
-        """A new generation starts drafting again (what was learned about costs and acceptance stays)."""
-        self.pause, self.next_pause, self.drafting = 0, MIN_PAUSE, True
-
     def ingested(self, ms: float) -> None:
         """A drafter spent `ms` taking in the target features committed since it last drafted."""
         self._ingest_ms += ms
@@ -234,8 +230,10 @@ class BudgetedProposer(Proposer):
         return getattr(self.inner, "choices", [])
 
     def reset(self) -> None:
+        """A new sequence. The budget keeps what it learned, a running pause included: on a machine
+        where drafting barely pays, restarting every generation with drafting would lose its first
+        steps again each time (the next probe tells when drafting pays again)."""
         self.inner.reset()
-        self.budget.new_sequence()
         self.pending = None
         if self.history is not None:
             self.history = []
