@@ -2,7 +2,7 @@
 
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
         [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
-        [--emulate-avx2] [--out FILE.json]
+        [--emulate-avx2] [--pad-rows N] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
 1. the target's forward cost by token count (the curve the tree budget weighs; 1000 / the 1-token
@@ -10,11 +10,11 @@ Prints, and writes as JSON with `--out`:
 2. one drafting step of a shipped drafter on each CPU kernel (plain matmul, oneDNN-packed, int8);
 3. decoding: `transformers` generate, its prompt lookup, its static cache + torch.compile (with
    `--compile`; compiling can take minutes), taps plain decoding (through CUDA graphs and eagerly,
-   on CUDA), the n-gram proposer, every shipped drafter, merged and route:confidence over
-   eagle2-math + eagle2-chat, each under the auto tree budget and the fixed 8/5/24 tree: tok/s,
-   tau, ratio to HF generate and to taps plain, drafting / verification ms per step, verified
-   nodes per step, and how many outputs equal taps plain decoding token for token (with the first
-   divergence where one does not).
+   on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`), the n-gram
+   proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
+   under the auto tree budget and the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to
+   taps plain, drafting / verification ms per step, verified nodes per step, and how many outputs
+   equal taps plain decoding token for token (with the first divergence where one does not).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.
@@ -40,6 +40,7 @@ from taps.drafters import make_strategy, shipped_drafters
 from taps.models import packed
 from taps.models.catalog import load_target
 from taps.models.graphs import accelerated
+from taps.models.padded import invariant_rows
 from taps.models.stacked import stack_drafters
 from taps.spec.costs import measure_curve
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -56,6 +57,8 @@ def decoder_rows(target, graphs: bool, compile_hf: bool) -> list[tuple[str, str,
     if graphs:
         rows.append(("taps plain (eager)", "plain-eager", "", None))
     rows.append(("taps plain", "plain", "", None))
+    if invariant_rows(target.model) > 1:  # what padding every forward (bf16 exactness) costs plain decoding
+        rows.append(("taps plain (unpadded)", "plain-unpadded", "", None))
     shipped = shipped_drafters(target.name)
     proposers = [("single", "ngram"), *(("single", d) for d in shipped)]
     if all(d in shipped for d in PAIR.split(",")):
@@ -101,7 +104,9 @@ def taps_decoder(
     proposer = (
         None if strategy.startswith("plain") else make_strategy(strategy, names.split(","), target, shape)
     )
-    gen = SpeculativeGenerator(target.model, proposer, graphs=graphs)
+    gen = SpeculativeGenerator(
+        target.model, proposer, graphs=graphs, pad_rows=0 if strategy == "plain-unpadded" else None
+    )
 
     def run(prompt: list[int], max_new: int):
         cfg = GenerationConfig(
@@ -210,6 +215,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pad-rows", type=int, default=None, help="as `taps generate --pad-rows`")
     ap.add_argument("--prompts", type=int, default=4, help="prompts per benchmark")
     ap.add_argument("--benchmarks", default="gsm8k,mt_bench")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -232,7 +238,10 @@ def main() -> None:
         emulate_avx2()
     torch.set_num_threads(args.threads)
     target = load_target(
-        args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device
+        args.target,
+        dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
+        device=args.device,
+        pad_rows=args.pad_rows,
     )
     device, graphs = target.model.device, target.model.device.type == "cuda"
     meta = {
@@ -242,6 +251,7 @@ def main() -> None:
         "dtype": str(target.model.dtype),
         "torch": torch.__version__,
         "threads": args.threads,
+        "pad_rows": invariant_rows(target.model),
         "benchmarks": args.benchmarks,
         "prompts_per_benchmark": args.prompts,
         "max_new_tokens": args.max_new_tokens,

@@ -98,7 +98,9 @@ def machine_line(result: dict) -> str:
     emulated = ", run as AVX2 (`--emulate-avx2`)" if meta.get("emulated_avx2") else ""
     return (
         f"{meta['target']} on {meta['machine']}{emulated}, {meta['dtype'].removeprefix('torch.')}, "
-        f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['prompts_per_benchmark']} prompts per "
+        f"torch {meta['torch']}, {meta['threads']} thread(s), "
+        + (f"forwards padded to {meta['pad_rows']} rows, " if meta.get("pad_rows", 0) > 1 else "")
+        + f"{meta['prompts_per_benchmark']} prompts per "
         f"benchmark, {meta['max_new_tokens']} new tokens, T = {meta['temperature']:g}, {meta['date']}; "
         f"limit of plain decoding {result['limit_tok_s']:.1f} tok/s"
     )

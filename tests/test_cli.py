@@ -13,6 +13,7 @@ from taps.cli import build_parser, main
         (["eval", "--rows", "blend=a,b", "--out", "x", "--target", "no-such-model"], "unknown target"),
         (["report", "/nonexistent/run"], "no eval records"),
         (["average", "--drafters", "a", "--out", "x"], "unknown drafter 'a'"),
+        (["generate", "hi", "--pad-rows", "-1"], "--pad-rows must be 0 (no padding) or a row count"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):

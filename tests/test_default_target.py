@@ -1,8 +1,8 @@
 """Losslessness on the real default target (SmolLM2-135M-Instruct) and real benchmark prompts.
 
-Run in float32: in bf16 the CPU matmul kernels round a 1-token pass and a 25-token tree pass
-differently, so near-tied logits can flip argmax between them (seen in CI: one prompt in eight).
-That is arithmetic noise of the kernels, not of the algorithm, which float32 checks exactly.
+Run in float32, and in bf16 with every decoding forward padded to one row count (`--pad-rows 8`,
+`taps.models.padded`): unpadded, the CPU matmul kernels round a 1-token pass and a 25-token tree pass
+differently in bf16, so near-tied logits flip argmax between them (seen in CI: one prompt in eight).
 """
 
 import pytest
@@ -84,3 +84,48 @@ def test_combined_shipped_drafters_equal_plain_greedy(default_target, prompts, r
         assert gen.generate(prompts[i], cfg).tokens == reference[i], (
             f"{strategy} diverged from greedy on prompt {i}"
         )
+
+
+@pytest.fixture(scope="module")
+def bf16_target():
+    require_default_target()
+    from taps.models.catalog import load_target
+
+    return load_target("smollm2-135m", dtype=torch.bfloat16, pad_rows=8)
+
+
+@pytest.fixture(scope="module")
+def bf16_cases(bf16_target, data_dir):
+    """Two GSM8K and two MT-Bench prompts with their plain bf16 outputs (padded like every forward)."""
+    items = [p for b in ("gsm8k", "mt_bench") for p in load_benchmark(b, data_dir, limit=2, seed=0)]
+    plain = SpeculativeGenerator(bf16_target.model)
+    cases = []
+    for item in items:
+        prompt = encode_chat(bf16_target.tokenizer, [{"role": "user", "content": item.turns[0]}])
+        cases.append((item.benchmark, prompt, plain.generate(prompt, BF16_CONFIG).tokens))
+    return cases
+
+
+BF16_CONFIG = GenerationConfig(max_new_tokens=48)
+
+
+@pytest.mark.parametrize(
+    "names,shape",
+    [(["eagle2-math"], TreeShape()), (["ngram"], AUTO_SHAPE)],  # 24 fixed nodes asked: capped to 7
+    ids=["eagle2-math-fixed", "ngram-auto"],
+)
+def test_bf16_speculative_equals_plain_when_forwards_are_padded(bf16_target, bf16_cases, names, shape):
+    """With every forward padded to the same rows (`--pad-rows 8`), each row rounds as it would in a
+    plain step: bf16 outputs are the plain decoder's token for token, on this machine's bf16 kernels."""
+    from taps.models.padded import invariant_rows
+
+    if not all(n == "ngram" or n in shipped_drafters(bf16_target.name) for n in names):
+        pytest.skip("the eagle2-math drafter is not shipped")
+    rows = invariant_rows(bf16_target.model)
+    assert rows == 8
+    spec = SpeculativeGenerator(bf16_target.model, make_strategy("single", names, bf16_target, shape))
+    assert spec.max_nodes == rows - 1
+    for benchmark, prompt, plain in bf16_cases:
+        out = spec.generate(prompt, BF16_CONFIG)
+        assert max(s.tree_size for s in out.steps) <= rows - 1
+        assert out.tokens == plain, f"{names} diverged from plain bf16 decoding on {benchmark}"

@@ -55,6 +55,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)",
     )
+    p.add_argument(
+        "--pad-rows",
+        type=int,
+        default=None,
+        help="pad every decoding forward to N rows, so that plain steps and tree verification round "
+        "alike and bf16 output equals plain decoding (8 on a CPU); trees then hold at most N - 1 nodes; "
+        "0 = off (default: 64 on CUDA in bf16; else off: float32 is exact already, and on a CPU padding "
+        "costs bf16 plain steps more than drafting gains, see README)",
+    )
 
 
 def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -148,7 +157,10 @@ def _load(args):
 
     torch.set_num_threads(args.threads)
     return load_target(
-        args.target, dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), device=args.device
+        args.target,
+        dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
+        device=args.device,
+        pad_rows=args.pad_rows,
     )
 
 

@@ -6,6 +6,7 @@ target (`src/taps/drafters/<target>/<name>/`), or a path to a drafter folder.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from taps.device import fast_dtype
 from taps.errors import TapsError
 from taps.models.checkpoint import check_fingerprint, load_drafter
 from taps.models.graphs import accelerated
+from taps.models.padded import cap_tree, invariant_rows
 from taps.spec.ngram import NgramProposer
 from taps.spec.propose import DrafterProposer, Proposer, TreeShape
 
@@ -63,7 +65,11 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
     route:confidence / route:entropy: verify the best member's tree.
     merged: all members' trees as one trie. merged:cut: the same, cut to `shape.total_tokens` nodes.
     With `shape.budget == "auto"` the proposer runs under a TreeBudget for this target and machine.
+    Where the target's forwards are padded to one row count (bf16, `taps.models.padded`), trees are
+    capped to fit it.
     """
+    rows = invariant_rows(target.model)
+    shape = dataclasses.replace(shape, total_tokens=cap_tree(shape.total_tokens, rows))
     proposer = _strategy(strategy, names, target, shape)
     if proposer is None or shape.budget == "fixed":
         return proposer

@@ -67,7 +67,9 @@ def default_target_cuda():
 
 def test_bf16_outputs_mostly_equal_plain_decoding(default_target_cuda, data_dir):
     """bf16 kernels round a 1-token and a many-token pass differently, so greedy near-ties can flip;
-    the bar (GPU engine issue) is >= 90% of prompts equal to plain decoding at T = 0."""
+    the bf16 default pads every forward to one bucket (`taps.models.padded`) so that they round alike.
+    The bar (GPU engine issue) is >= 90% of prompts equal to plain decoding at T = 0; the share with
+    the multi-bucket graphs (float32's) is printed beside it."""
     from taps.data.benchmarks import load_benchmark
     from taps.data.chat import encode_chat
     from taps.drafters import make_proposer
@@ -80,8 +82,8 @@ def test_bf16_outputs_mostly_equal_plain_decoding(default_target_cuda, data_dir)
     ]
     cfg = GenerationConfig(max_new_tokens=128, eos_token_ids=target.eos_token_ids)
     same = {}
-    # default buckets, and one bucket for every forward (plain steps padded like trees: same kernels)
-    for buckets in ((1, 2, 4, 8, 16, 32, 64), (64,)):
+    # one bucket for every forward (the bf16 default: plain steps padded like trees), and many buckets
+    for buckets in ((64,), (1, 2, 4, 8, 16, 32, 64)):
         graphed = GraphedTarget(target.model, buckets=buckets)
         plain = [SpeculativeGenerator(graphed).generate(p, cfg).tokens for p in prompts]
         for name in ("ngram", "eagle2-math"):
@@ -89,4 +91,4 @@ def test_bf16_outputs_mostly_equal_plain_decoding(default_target_cuda, data_dir)
             outs = [gen.generate(p, cfg).tokens for p in prompts]
             same[(buckets, name)] = sum(a == b for a, b in zip(outs, plain)) / len(prompts)
     print("bf16 share of outputs equal to plain decoding, by buckets and proposer:", same)
-    assert min(v for (buckets, _), v in same.items() if len(buckets) > 1) >= 0.9
+    assert min(v for (buckets, _), v in same.items() if len(buckets) == 1) >= 0.9

@@ -65,9 +65,20 @@ def test_drafters_use_int8_only_where_bf16_is_not_native(monkeypatch):
 
 
 def test_packing_is_a_no_op_where_unavailable(tiny_dirs, monkeypatch):
-    monkeypatch.setitem(packed.ONEDNN.__dict__, "available", False)
+    monkeypatch.setattr(packed, "_runs", lambda kernel, dtype: False)
     model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32).pack_for_cpu()
     assert type(model.lm_head) is torch.nn.Linear
+
+
+def test_bf16_models_stay_unpacked_where_onednn_has_no_bf16_path(tiny_dirs, monkeypatch):
+    """An AVX2-only CPU: oneDNN packs float32 weights but refuses bf16 ones (it needs AVX-512)."""
+    monkeypatch.setattr(packed, "_runs", lambda kernel, dtype: dtype == torch.float32)
+    bf16 = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.bfloat16).pack_for_cpu()
+    assert type(bf16.lm_head) is torch.nn.Linear
+    assert packed.drafting_kernel(torch.bfloat16) is None
+    if packed.ONEDNN.available:
+        f32 = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32).pack_for_cpu()
+        assert isinstance(f32.lm_head, packed.PackedLinear)
 
 
 def test_int8_drafting_is_lossless(tiny_target, monkeypatch):

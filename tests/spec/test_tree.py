@@ -15,6 +15,24 @@ def test_trie_merges_shared_prefixes():
     assert tree.children() == [[0, 4], [1, 5], [2, 3], [], [], [], []]
 
 
+def test_best_keeps_the_top_nodes_closed_under_parents():
+    # node 3 (child of 2) outscores its parent, as a merged trie can hold: it ranks by its path's min
+    tree = DraftTree(
+        tokens=torch.tensor([5, 6, 7, 8, 9]),
+        parents=torch.tensor([-1, 0, -1, 2, 1]),
+        scores=torch.tensor([-0.1, -0.5, -2.0, -0.2, -0.6]),
+        entropies=torch.zeros(5),
+        sources=torch.ones(5, dtype=torch.long),
+    )
+    assert tree.best(5) is tree and tree.best(9) is tree
+    assert tree.best(3).tokens.tolist() == [5, 6, 9]
+    cut = tree.best(4)
+    assert cut.tokens.tolist() == [5, 6, 7, 9] and cut.parents.tolist() == [-1, 0, -1, 1]
+    # equal scores (an n-gram trie scores every node 0): shallower first, so parents come along
+    trie = DraftTree.from_paths([[1, 2, 3], [4, 5, 6]])
+    assert trie.best(3).depths().tolist() == [1, 2, 1]
+
+
 def test_mask_and_positions():
     tree = DraftTree.from_paths([[5, 6], [7]])
     tokens, positions, mask = tree.verification_inputs(root=3, base=10)

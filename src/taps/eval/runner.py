@@ -23,6 +23,7 @@ from taps.device import machine_description
 from taps.errors import TapsError
 from taps.eval.baselines import HF_BASELINES, HFDecoder
 from taps.files import write_json_atomic, write_text_atomic
+from taps.models.padded import invariant_rows
 from taps.spec.combine import STRATEGIES, RoutedProposer, greedy_match
 from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
 from taps.spec.propose import TreeShape
@@ -187,6 +188,8 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         "torch": torch.__version__,
         "device": str(target.model.device),
         "machine": machine_description(target.model.device),
+        "dtype": str(target.model.dtype),
+        "pad_rows": invariant_rows(target.model),
         "grid": asdict(grid) | {"shape": asdict(grid.shape)},
     }
     meta = _resumable_meta(out_dir, meta)
@@ -248,8 +251,12 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
             f"{path} is not a taps eval meta file ({exc}); pass a new --out or delete {out_dir}"
         ) from exc
     old.setdefault("device", "cpu")  # runs from before --device ran on the CPU
+    for key in ("dtype", "pad_rows"):  # runs from before these were recorded: not comparable, trusted
+        old.setdefault(key, meta[key])
     changed = [
-        f"{k} {old.get(k)} -> {meta[k]}" for k in ("target", "threads", "device") if old.get(k) != meta[k]
+        f"{k} {old.get(k)} -> {meta[k]}"
+        for k in ("target", "threads", "device", "dtype", "pad_rows")
+        if old.get(k) != meta[k]
     ]
     changed += [
         f"{k} {old_grid.get(k)} -> {meta['grid'][k]}"

@@ -169,16 +169,23 @@ class LoadedTarget:
         return tuple(sorted(ids))
 
 
-def load_target(spec: str = DEFAULT_TARGET, dtype=None, device="auto") -> LoadedTarget:
+def load_target(
+    spec: str = DEFAULT_TARGET, dtype=None, device="auto", pad_rows: int | None = None
+) -> LoadedTarget:
     """Resolve, load weights onto `device` (auto: CUDA when present) in `dtype` (by default the
-    device's fast dtype, see `fast_dtype`), and the tokenizer."""
+    device's fast dtype, see `fast_dtype`), and the tokenizer. `pad_rows` overrides the row count
+    decoding forwards are padded to (`taps.models.padded`; 0 = none)."""
     from transformers import AutoTokenizer
 
     from taps.device import fast_dtype, resolve_device
     from taps.models.target import TargetModel
 
+    if pad_rows is not None and pad_rows < 0:
+        raise TapsError(f"--pad-rows must be 0 (no padding) or a row count, got {pad_rows}")
     device = resolve_device(device)
     path = resolve_target(spec)
     model = TargetModel.from_dir(path, dtype=dtype or fast_dtype(device), device=device).pack_for_cpu()
+    if pad_rows is not None:
+        model.pad_rows = pad_rows
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedTarget(spec, path, model, tokenizer)

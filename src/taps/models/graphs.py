@@ -14,7 +14,8 @@ cache that no real row ever sees, so a padded forward computes exactly what the 
 
 `GraphedTarget` has the target's interface (`__call__`, `logits`, `new_cache`, `device`), so the
 generation loop does not change. With `capture=False` (the default off CUDA) it runs the same static
-path eagerly: that is what the CPU tests check against the plain forward.
+path eagerly: that is what the CPU tests check against the plain forward, and what bf16 decoding on a
+CPU runs with a single bucket (`taps.models.padded`: padded forwards round alike).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.layers import KVCache
+from taps.models.padded import invariant_rows, padded_logits
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-MIN_CAPACITY = 1024
+MIN_CAPACITY = 1024  # with graphs: growing the cache means capturing them again
+EAGER_ROUND = 64  # without: the cache is sized to each generation, in steps of this many slots
 
 
 class _Inputs:
@@ -63,6 +66,7 @@ class GraphedTarget:
 
     def __init__(self, model, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
         self.model, self.buckets = model, tuple(sorted(buckets))
+        self.exact_rows = self.buckets[0] if len(self.buckets) == 1 else 0  # one bucket: padded alike
         self.capture = model.device.type == "cuda" if capture is None else capture
         self.cache: KVCache | None = None
         self.capacity = 0  # usable slots; the spare tail (max bucket) takes padding rows
@@ -77,9 +81,15 @@ class GraphedTarget:
         return getattr(self.model, name)
 
     def new_cache(self, capacity: int = 512) -> KVCache:
-        """The static cache, emptied; reallocated (graphs recaptured) only when `capacity` outgrows it."""
-        if capacity > self.capacity:
+        """The static cache, emptied. With graphs it is reallocated (and they are recaptured) only when
+        `capacity` outgrows it. Without, it is sized to the request, rounded up to EAGER_ROUND slots:
+        attention spans the whole cache, so a cache left large by an earlier long generation would
+        slow every later step, and a generation's attention span depends only on its own length (the
+        same generation always rounds alike: `taps.models.padded`)."""
+        if self.capture and capacity > self.capacity:
             self._allocate(max(capacity, 2 * self.capacity, MIN_CAPACITY))
+        elif not self.capture and -(-capacity // EAGER_ROUND) * EAGER_ROUND != self.capacity:
+            self._allocate(-(-capacity // EAGER_ROUND) * EAGER_ROUND)
         self.cache.length = 0
         return self.cache
 
@@ -111,6 +121,11 @@ class GraphedTarget:
             hidden = self._replay(bucket)[:n]
         cache.length = start + n
         return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on the bucket's row count too, so that its rounding depends on the bucket only."""
+        bucket = next((b for b in self.buckets if b >= hidden.shape[0]), 0)
+        return padded_logits(self.model, hidden, bucket)
 
     def _run(self, inputs: _Inputs) -> torch.Tensor:
         self.cache.slots = inputs.slots
@@ -157,16 +172,20 @@ class GraphedTarget:
         return graph, output
 
 
-def accelerated(model, graphs: bool | None = None):
-    """What the generation loop should call: on CUDA (or with graphs=True) the model's GraphedTarget,
-    made once per model and kept on it; otherwise the model itself."""
-    if (
-        isinstance(model, GraphedTarget)
-        or graphs is False
-        or (graphs is None and model.device.type != "cuda")
-    ):
+def accelerated(model, graphs: bool | None = None, rows: int | None = None):
+    """What the generation loop should call, made once per model and kept on it: on CUDA (or with
+    graphs=True) a GraphedTarget replaying CUDA graphs over BUCKETS; where decoding forwards are
+    padded to one row count (`rows`, by default `invariant_rows`: bf16, see `taps.models.padded`) a
+    GraphedTarget with that one bucket, run eagerly off CUDA; otherwise the model itself."""
+    if isinstance(model, GraphedTarget):
         return model
-    graphed = model.__dict__.get("_graphed")
-    if graphed is None:
-        graphed = model.__dict__["_graphed"] = GraphedTarget(model, capture=model.device.type == "cuda")
-    return graphed
+    use_graphs = model.device.type == "cuda" if graphs is None else graphs
+    rows = invariant_rows(model) if rows is None else rows
+    if not use_graphs and rows < 2:
+        return model
+    made = model.__dict__.setdefault("_accelerated", {})
+    if (use_graphs, rows) not in made:
+        buckets = (rows,) if rows > 1 else BUCKETS
+        capture = use_graphs and model.device.type == "cuda"
+        made[use_graphs, rows] = GraphedTarget(model, buckets, capture=capture)
+    return made[use_graphs, rows]

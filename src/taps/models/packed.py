@@ -39,15 +39,26 @@ class Kernel:
     pack: Callable[[torch.Tensor], object]  # weight [out, in] -> packed
     matmul: Callable[[torch.Tensor, object, torch.Tensor | None], torch.Tensor]  # x [..., in] -> [..., out]
 
-    @functools.cached_property
+    @property
     def available(self) -> bool:
-        """The ops exist in this torch build and reproduce F.linear (to quantization error for INT8)."""
-        try:
-            weight, x = torch.randn(16, 8), torch.randn(3, 8)
-            out = self.matmul(x, self.pack(weight), None)
-            return bool(torch.allclose(out.float(), F.linear(x, weight), atol=0.1, rtol=0.1))
-        except (RuntimeError, AttributeError, TypeError, NotImplementedError):
-            return False
+        """Whether it runs float32 weights here (see `runs`)."""
+        return self.runs(torch.float32)
+
+    def runs(self, dtype: torch.dtype) -> bool:
+        """The ops exist in this torch build for weights of `dtype` on this CPU and reproduce F.linear
+        (to quantization error for INT8). oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT: on an
+        AVX2-only CPU a bf16 model runs on the plain kernels instead."""
+        return _runs(self, dtype)
+
+
+@functools.cache
+def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
+    try:
+        weight, x = torch.randn(16, 8, dtype=dtype), torch.randn(3, 8, dtype=dtype)
+        out = kernel.matmul(x, kernel.pack(weight), None)
+        return bool(torch.allclose(out.float(), F.linear(x, weight).float(), atol=0.1, rtol=0.1))
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return False
 
 
 def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:
@@ -89,7 +100,7 @@ def drafting_kernel(dtype: torch.dtype) -> Kernel | None:
 
     if dtype == torch.float32 and not native_bf16(torch.device("cpu")) and INT8.available:
         return INT8
-    return ONEDNN if ONEDNN.available else None
+    return ONEDNN if ONEDNN.runs(dtype) else None
 
 
 class PackedLinear(nn.Module):
@@ -132,7 +143,10 @@ def pack_linears(module: nn.Module, kernel: Kernel | None = ONEDNN) -> nn.Module
     A no-op off the CPU, or with no kernel / an unavailable one; returns `module`."""
     from taps.models.stacked import StackedLinear
 
-    if kernel is None or not kernel.available or any(p.device.type != "cpu" for p in module.parameters()):
+    params = list(module.parameters())
+    if kernel is None or any(p.device.type != "cpu" for p in params):
+        return module
+    if not all(kernel.runs(dtype) for dtype in {p.dtype for p in params}):
         return module
     for name, child in list(module.named_modules()):
         if isinstance(child, nn.Linear) and name:
@@ -152,7 +166,7 @@ class PackedHead:
 
     @classmethod
     def of(cls, weight: torch.Tensor, kernel: Kernel | None) -> PackedHead | None:
-        if kernel is None or not kernel.available or weight.device.type != "cpu":
+        if kernel is None or weight.device.type != "cpu" or not kernel.runs(weight.dtype):
             return None
         return cls(
             kernel,

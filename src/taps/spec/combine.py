@@ -153,14 +153,7 @@ def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
         torch.tensor(entropies),
         torch.tensor(sources, dtype=torch.long),
     )
-    return merged if budget is None or budget >= len(merged) else keep_best(merged, budget)
-
-
-def keep_best(tree: DraftTree, budget: int) -> DraftTree:
-    depth = tree.depths()
-    order = sorted(range(len(tree)), key=lambda i: (-float(tree.scores[i]), int(depth[i]), i))
-    # sorted back into the original order, which is topological
-    return tree.subtree(torch.tensor(sorted(order[:budget]), dtype=torch.long))
+    return merged if budget is None else merged.best(budget)
 
 
 class MergedProposer(Proposer):

@@ -103,6 +103,8 @@ def curve_key(model) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "packed": packing_available(),
+        # the forward the loop calls: plain, padded to one row count, or CUDA graphs over buckets
+        "forward": f"{type(model).__name__}:{getattr(model, 'exact_rows', 0)}",
     }
 
 

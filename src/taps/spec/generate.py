@@ -17,6 +17,7 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.graphs import accelerated
+from taps.models.padded import cap_tree
 from taps.models.target import TargetModel
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
@@ -76,9 +77,18 @@ class Generation:
 
 
 class SpeculativeGenerator:
-    def __init__(self, target: TargetModel, proposer: Proposer | None = None, graphs: bool | None = None):
-        """`graphs`: run the target through CUDA graphs (`taps.models.graphs`); default: on CUDA."""
-        self.target, self.proposer = accelerated(target, graphs), proposer
+    def __init__(
+        self,
+        target: TargetModel,
+        proposer: Proposer | None = None,
+        graphs: bool | None = None,
+        pad_rows: int | None = None,
+    ):
+        """`graphs`: run the target through CUDA graphs (`taps.models.graphs`); default: on CUDA.
+        Where forwards are padded to one row count (`pad_rows`, by default in bf16 only, see
+        `taps.models.padded`), trees are cut to fit it, so that verification rounds as plain decoding."""
+        self.target, self.proposer = accelerated(target, graphs, pad_rows), proposer
+        self.max_nodes = cap_tree(1 << 30, getattr(self.target, "exact_rows", 0))
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig, tokenizer=None) -> Generation:
         """Run to completion; with a tokenizer, honour `config.stop` strings and decode the text."""
@@ -129,7 +139,7 @@ class SpeculativeGenerator:
         while produced < budget and root not in config.eos_token_ids:
             t0 = time.perf_counter()
             tree = (
-                self.proposer.propose(torch.tensor(tokens, device=device), features)
+                self.proposer.propose(torch.tensor(tokens, device=device), features).best(self.max_nodes)
                 if self.proposer
                 else DraftTree.empty()
             )

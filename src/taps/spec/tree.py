@@ -76,6 +76,20 @@ class DraftTree:
             self.tokens[keep], parents, self.scores[keep], self.entropies[keep], self.sources[keep]
         )
 
+    def best(self, count: int) -> DraftTree:
+        """The `count` nodes of highest score, closed under parents: a node ranks by the lowest score
+        on its path (a merged trie can hold a child scored above its parent by another member), ties
+        to the shallower node, then the earlier one; returned in the original (topological) order."""
+        if count >= len(self):
+            return self
+        rank = self.scores.tolist()
+        for i, p in enumerate(self.parents.tolist()):  # parents precede children
+            if p >= 0:
+                rank[i] = min(rank[i], rank[p])
+        depth = self.depths().tolist()
+        order = sorted(range(len(self)), key=lambda i: (-rank[i], depth[i], i))
+        return self.subtree(torch.tensor(sorted(order[:count]), dtype=torch.long))
+
     def depths(self) -> torch.Tensor:
         """Depth of each node (children of the root have depth 1)."""
         depth = torch.zeros(len(self), dtype=torch.long)

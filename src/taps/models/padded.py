@@ -1,0 +1,57 @@
+"""Row-invariant decoding: every forward padded to one row count, so that bf16 rounds alike.
+
+A matmul kernel chooses its blocking, and with it the order in which it sums, by the number of rows;
+attention sums over however many keys it is given. In float32 that moves logits far below any gap
+greedy decoding sees (the lossless tests hold token for token); in bf16 it does not: a 1-token plain
+step and a 5-node tree verification of the same token round differently, near-tied logits flip, and
+the outputs part. Measured on an avx512_bf16 EPYC (2026-11-28, bf16, T = 0, eagle2-math, 4 GSM8K +
+4 MT-Bench prompts, 64 tokens): 1 of 8 speculative outputs equalled plain decoding; with every
+forward padded to 8 rows over the growing cache, 4 of 8; padded to 8 rows over a static cache
+(attention always spans the same slots), 8 of 8.
+
+So with padding on, the loop runs the target through `GraphedTarget` with a single bucket of `rows`
+rows (`taps.models.graphs.accelerated`; replayed from a CUDA graph on a GPU, eager on a CPU): plain
+steps, tree verification and their logits all run as exactly `rows` rows over the whole static
+cache, and trees are capped at `rows - 1` nodes (`cap_tree`). The prompt runs unpadded: plain and
+speculative decoding share that prefill.
+
+It is the default in bf16 on CUDA, where a 64-row graph replay costs little more than a 1-row one.
+On a CPU it is opt-in (`--pad-rows 8`): there an 8-row bf16 forward cost 1.26x a 1-row one
+(measured in the same run: plain decoding 39.8 tok/s padded, 50.2 unpadded), which took more than
+the drafters' whole gain; float32 is exact without it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CUDA_ROWS = 64  # on an H200 a 64-token graph replay cost 1.25x a 1-token one (../shared/design)
+
+
+def default_rows(model) -> int:
+    """Rows every decoding forward is padded to by default: CUDA_ROWS in bf16 on CUDA, else 0 (none)."""
+    exact = model.dtype in (torch.float32, torch.float64)
+    return CUDA_ROWS if model.device.type == "cuda" and not exact else 0
+
+
+def invariant_rows(model) -> int:
+    """The rows chosen for this model: `--pad-rows` when set on it at load, else `default_rows`."""
+    rows = model.__dict__.get("pad_rows")
+    return default_rows(model) if rows is None else rows
+
+
+def cap_tree(total_tokens: int, rows: int) -> int:
+    """The most draft nodes a padded verification may hold (the root takes one row)."""
+    return min(total_tokens, rows - 1) if rows > 1 else total_tokens
+
+
+def pad_to(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x [n, ...] with its last row repeated up to `rows` rows (n <= rows)."""
+    return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
+
+
+@torch.inference_mode()
+def padded_logits(model, hidden: torch.Tensor, rows: int) -> torch.Tensor:
+    """The LM head run on `rows` rows (more: unpadded) whatever the number of real ones."""
+    n = hidden.shape[0]
+    return model.logits(hidden if n >= rows else pad_to(hidden, rows))[:n]

@@ -1,0 +1,73 @@
+"""bf16 exactness by padding every decoding forward to one row count (`taps.models.padded`)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from taps.models.graphs import GraphedTarget, accelerated
+from taps.models.padded import cap_tree, default_rows, invariant_rows, padded_logits
+from taps.models.target import TargetModel
+from taps.spec.costs import curve_key
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+from taps.spec.ngram import NgramProposer
+from taps.spec.propose import DrafterProposer, TreeShape
+from tests.conftest import random_drafter
+from tests.spec.test_lossless import PROMPTS
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def bf16_target(request, tiny_dirs) -> TargetModel:
+    model = TargetModel.from_dir(tiny_dirs[request.param], dtype=torch.bfloat16)
+    model.pad_rows = 8  # as `--pad-rows 8`
+    return model
+
+
+def test_rows_by_dtype_device_and_override(tiny_target, bf16_target):
+    assert default_rows(tiny_target) == 0 and invariant_rows(tiny_target) == 0
+    assert default_rows(bf16_target) == 0 and invariant_rows(bf16_target) == 8  # on a CPU: opt-in
+    cuda_bf16 = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
+    assert default_rows(cuda_bf16) == 64
+    assert default_rows(SimpleNamespace(dtype=torch.float32, device=torch.device("cuda", 0))) == 0
+    assert cap_tree(24, 8) == 7 and cap_tree(5, 8) == 5 and cap_tree(24, 0) == 24
+    assert accelerated(tiny_target) is tiny_target  # float32: exact already, nothing padded
+    padded = accelerated(bf16_target)
+    assert isinstance(padded, GraphedTarget) and padded.buckets == (8,) and padded.exact_rows == 8
+    assert accelerated(bf16_target) is padded  # made once per model
+    assert accelerated(bf16_target, rows=0) is bf16_target
+    assert curve_key(padded)["forward"] != curve_key(bf16_target)["forward"]
+
+
+def test_pad_rows_set_at_load_wins(tiny_dirs):
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.bfloat16)
+    assert invariant_rows(model) == 0 and accelerated(model) is model
+    model.pad_rows = 16
+    assert accelerated(model).buckets == (16,)
+
+
+def test_padded_logits_are_the_real_rows_only(tiny_target):
+    hidden = torch.randn(3, tiny_target.shape.hidden_size)
+    logits = padded_logits(tiny_target, hidden, 8)
+    assert logits.shape == (3, tiny_target.shape.vocab_size)
+    torch.testing.assert_close(logits, tiny_target.logits(hidden), atol=1e-5, rtol=1e-5)
+    assert padded_logits(tiny_target, torch.randn(9, tiny_target.shape.hidden_size), 8).shape[0] == 9
+
+
+@pytest.mark.parametrize("proposer", ["ngram", "drafter"])
+def test_bf16_speculative_output_equals_padded_plain_decoding(bf16_target, proposer):
+    """In bf16, with every forward padded alike, verification rounds as plain steps do: equal outputs,
+    and no tree larger than the padded rows allow (a fixed 24-node tree is cut to 7)."""
+    make = {
+        "ngram": lambda: NgramProposer(length=8, branches=2),
+        "drafter": lambda: DrafterProposer(
+            random_drafter(bf16_target, seed=3).to(torch.bfloat16).attach(bf16_target), TreeShape(8, 5, 24)
+        ),
+    }
+    spec = SpeculativeGenerator(bf16_target, make[proposer]())
+    plain = SpeculativeGenerator(bf16_target)
+    assert spec.max_nodes == 7
+    cfg = GenerationConfig(max_new_tokens=40)
+    for prompt in PROMPTS:
+        out = spec.generate(prompt, cfg)
+        assert max(s.tree_size for s in out.steps) <= 7
+        assert out.tokens == plain.generate(prompt, cfg).tokens
