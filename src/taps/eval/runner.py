@@ -176,6 +176,10 @@ def cell_path(out_dir: Path, row: Row, benchmark: str, temperature: float) -> Pa
 
 
 def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> Path:
+    """Every (row, benchmark, temperature) cell not yet finished in `out_dir`. Within a benchmark and
+    temperature the rows take turns prompt by prompt, so that their speed ratios are measured side by
+    side; each cell's file is written, complete, once its prompts are done (resuming redoes at most
+    the unfinished cells)."""
     out_dir = Path(out_dir)
     rows = [parse_row(r) for r in grid.rows]
     prompts = {
@@ -213,24 +217,33 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         dynamic_ncols=True,
         mininterval=20,
     )
+    groups: dict[tuple[str, float], list] = {}
     for row, bench, temp in todo:
-        decoder = decoders.get(row.spec) or decoders.setdefault(
-            row.spec, Decoder(row, target, grid.shape, assistant)
-        )
+        groups.setdefault((bench, temp), []).append(row)
+    for (bench, temp), group in groups.items():
+        for row in group:
+            decoders.setdefault(row.spec, Decoder(row, target, grid.shape, assistant))
         config = GenerationConfig(grid.max_new_tokens, temp, 1.0, grid.seed, target.eos_token_ids)
-        records = []
+        records: dict[str, list] = {row.spec: [] for row in group}
         for prompt in prompts[bench]:
-            records.append(run_prompt(decoder, prompt, config))
-            bar.update(1)
-        write_text_atomic(
-            cell_path(out_dir, row, bench, temp), "".join(json.dumps(r.to_json()) + "\n" for r in records)
-        )
-        taus = [r.tau for r in records if r.tau is not None]
-        tps = sum(r.new_tokens for r in records) / max(1e-9, sum(r.wall_ms for r in records) / 1000)
-        tau_text = f"tau {sum(taus) / len(taus):.2f}, " if taus else ""
-        print(f"[eval] {row.spec} | {bench} | T={temp:g}: {tau_text}{tps:.1f} tok/s", flush=True)
+            for row in group:  # round-robin: a slow spell of a shared machine slows every row alike
+                records[row.spec].append(run_prompt(decoders[row.spec], prompt, config))
+                bar.update(1)
+        for row in group:
+            _write_cell(
+                cell_path(out_dir, row, bench, temp), records[row.spec], f"{row.spec} | {bench} | T={temp:g}"
+            )
     bar.close()
     return out_dir
+
+
+def _write_cell(path: Path, records: list, label: str) -> None:
+    """One finished cell's records (atomically: a cell file is always complete), and its summary line."""
+    write_text_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
+    taus = [r.tau for r in records if r.tau is not None]
+    tps = sum(r.new_tokens for r in records) / max(1e-9, sum(r.wall_ms for r in records) / 1000)
+    tau_text = f"tau {sum(taus) / len(taus):.2f}, " if taus else ""
+    print(f"[eval] {label}: {tau_text}{tps:.1f} tok/s", flush=True)
 
 
 # What a finished cell's records depend on besides its row, benchmark and temperature.
