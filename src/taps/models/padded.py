@@ -4,10 +4,11 @@ A matmul kernel chooses its blocking, and with it the order in which it sums, by
 attention sums over however many keys it is given. In float32 that moves logits far below any gap
 greedy decoding sees (the lossless tests hold token for token); in bf16 it does not: a 1-token plain
 step and a 5-node tree verification of the same token round differently, near-tied logits flip, and
-the outputs part. Measured on an avx512_bf16 EPYC (2026-11-28, bf16, T = 0, eagle2-math, 4 GSM8K +
-4 MT-Bench prompts, 64 tokens): 1 of 8 speculative outputs equalled plain decoding; with every
-forward padded to 8 rows over the growing cache, 4 of 8; padded to 8 rows over a static cache
-(attention always spans the same slots), 8 of 8.
+the outputs part. Measured on an avx512_bf16 EPYC (2026-11-28, bf16, T = 0, 4 GSM8K + 4 MT-Bench
+prompts of 64 tokens, `benchmarks/engine.py`): 1 of 8 eagle2-math outputs equalled plain decoding;
+with every forward padded to 8 rows over a static cache, 8 of 8 on every drafter row. Both halves
+matter: padding fixes the matmuls' row count, and the static cache fixes how many keys attention
+sums over (over a growing cache that count still differs between a plain step and a tree).
 
 So with padding on, the loop runs the target through `GraphedTarget` with a single bucket of `rows`
 rows (`taps.models.graphs.accelerated`; replayed from a CUDA graph on a GPU, eager on a CPU): plain
@@ -16,9 +17,8 @@ cache, and trees are capped at `rows - 1` nodes (`cap_tree`). The prompt runs un
 speculative decoding share that prefill.
 
 It is the default in bf16 on CUDA, where a 64-row graph replay costs little more than a 1-row one.
-On a CPU it is opt-in (`--pad-rows 8`): there an 8-row bf16 forward cost 1.26x a 1-row one
-(measured in the same run: plain decoding 39.8 tok/s padded, 50.2 unpadded), which took more than
-the drafters' whole gain; float32 is exact without it.
+On a CPU it is opt-in (`--pad-rows 8`): there padded plain decoding ran 1.26x slower than unpadded
+(39.8 against 50.2 tok/s in the same run), more than the drafters gained; float32 is exact without it.
 """
 
 from __future__ import annotations
