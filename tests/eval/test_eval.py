@@ -114,6 +114,32 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
         )
 
 
+def test_rows_take_turns_and_each_decoder_is_made_once(tiny, data_dir, tmp_path, monkeypatch):
+    """Within a benchmark and temperature every row runs prompt by prompt in turn (speed side by side),
+    and a row's decoder (its drafters, its cost curve) is made once for the whole grid."""
+    import taps.eval.runner as runner
+
+    made, calls = [], []
+    real_decoder, real_run = runner.Decoder, runner.run_prompt
+    monkeypatch.setattr(runner, "Decoder", lambda row, *a: made.append(row.spec) or real_decoder(row, *a))
+    monkeypatch.setattr(
+        runner,
+        "run_prompt",
+        lambda dec, prompt, cfg: calls.append(dec.row.spec) or real_run(dec, prompt, cfg),
+    )
+    grid = GridConfig(
+        rows=["plain", "ngram"],
+        benchmarks=["gsm8k", "mt_bench"],
+        temperatures=[0.0, 1.0],
+        prompts=2,
+        max_new_tokens=4,
+        data_dir=str(data_dir),
+    )
+    run_grid(tiny, grid, tmp_path)
+    assert made == ["plain", "ngram"]
+    assert calls == ["plain", "ngram"] * 8  # 2 benchmarks x 2 temperatures x 2 prompts, rows alternating
+
+
 def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
     with pytest.raises(TapsError, match="unknown strategy"):
         parse_row("blend=a,b")

@@ -221,8 +221,9 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     for row, bench, temp in todo:
         groups.setdefault((bench, temp), []).append(row)
     for (bench, temp), group in groups.items():
-        for row in group:
-            decoders.setdefault(row.spec, Decoder(row, target, grid.shape, assistant))
+        for row in group:  # made once per row (drafters loaded, costs measured), kept across groups
+            if row.spec not in decoders:
+                decoders[row.spec] = Decoder(row, target, grid.shape, assistant)
         config = GenerationConfig(grid.max_new_tokens, temp, 1.0, grid.seed, target.eos_token_ids)
         records: dict[str, list] = {row.spec: [] for row in group}
         for prompt in prompts[bench]:
