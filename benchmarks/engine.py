@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
+from taps.cli import load_target_from_args
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
 from taps.device import machine_description, synchronize
 from taps.drafters import make_strategy, shipped_drafters
 from taps.models import packed
-from taps.models.catalog import load_target
 from taps.models.graphs import accelerated
 from taps.models.padded import invariant_rows
 from taps.models.stacked import stack_drafters
@@ -236,13 +236,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.emulate_avx2:
         emulate_avx2()
-    torch.set_num_threads(args.threads)
-    target = load_target(
-        args.target,
-        dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
-        device=args.device,
-        pad_rows=args.pad_rows,
-    )
+    target = load_target_from_args(args)
     device, graphs = target.model.device, target.model.device.type == "cuda"
     meta = {
         "target": args.target,

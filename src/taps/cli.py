@@ -150,7 +150,9 @@ def _tree_shape(args):
     )
 
 
-def _load(args):
+def load_target_from_args(args):
+    """The target that `_add_engine_args` describe (--target, --threads, --dtype, --device, --pad-rows),
+    with torch's CPU threads pinned: what every model command (and benchmarks/engine.py) loads."""
     import torch
 
     from taps.models.catalog import load_target
@@ -185,7 +187,7 @@ def cmd_generate(args) -> None:
     from taps.drafters import make_strategy
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
-    target = _load(args)
+    target = load_target_from_args(args)
     proposer = make_strategy(args.strategy, args.drafters.split(","), target, _tree_shape(args))
     config = GenerationConfig(
         args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
@@ -223,7 +225,7 @@ def _run_and_report(args, grid) -> None:
     from taps.eval.runner import run_grid
     from taps.models.catalog import load_target
 
-    target = _load(args)
+    target = load_target_from_args(args)
     assistant = (
         load_target(args.assistant, dtype=target.model.dtype, device=target.model.device)
         if getattr(args, "assistant", None)
@@ -331,7 +333,7 @@ def _training_conversations(args, target, work_dir) -> tuple[list, str]:
 def cmd_features(args) -> None:
     from taps.training.features import extract_features
 
-    target = _load(args)
+    target = load_target_from_args(args)
     train_part, corpus = _training_conversations(args, target, args.out)
     extract_features(
         target,
@@ -357,7 +359,7 @@ def cmd_train(args) -> None:
 
     if bool(args.features) == bool(args.online) or (args.online and not args.corpus):
         raise TapsError("taps train needs either --features DIR... (cached) or --online --corpus NAME")
-    target = _load(args)
+    target = load_target_from_args(args)
     cfg = TrainConfig(
         method=args.method,
         epochs=args.epochs,
@@ -400,7 +402,7 @@ def cmd_export(args) -> None:
     from taps.drafters import drafter_path
     from taps.export import export_eagle
 
-    target = _load(args)
+    target = load_target_from_args(args)
     out = export_eagle(drafter_path(args.drafter, target.name), target, args.out)
     print(f"[export] wrote {out} (EAGLE layout for vLLM / SGLang: config.json + model.safetensors)")
 
@@ -408,7 +410,7 @@ def cmd_export(args) -> None:
 def cmd_import(args) -> None:
     from taps.export import import_eagle
 
-    target = _load(args)
+    target = load_target_from_args(args)
     out = import_eagle(args.source, target, args.out)
     print(f"[import] wrote taps drafter {out}; use it with --drafters {out}")
 
@@ -419,7 +421,7 @@ def cmd_serve(args) -> None:
     from taps.serve.app import create_app
     from taps.serve.engine import Engine, Route
 
-    target = _load(args)
+    target = load_target_from_args(args)
     extra = tuple(d for d in args.extra_drafters.split(",") if d)
     engine = Engine(
         target,

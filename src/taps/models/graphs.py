@@ -86,10 +86,11 @@ class GraphedTarget:
         attention spans the whole cache, so a cache left large by an earlier long generation would
         slow every later step, and a generation's attention span depends only on its own length (the
         same generation always rounds alike: `taps.models.padded`)."""
+        rounded = -(-capacity // EAGER_ROUND) * EAGER_ROUND
         if self.capture and capacity > self.capacity:
             self._allocate(max(capacity, 2 * self.capacity, MIN_CAPACITY))
-        elif not self.capture and -(-capacity // EAGER_ROUND) * EAGER_ROUND != self.capacity:
-            self._allocate(-(-capacity // EAGER_ROUND) * EAGER_ROUND)
+        elif not self.capture and rounded != self.capacity:
+            self._allocate(rounded)
         self.cache.length = 0
         return self.cache
 
