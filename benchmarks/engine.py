@@ -37,7 +37,8 @@ from taps.cli import load_target_from_args
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_chat
 from taps.device import machine_description, synchronize
-from taps.drafters import make_strategy, shipped_drafters
+from taps.drafters import drafter_path, make_strategy, shipped_drafters
+from taps.errors import TapsError
 from taps.models import packed
 from taps.models.graphs import accelerated
 from taps.models.padded import invariant_rows
@@ -49,8 +50,11 @@ from taps.spec.propose import AUTO_SHAPE, TreeDrafter, TreeShape
 PAIR = "eagle2-math,eagle2-chat"
 
 
-def decoder_rows(target, graphs: bool, compile_hf: bool) -> list[tuple[str, str, str, TreeShape | None]]:
-    """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters."""
+def decoder_rows(
+    target, graphs: bool, compile_hf: bool, extra: tuple[str, ...] = ()
+) -> list[tuple[str, str, str, TreeShape | None]]:
+    """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
+    drafter folders (say, one just trained) measured beside the shipped ones, named by their path."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
     if compile_hf:
         rows.append(("hf static cache + compile", "hf-compile", "", None))
@@ -60,7 +64,7 @@ def decoder_rows(target, graphs: bool, compile_hf: bool) -> list[tuple[str, str,
     if invariant_rows(target.model) > 1:  # what padding every forward (bf16 exactness) costs plain decoding
         rows.append(("taps plain (unpadded)", "plain-unpadded", "", None))
     shipped = shipped_drafters(target.name)
-    proposers = [("single", "ngram"), *(("single", d) for d in shipped)]
+    proposers = [("single", "ngram"), *(("single", d) for d in [*shipped, *extra])]
     if all(d in shipped for d in PAIR.split(",")):
         proposers += [("merged", PAIR), ("route:confidence", PAIR)]
     for strategy, names in proposers:
@@ -232,11 +236,19 @@ def main() -> None:
         default="",
         help="only proposer rows whose name contains one of these words (comma-separated)",
     )
+    ap.add_argument(
+        "--drafters",
+        default="",
+        help="drafter folders to measure beside the shipped drafters (comma-separated; rows named by path)",
+    )
     ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()
     if args.emulate_avx2:
         emulate_avx2()
     target = load_target_from_args(args)
+    extra = tuple(d for d in args.drafters.split(",") if d)
+    for folder in extra:  # a wrong path fails now, in one line, before anything is measured
+        drafter_path(folder, target.name)
     device, graphs = target.model.device, target.model.device.type == "cuda"
     meta = {
         "target": args.target,
@@ -279,7 +291,7 @@ def main() -> None:
     prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
     decoders, failed = {}, {}
-    for name, strategy, names, shape in decoder_rows(target, graphs, args.compile):
+    for name, strategy, names, shape in decoder_rows(target, graphs, args.compile, extra):
         if wanted and not any(w in name for w in wanted) and not strategy.startswith(("hf", "plain")):
             continue
         try:
@@ -337,4 +349,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TapsError as exc:  # bad input (a drafter path, a device, a benchmark): one line, not a traceback
+        sys.exit(f"engine.py: {exc}")
