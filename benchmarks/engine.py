@@ -54,7 +54,8 @@ def decoder_rows(
     target, graphs: bool, compile_hf: bool, extra: tuple[str, ...] = ()
 ) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
-    drafter folders (say, one just trained) measured beside the shipped ones, named by their path."""
+    drafter folders (say, one just trained) measured beside the shipped ones, each row named by its
+    folder's name (by its whole path where that name is a shipped drafter's)."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
     if compile_hf:
         rows.append(("hf static cache + compile", "hf-compile", "", None))
@@ -68,12 +69,17 @@ def decoder_rows(
     if all(d in shipped for d in PAIR.split(",")):
         proposers += [("merged", PAIR), ("route:confidence", PAIR)]
     for strategy, names in proposers:
-        label = names if strategy == "single" else f"{strategy}={names}"
+        label = _row_label(names, shipped) if strategy == "single" else f"{strategy}={names}"
         rows += [
             (f"{label} [auto]", strategy, names, AUTO_SHAPE),
             (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
         ]
     return rows
+
+
+def _row_label(name: str, shipped: list[str]) -> str:
+    folder = Path(name).name
+    return name if folder in shipped and name != folder else folder
 
 
 def hf_decoder(target, kind: str, temperature: float):
