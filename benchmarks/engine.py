@@ -190,11 +190,10 @@ def draft_step_ms(target, drafter_name: str) -> dict[str, float]:
     feats = target.model(ctx, target.model.new_cache())
     out = {}
     for name, kernel in kernels.items():
-        trees = TreeDrafter([drafter], TreeShape(), [0])
-        trees.model = stack_drafters([drafter])
+        stacked = stack_drafters([drafter])
         if kernel is not None:
-            trees.model.pack_for_cpu(kernel)
-        trees.reset()
+            stacked.pack_for_cpu(kernel)
+        trees = TreeDrafter([drafter], TreeShape(), [0], stacked=stacked)
         trees.propose_all(ctx, feats)
         times = []
         for _ in range(11):

@@ -8,7 +8,7 @@ from taps.models.graphs import GraphedTarget
 from taps.models.target import TargetModel
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
-from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.propose import DrafterProposer, TreeDrafter, TreeShape
 from tests.conftest import random_drafter, require_default_target
 from tests.spec.test_lossless import PROMPTS
 
@@ -92,3 +92,19 @@ def test_bf16_outputs_mostly_equal_plain_decoding(default_target_cuda, data_dir)
             same[(buckets, name)] = sum(a == b for a, b in zip(outs, plain)) / len(prompts)
     print("bf16 share of outputs equal to plain decoding, by buckets and proposer:", same)
     assert min(v for (buckets, _), v in same.items() if len(buckets) == 1) >= 0.9
+
+
+def test_captured_drafting_graphs_draft_the_eager_trees(cuda_target):
+    drafters = [random_drafter(cuda_target, seed=s).to(CUDA).attach(cuda_target) for s in range(2)]
+    shape = TreeShape(4, 4, 12)
+    eager = TreeDrafter(drafters, shape, [0, 1], graphs=False)
+    captured = TreeDrafter(drafters, shape, [0, 1])  # on CUDA: CUDA graphs by default
+    assert captured.forward.capture
+    tokens = torch.randint(0, 90, (90,), generator=torch.Generator().manual_seed(0)).to(CUDA)
+    features = cuda_target(tokens, cuda_target.new_cache(128))
+    cuts = [70, 73, 74, 78, 84, 90]
+    for start, end in zip([0, *cuts], cuts):
+        trees = [d.propose_all(tokens[:end], features[start:end]) for d in (eager, captured)]
+        for a, b in zip(*trees):
+            assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
+    assert captured.forward.graphs  # levels replayed from graphs

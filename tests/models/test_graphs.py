@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from taps.models.graphs import GraphedTarget
+from taps.models.graphs import GraphedDrafter, GraphedTarget
+from taps.models.stacked import stack_drafters
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
-from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.propose import DrafterProposer, TreeDrafter, TreeShape
 from tests.conftest import random_drafter
 from tests.spec.test_lossless import PROMPTS, greedy
 
@@ -44,3 +45,36 @@ def test_generation_through_the_static_path_is_lossless(tiny_target, proposer):
     assert isinstance(gen.target, GraphedTarget)
     for prompt in PROMPTS:
         assert gen.generate(prompt, GenerationConfig(max_new_tokens=40)).tokens == greedy(tiny_target, prompt)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_static_drafting_path_drafts_the_same_trees(tiny_target, members):
+    """TreeDrafter through GraphedDrafter (eagerly here) against the plain drafter forward: the same
+    trees, step after step, from a prompt longer than every bucket, alone and as a stack of two."""
+    drafters = [random_drafter(tiny_target, seed=s) for s in range(members)]
+    shape = TreeShape(4, 4, 12)
+    plain = TreeDrafter(drafters, shape, list(range(members)), graphs=False)
+    static = TreeDrafter(drafters, shape, list(range(members)), graphs=True)
+    assert isinstance(static.forward, GraphedDrafter) and not isinstance(plain.forward, GraphedDrafter)
+    tokens = torch.randint(0, 90, (100,), generator=torch.Generator().manual_seed(0))
+    features = tiny_target(tokens, tiny_target.new_cache(128))
+    cuts = [70, 73, 74, 78, 84, 85, 100]  # the first ingest (70 pairs) runs unbucketed
+    for start, end in zip([0, *cuts], cuts):
+        trees = [d.propose_all(tokens[:end], features[start:end]) for d in (plain, static)]
+        for a, b in zip(*trees):
+            assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
+            torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-4)
+
+
+def test_static_drafter_cache_grows_and_keeps_what_it_holds(tiny_target):
+    stacked = stack_drafters([random_drafter(tiny_target, seed=1)])
+    graphed = GraphedDrafter(stacked, buckets=(1, 4), capture=False)
+    cache = graphed.new_cache(8)
+    hidden = stacked.config.shape.hidden_size
+    tokens = torch.arange(30)[None]
+    feats = torch.randn(1, 30, hidden)
+    first = graphed(tokens[:, :6], feats[:, :6], torch.arange(6), cache)
+    grown = graphed(tokens[:, 6:30], feats[:, 6:30], torch.arange(6, 30), cache)  # outgrows 8 slots
+    assert graphed.cache is cache and cache.length == 30 and graphed.capacity >= 30
+    reference = stacked(tokens, feats, torch.arange(30), stacked.new_cache(64))
+    torch.testing.assert_close(torch.cat([first, grown], 1), reference, atol=1e-4, rtol=1e-4)

@@ -109,18 +109,28 @@ class Drafter(nn.Module):
         full `mask` over cache + new slots); a stack of drafters takes [members, n] inputs.
         Training: batched inputs [B, n] / [B, n, H] with a full `mask` and no cache.
         """
-        x = self.fc(torch.cat([self.embed(tokens).to(self.dtype), features.to(self.dtype)], dim=-1))
         n = tokens.shape[-1]
-        # positions never exceed the slots in use: the cache's plus the new ones (training: the sequence)
-        cos, sin = self.rotary(positions, self.dtype, (cache.length if cache is not None else 0) + n)
         if cache is not None:
             cache.reserve(cache.length + n)
             if mask is None:
                 mask = attention_mask(n, cache.length, tree_mask, tokens.device)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+        # positions never exceed the slots in use: the cache's plus the new ones (training: the sequence)
+        bound = (cache.length if cache is not None else 0) + n
+        x = self.run_layers(tokens, features, positions, mask, cache, bound)
         if cache is not None:
             cache.length += n
+        return x
+
+    def run_layers(
+        self, tokens, features, positions, mask, cache: KVCache | None, bound: int
+    ) -> torch.Tensor:
+        """fc and decoder layers with the mask already made and no cache bookkeeping (`bound`: every
+        position is below it). A static cache (`cache.slots` set, see `taps.models.graphs`) takes the
+        keys/values at those slots and a mask over its whole capacity."""
+        x = self.fc(torch.cat([self.embed(tokens).to(self.dtype), features.to(self.dtype)], dim=-1))
+        cos, sin = self.rotary(positions, self.dtype, bound)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)
         return x
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""CUDA graphs for the target's forward: a static KV cache, a few padded sizes, captured once each.
+"""CUDA graphs for the target's and the drafters' forwards: a static KV cache, a few padded sizes,
+captured once each.
 
 On a GPU a decoding step is launch-bound, not arithmetic-bound: on an H200 the default target's
 eager forward took 12-14 ms whatever the token count, and 2.1-2.9 ms for 1-256 tokens captured in a
@@ -12,6 +13,11 @@ indices held in a device buffer, and attention covers the whole capacity under a
 each row the committed slots and its own tree ancestors. Padding rows write to a spare tail of the
 cache that no real row ever sees, so a padded forward computes exactly what the plain one does.
 
+Drafting is the same story at a smaller scale: one small forward per tree level. `GraphedDrafter`
+runs a stack of drafters (`taps.models.stacked`) the same way, and the tree drafter
+(`taps.spec.propose.TreeDrafter`) uses it on CUDA; the bookkeeping between levels (scores, top-k,
+masks) stays eager.
+
 `GraphedTarget` has the target's interface (`__call__`, `logits`, `new_cache`, `device`), so the
 generation loop does not change. With `capture=False` (the default off CUDA) it runs the same static
 path eagerly: that is what the CPU tests check against the plain forward, and what bf16 decoding on a
@@ -19,6 +25,8 @@ CPU runs with a single bucket (`taps.models.padded`: padded forwards round alike
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -156,21 +164,140 @@ class GraphedTarget:
         return output
 
     def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Warm up on a side stream (as torch requires), then record one padded forward."""
         inputs = self.inputs[bucket]
         inputs.fill(inputs.tokens[:0], inputs.positions[:0], None, 0, self.capacity)  # all rows: padding
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(inputs)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self._run(inputs)
-        return graph, output
+        return capture(lambda: self._run(inputs), self.device, self.pool)
+
+
+def capture(
+    run: Callable[[], torch.Tensor], device: torch.device, pool
+) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Warm `run` up on a side stream (as torch requires), then record one call of it in a graph."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        output = run()
+    return graph, output
+
+
+class _DraftInputs:
+    """The static input buffers of one bucket size for a stack of `members` drafters."""
+
+    def __init__(self, members: int, bucket: int, total: int, hidden: int, dtype, device: torch.device):
+        self.tokens = torch.zeros(members, bucket, dtype=torch.long, device=device)
+        self.features = torch.zeros(members, bucket, hidden, dtype=dtype, device=device)
+        self.positions = torch.zeros(bucket, dtype=torch.long, device=device)
+        self.slots = torch.zeros(bucket, dtype=torch.long, device=device)
+        self.mask = torch.zeros(members, 1, bucket, total, dtype=torch.bool, device=device)
+
+    def fill(self, tokens, features, positions, mask, start: int, spare: int) -> None:
+        """Rows 0..n-1 take the real inputs at slots start..; `mask` [N, 1, n, start + n] is what they
+        see of the cache and each other (None: all of the cache, causal among themselves). The other
+        rows write to the spare tail and see slot 0."""
+        n, bucket, device = tokens.shape[-1], self.slots.shape[0], self.slots.device
+        self.tokens[:, :n], self.tokens[:, n:] = tokens, 0
+        self.features[:, :n], self.features[:, n:] = features, 0
+        self.positions[:n], self.positions[n:] = positions, 0
+        self.slots[:n] = torch.arange(start, start + n, device=device)
+        self.slots[n:] = torch.arange(spare, spare + bucket - n, device=device)
+        self.mask.zero_()
+        if mask is None:
+            fill_mask(self.mask[0, 0], None, start, n)
+            self.mask[1:] = self.mask[0]
+        else:
+            self.mask[:, :, :n, : start + n] = mask
+            self.mask[:, 0, n:, 0] = True
+
+
+class GraphedDrafter:
+    """A stack of drafters' decoding forwards on a static cache, padded to BUCKETS rows, replayed from
+    CUDA graphs: the drafting half of a step is many small forwards (the newly committed tokens, then
+    one per tree level), each as launch-bound on a GPU as the target's. Same scheme as GraphedTarget;
+    the cache grows (keeping what it holds, and the graphs are captured again) when a generation
+    outgrows it. It has the stack's `forward` signature and `new_cache`; with `capture=False` (the
+    default off CUDA) it runs the same static path eagerly, which is what the CPU tests check."""
+
+    def __init__(self, drafter, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
+        if not drafter.members:
+            raise ValueError("GraphedDrafter runs a stack of drafters: see taps.models.stacked")
+        self.drafter, self.buckets = drafter, tuple(sorted(buckets))
+        self.capture = drafter.device.type == "cuda" if capture is None else capture
+        self.cache: KVCache | None = None
+        self.capacity = 0  # usable slots; the spare tail (max bucket) takes padding rows
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.inputs: dict[int, _DraftInputs] = {}
+        self.pool = None
+
+    def new_cache(self, capacity: int = 512) -> KVCache:
+        """The static cache, emptied (allocated on first use, then kept with its graphs)."""
+        if self.cache is None:
+            self.cache = self.drafter.new_cache(capacity + self.buckets[-1])
+            self._rebuild()
+        self.cache.length = 0
+        return self.cache
+
+    def _fit(self, slots: int) -> None:
+        if slots > self.capacity:
+            self.cache.reserve(max(slots, 2 * self.capacity) + self.buckets[-1])
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        d, total = self.drafter, self.cache.capacity
+        self.capacity = total - self.buckets[-1]
+        d.rotary(torch.zeros(1, dtype=torch.long, device=d.device), d.dtype, total)
+        self.tables = (d.rotary._cos, d.rotary._sin)  # held: the graphs read these tensors
+        hidden = d.config.shape.hidden_size
+        self.inputs = {b: _DraftInputs(d.members, b, total, hidden, d.dtype, d.device) for b in self.buckets}
+        self.graphs = {}
+
+    @torch.inference_mode()
+    def __call__(self, tokens, features, positions, cache: KVCache, mask=None) -> torch.Tensor:
+        """Drafter.forward on the static cache: tokens [N, n], features [N, n, H] -> hidden [N, n, H]."""
+        if cache is not self.cache:
+            raise TapsError("a GraphedDrafter runs on its own cache: get it from new_cache()")
+        n, start = tokens.shape[-1], cache.length
+        self._fit(start + n)
+        bucket = next((b for b in self.buckets if b >= n), None)
+        if bucket is None:  # longer than every bucket (a prompt's features): exact size, eagerly
+            d = self.drafter
+            inputs = _DraftInputs(
+                d.members, n, self.cache.capacity, d.config.shape.hidden_size, d.dtype, d.device
+            )
+            inputs.fill(tokens, features, positions, mask, start, self.capacity)
+            hidden = self._run(inputs)
+        else:
+            self.inputs[bucket].fill(tokens, features, positions, mask, start, self.capacity)
+            hidden = self._replay(bucket)[:, :n].clone()  # the graph's output is overwritten next replay
+        cache.length = start + n
+        return hidden
+
+    def _run(self, inputs: _DraftInputs) -> torch.Tensor:
+        self.cache.slots = inputs.slots
+        try:
+            return self.drafter.run_layers(
+                inputs.tokens, inputs.features, inputs.positions, inputs.mask, self.cache, self.cache.capacity
+            )
+        finally:
+            self.cache.slots = None
+
+    def _replay(self, bucket: int) -> torch.Tensor:
+        if not self.capture:
+            return self._run(self.inputs[bucket])
+        if bucket not in self.graphs:
+            inputs = self.inputs[bucket]
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            self.graphs[bucket] = capture(lambda: self._run(inputs), self.drafter.device, self.pool)
+        graph, output = self.graphs[bucket]
+        graph.replay()
+        return output
 
 
 def accelerated(model, graphs: bool | None = None, rows: int | None = None):

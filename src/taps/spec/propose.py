@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from taps.models.drafter import Drafter
+from taps.models.graphs import GraphedDrafter
 from taps.models.stacked import stack_drafters
 from taps.spec.tree import DraftTree
 
@@ -97,13 +98,26 @@ class TreeDrafter:
     node's ancestors score at least as high). Every member's frontier has the same size at every
     level, so one stacked drafter forward per level serves all members (N = 1 for a lone drafter)."""
 
-    def __init__(self, drafters: list[Drafter], shape: TreeShape, sources: list[int]):
-        self.model, self.shape, self.sources = stack_drafters(drafters).pack_for_cpu(), shape, sources
+    def __init__(
+        self,
+        drafters: list[Drafter],
+        shape: TreeShape,
+        sources: list[int],
+        graphs: bool | None = None,
+        stacked: Drafter | None = None,
+    ):
+        """`graphs`: run the drafting forwards through CUDA graphs (`taps.models.graphs`; off CUDA,
+        the same static path eagerly); default: on CUDA. `stacked`: the members already stacked (and
+        packed), for benchmarks of the CPU kernels; by default they are stacked and packed here."""
+        self.model = stacked if stacked is not None else stack_drafters(drafters).pack_for_cpu()
+        self.shape, self.sources = shape, sources
+        use_graphs = self.model.device.type == "cuda" if graphs is None else graphs
+        self.forward = GraphedDrafter(self.model) if use_graphs else self.model
         self.budget = None  # a TreeBudget may stop the levels early (see `_expand`)
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.model.new_cache()
+        self.cache = self.forward.new_cache()
         self.pairs = 0  # verified (feature, token) pairs in the cache
 
     @torch.inference_mode()
@@ -112,7 +126,7 @@ class TreeDrafter:
         self.cache.length = self.pairs  # drop last step's drafted entries
         positions = torch.arange(self.pairs, self.pairs + m, device=features.device)
         start = time.perf_counter()
-        hidden = self.model(
+        hidden = self.forward(
             tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache
         )
         self.pairs += m
@@ -185,7 +199,9 @@ class TreeDrafter:
         context = torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev)
         mask = torch.cat([context, rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
         positions = torch.full((f,), self.pairs - 1 + level, device=dev)
-        hidden = self.model(pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask)
+        hidden = self.forward(
+            pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask
+        )
         return hidden, grown
 
     def _log_probs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
