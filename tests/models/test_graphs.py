@@ -78,3 +78,45 @@ def test_static_drafter_cache_grows_and_keeps_what_it_holds(tiny_target):
     assert graphed.cache is cache and cache.length == 30 and graphed.capacity >= 30
     reference = stacked(tokens, feats, torch.arange(30), stacked.new_cache(64))
     torch.testing.assert_close(torch.cat([first, grown], 1), reference, atol=1e-4, rtol=1e-4)
+
+
+class _RecordedGraph:
+    """A stand-in for torch.cuda.CUDAGraph on the CPU: replay reruns the recorded call into its output."""
+
+    def __init__(self, run):
+        self.run, self.output = run, run()
+
+    def replay(self):
+        self.output.copy_(self.run())
+
+
+@pytest.mark.parametrize("kind", ["target", "drafter"])
+def test_a_bucket_first_call_returns_its_own_result(tiny_target, monkeypatch, kind):
+    """The call that records a bucket's graph must replay it on that call's own inputs (the recording
+    once ran on all-padding inputs instead, so a bucket's first output was wrong)."""
+    import taps.models.graphs as graphs
+
+    def fake_capture(run, device, pool):
+        graph = _RecordedGraph(run)
+        return graph, graph.output
+
+    monkeypatch.setattr(graphs, "capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    tokens = torch.tensor([0, 5, 17, 23, 5, 17, 9, 3, 44, 12, 80])
+    if kind == "target":
+        recorded, eager = (GraphedTarget(tiny_target, (1, 4), capture=c) for c in (True, False))
+        outs = []
+        for graphed in (recorded, eager):
+            cache = graphed.new_cache(64)
+            outs.append(torch.cat([graphed(tokens[:2], cache).clone(), graphed(tokens[2:3], cache).clone()]))
+    else:
+        stacked = stack_drafters([random_drafter(tiny_target, seed=1)])
+        feats = torch.randn(1, 3, stacked.config.shape.hidden_size)
+        outs = []
+        for graphed in (GraphedDrafter(stacked, (1, 4), capture=c) for c in (True, False)):
+            cache = graphed.new_cache(64)
+            first = graphed(tokens[None, :2], feats[:, :2], torch.arange(2), cache)
+            outs.append(
+                torch.cat([first, graphed(tokens[None, 2:3], feats[:, 2:3], torch.arange(2, 3), cache)], 1)
+            )
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)

@@ -69,18 +69,43 @@ def fill_mask(mask: torch.Tensor, tree_mask: torch.Tensor | None, start: int, n:
     mask[n:, 0] = True  # padding rows attend somewhere (an all-masked row would be NaN)
 
 
-class GraphedTarget:
-    """A TargetModel's forward on a static cache, padded to BUCKETS, replayed from CUDA graphs."""
+class _BucketGraphs:
+    """What both graphed forwards share: a static cache, input buffers per bucket and one CUDA graph per
+    bucket, recorded on its first use from the request's own inputs (the warm-up runs write the same
+    keys and values the replay then writes), or the same path run eagerly without graphs."""
 
-    def __init__(self, model, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
-        self.model, self.buckets = model, tuple(sorted(buckets))
-        self.exact_rows = self.buckets[0] if len(self.buckets) == 1 else 0  # one bucket: padded alike
-        self.capture = model.device.type == "cuda" if capture is None else capture
+    def __init__(self, device: torch.device, buckets: tuple[int, ...], capture: bool | None):
+        self.buckets = tuple(sorted(buckets))
+        self.capture = device.type == "cuda" if capture is None else capture
         self.cache: KVCache | None = None
         self.capacity = 0  # usable slots; the spare tail (max bucket) takes padding rows
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.inputs: dict[int, _Inputs] = {}
+        self.inputs: dict = {}
         self.pool = None
+
+    def _run(self, inputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _replay(self, bucket: int) -> torch.Tensor:
+        inputs = self.inputs[bucket]
+        if not self.capture:
+            return self._run(inputs)
+        if bucket not in self.graphs:
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            self.graphs[bucket] = capture(lambda: self._run(inputs), inputs.slots.device, self.pool)
+        graph, output = self.graphs[bucket]
+        graph.replay()
+        return output
+
+
+class GraphedTarget(_BucketGraphs):
+    """A TargetModel's forward on a static cache, padded to BUCKETS, replayed from CUDA graphs."""
+
+    def __init__(self, model, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
+        self.model = model
+        super().__init__(model.device, buckets, capture)
+        self.exact_rows = self.buckets[0] if len(self.buckets) == 1 else 0  # one bucket: padded alike
 
     def __getattr__(self, name: str):
         """Everything else (device, dtype, shape, logits, fingerprint, ...) is the model's."""
@@ -154,22 +179,6 @@ class GraphedTarget:
         fill_mask(inputs.mask, tree_mask, start, n)
         return self._run(inputs)
 
-    def _replay(self, bucket: int) -> torch.Tensor:
-        if not self.capture:
-            return self._run(self.inputs[bucket])
-        if bucket not in self.graphs:
-            self.graphs[bucket] = self._capture(bucket)
-        graph, output = self.graphs[bucket]
-        graph.replay()
-        return output
-
-    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        inputs = self.inputs[bucket]
-        inputs.fill(inputs.tokens[:0], inputs.positions[:0], None, 0, self.capacity)  # all rows: padding
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        return capture(lambda: self._run(inputs), self.device, self.pool)
-
 
 def capture(
     run: Callable[[], torch.Tensor], device: torch.device, pool
@@ -216,7 +225,7 @@ class _DraftInputs:
             self.mask[:, 0, n:, 0] = True
 
 
-class GraphedDrafter:
+class GraphedDrafter(_BucketGraphs):
     """A stack of drafters' decoding forwards on a static cache, padded to BUCKETS rows, replayed from
     CUDA graphs: the drafting half of a step is many small forwards (the newly committed tokens, then
     one per tree level), each as launch-bound on a GPU as the target's. Same scheme as GraphedTarget;
@@ -227,13 +236,8 @@ class GraphedDrafter:
     def __init__(self, drafter, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
         if not drafter.members:
             raise ValueError("GraphedDrafter runs a stack of drafters: see taps.models.stacked")
-        self.drafter, self.buckets = drafter, tuple(sorted(buckets))
-        self.capture = drafter.device.type == "cuda" if capture is None else capture
-        self.cache: KVCache | None = None
-        self.capacity = 0  # usable slots; the spare tail (max bucket) takes padding rows
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.inputs: dict[int, _DraftInputs] = {}
-        self.pool = None
+        self.drafter = drafter
+        super().__init__(drafter.device, buckets, capture)
 
     def new_cache(self, capacity: int = 512) -> KVCache:
         """The static cache, emptied (allocated on first use, then kept with its graphs)."""
@@ -286,18 +290,6 @@ class GraphedDrafter:
             )
         finally:
             self.cache.slots = None
-
-    def _replay(self, bucket: int) -> torch.Tensor:
-        if not self.capture:
-            return self._run(self.inputs[bucket])
-        if bucket not in self.graphs:
-            inputs = self.inputs[bucket]
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            self.graphs[bucket] = capture(lambda: self._run(inputs), self.drafter.device, self.pool)
-        graph, output = self.graphs[bucket]
-        graph.replay()
-        return output
 
 
 def accelerated(model, graphs: bool | None = None, rows: int | None = None):
