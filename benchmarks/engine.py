@@ -244,7 +244,8 @@ def main() -> None:
     ap.add_argument(
         "--drafters",
         default="",
-        help="drafter folders to measure beside the shipped drafters (comma-separated; rows named by path)",
+        help="drafter folders to measure beside the shipped drafters (comma-separated; a row is named "
+        "by its folder, by its path where that name is a shipped drafter's)",
     )
     ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()

@@ -86,6 +86,16 @@ class _BucketGraphs:
     def _run(self, inputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def _bucket(self, rows: int) -> int | None:
+        """The smallest bucket that holds `rows` (None: longer than every bucket)."""
+        return next((b for b in self.buckets if b >= rows), None)
+
+    def _hold_rotary(self, model, total: int) -> None:
+        """Build `model`'s rotary tables for every slot now, and hold them: the graphs read these
+        tensors even if a longer eager forward elsewhere replaces the model's."""
+        model.rotary(torch.zeros(1, dtype=torch.long, device=model.device), model.dtype, total)
+        self.tables = (model.rotary._cos, model.rotary._sin)
+
     def _replay(self, bucket: int) -> torch.Tensor:
         inputs = self.inputs[bucket]
         if not self.capture:
@@ -130,10 +140,7 @@ class GraphedTarget(_BucketGraphs):
     def _allocate(self, capacity: int) -> None:
         total = capacity + self.buckets[-1]
         self.cache, self.capacity = self.model.new_cache(total), capacity
-        # Build the rotary tables for every position now, and hold them: the graphs read these tensors
-        # even if a longer eager forward elsewhere replaces the model's.
-        self.model.rotary(torch.zeros(1, dtype=torch.long, device=self.device), self.dtype, total)
-        self.tables = (self.model.rotary._cos, self.model.rotary._sin)
+        self._hold_rotary(self.model, total)
         self.inputs = {b: _Inputs(b, total, self.device) for b in self.buckets}
         self.graphs = {}
 
@@ -147,7 +154,7 @@ class GraphedTarget(_BucketGraphs):
             raise TapsError(f"the static cache holds {self.capacity} tokens, {start + n} were asked for")
         if positions is None:
             positions = torch.arange(start, start + n, device=tokens.device)
-        bucket = next((b for b in self.buckets if b >= n), None)
+        bucket = self._bucket(n)
         if bucket is None:
             hidden = self._eager(tokens, positions, tree_mask, start)
         else:
@@ -158,8 +165,7 @@ class GraphedTarget(_BucketGraphs):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on the bucket's row count too, so that its rounding depends on the bucket only."""
-        bucket = next((b for b in self.buckets if b >= hidden.shape[0]), 0)
-        return padded_logits(self.model, hidden, bucket)
+        return padded_logits(self.model, hidden, self._bucket(hidden.shape[0]) or 0)
 
     def _run(self, inputs: _Inputs) -> torch.Tensor:
         self.cache.slots = inputs.slots
@@ -253,13 +259,16 @@ class GraphedDrafter(_BucketGraphs):
             self._rebuild()
 
     def _rebuild(self) -> None:
-        d, total = self.drafter, self.cache.capacity
-        self.capacity = total - self.buckets[-1]
-        d.rotary(torch.zeros(1, dtype=torch.long, device=d.device), d.dtype, total)
-        self.tables = (d.rotary._cos, d.rotary._sin)  # held: the graphs read these tensors
-        hidden = d.config.shape.hidden_size
-        self.inputs = {b: _DraftInputs(d.members, b, total, hidden, d.dtype, d.device) for b in self.buckets}
+        self.capacity = self.cache.capacity - self.buckets[-1]
+        self._hold_rotary(self.drafter, self.cache.capacity)
+        self.inputs = {b: self._new_inputs(b) for b in self.buckets}
         self.graphs = {}
+
+    def _new_inputs(self, rows: int) -> _DraftInputs:
+        d = self.drafter
+        return _DraftInputs(
+            d.members, rows, self.cache.capacity, d.config.shape.hidden_size, d.dtype, d.device
+        )
 
     @torch.inference_mode()
     def __call__(self, tokens, features, positions, cache: KVCache, mask=None) -> torch.Tensor:
@@ -268,12 +277,9 @@ class GraphedDrafter(_BucketGraphs):
             raise TapsError("a GraphedDrafter runs on its own cache: get it from new_cache()")
         n, start = tokens.shape[-1], cache.length
         self._fit(start + n)
-        bucket = next((b for b in self.buckets if b >= n), None)
+        bucket = self._bucket(n)
         if bucket is None:  # longer than every bucket (a prompt's features): exact size, eagerly
-            d = self.drafter
-            inputs = _DraftInputs(
-                d.members, n, self.cache.capacity, d.config.shape.hidden_size, d.dtype, d.device
-            )
+            inputs = self._new_inputs(n)
             inputs.fill(tokens, features, positions, mask, start, self.capacity)
             hidden = self._run(inputs)
         else:
