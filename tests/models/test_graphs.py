@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from taps.models.graphs import GraphedDrafter, GraphedTarget
+from taps.models.graphs import GraphedDrafter, GraphedTarget, fill_mask
+from taps.models.layers import attention_mask
 from taps.models.stacked import stack_drafters
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
@@ -25,6 +26,19 @@ def test_padded_static_forward_matches_the_plain_one(tiny_target):
         outs.append(torch.cat([a, b, c]))
         assert cache.length == 13
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_tree_mask_over_drafted_slots_leaves_the_context_visible():
+    """A drafting level's rows see the committed context and their tree over the last w slots (drafted
+    ancestors still in the cache, then the new rows): the eager mask and the static buffer agree."""
+    tree = torch.tensor([[[1, 0, 1, 0], [0, 1, 0, 1]], [[0, 1, 1, 0], [1, 0, 0, 1]]], dtype=torch.bool)
+    eager = attention_mask(2, 5, tree.unsqueeze(1))  # 5 cached (3 committed, 2 drafted), 2 new
+    assert eager.shape == (2, 1, 2, 7) and eager[..., :3].all()
+    assert torch.equal(eager[:, 0, :, 3:], tree)
+    static = torch.ones(2, 1, 4, 12, dtype=torch.bool)  # bucket 4, capacity 12: stale values cleared
+    fill_mask(static, tree.unsqueeze(1), start=5, n=2)
+    assert torch.equal(static[..., :2, :7], eager) and not static[..., :2, 7:].any()
+    assert static[..., 2:, 0].all() and not static[..., 2:, 1:].any()  # padding rows see slot 0 only
 
 
 def test_static_cache_grows_for_long_generations(tiny_target):

@@ -105,8 +105,8 @@ class Drafter(nn.Module):
     ) -> torch.Tensor:
         """Predicted next features for pairs (features[i], tokens[i]).
 
-        Decoding: 1-D inputs on top of `cache` (causal, or `tree_mask` among the new ones, or a
-        full `mask` over cache + new slots); a stack of drafters takes [members, n] inputs.
+        Decoding: 1-D inputs on top of `cache` (causal, or `tree_mask` over the last slots: see
+        `attention_mask`); a stack of drafters takes [members, n] inputs.
         Training: batched inputs [B, n] / [B, n, H] with a full `mask` and no cache.
         """
         n = tokens.shape[-1]

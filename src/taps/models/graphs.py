@@ -59,14 +59,16 @@ class _Inputs:
 
 
 def fill_mask(mask: torch.Tensor, tree_mask: torch.Tensor | None, start: int, n: int) -> None:
-    """mask [rows, total]: every real row sees slots < start and its tree (causal without one)."""
+    """mask [..., rows, total] for n real rows at slots start..: `tree_mask` [..., n, w] (see
+    `attention_mask`; causal without one) over the last w of the slots before start + n, every earlier
+    slot seen by all. Padding rows see slot 0 (an all-masked row would be NaN)."""
     mask.zero_()
-    mask[:n, :start] = True
-    local = (
-        tree_mask if tree_mask is not None else torch.ones(n, n, dtype=torch.bool, device=mask.device).tril_()
-    )
-    mask[:n, start : start + n] = local
-    mask[n:, 0] = True  # padding rows attend somewhere (an all-masked row would be NaN)
+    if tree_mask is None:
+        tree_mask = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril_()
+    seen = start + n - tree_mask.shape[-1]
+    mask[..., :n, :seen] = True
+    mask[..., :n, seen : start + n] = tree_mask
+    mask[..., n:, 0] = True
 
 
 class _BucketGraphs:
@@ -84,6 +86,14 @@ class _BucketGraphs:
         self.pool = None
 
     def _run(self, inputs) -> torch.Tensor:
+        """The model's layers over `inputs`, writing keys and values at the inputs' slot indices."""
+        self.cache.slots = inputs.slots
+        try:
+            return self._layers(inputs)
+        finally:
+            self.cache.slots = None
+
+    def _layers(self, inputs) -> torch.Tensor:
         raise NotImplementedError
 
     def _bucket(self, rows: int) -> int | None:
@@ -167,14 +177,10 @@ class GraphedTarget(_BucketGraphs):
         """The LM head on the bucket's row count too, so that its rounding depends on the bucket only."""
         return padded_logits(self.model, hidden, self._bucket(hidden.shape[0]) or 0)
 
-    def _run(self, inputs: _Inputs) -> torch.Tensor:
-        self.cache.slots = inputs.slots
-        try:
-            return self.model.run_layers(
-                inputs.tokens, inputs.positions, inputs.mask, self.cache, self.cache.capacity
-            )
-        finally:
-            self.cache.slots = None
+    def _layers(self, inputs: _Inputs) -> torch.Tensor:
+        return self.model.run_layers(
+            inputs.tokens, inputs.positions, inputs.mask, self.cache, self.cache.capacity
+        )
 
     def _eager(self, tokens, positions, tree_mask, start: int) -> torch.Tensor:
         """A forward longer than every bucket (a prompt): the static path without padding or graph."""
@@ -212,23 +218,16 @@ class _DraftInputs:
         self.slots = torch.zeros(bucket, dtype=torch.long, device=device)
         self.mask = torch.zeros(members, 1, bucket, total, dtype=torch.bool, device=device)
 
-    def fill(self, tokens, features, positions, mask, start: int, spare: int) -> None:
-        """Rows 0..n-1 take the real inputs at slots start..; `mask` [N, 1, n, start + n] is what they
-        see of the cache and each other (None: all of the cache, causal among themselves). The other
-        rows write to the spare tail and see slot 0."""
+    def fill(self, tokens, features, positions, tree_mask, start: int, spare: int) -> None:
+        """Rows 0..n-1 take the real inputs at slots start..; `tree_mask` [N, 1, n, w] is what they see of
+        the last w slots (see `fill_mask`). The other rows write to the spare tail and see slot 0."""
         n, bucket, device = tokens.shape[-1], self.slots.shape[0], self.slots.device
         self.tokens[:, :n], self.tokens[:, n:] = tokens, 0
         self.features[:, :n], self.features[:, n:] = features, 0
         self.positions[:n], self.positions[n:] = positions, 0
         self.slots[:n] = torch.arange(start, start + n, device=device)
         self.slots[n:] = torch.arange(spare, spare + bucket - n, device=device)
-        self.mask.zero_()
-        if mask is None:
-            fill_mask(self.mask[0, 0], None, start, n)
-            self.mask[1:] = self.mask[0]
-        else:
-            self.mask[:, :, :n, : start + n] = mask
-            self.mask[:, 0, n:, 0] = True
+        fill_mask(self.mask, tree_mask, start, n)
 
 
 class GraphedDrafter(_BucketGraphs):
@@ -271,7 +270,7 @@ class GraphedDrafter(_BucketGraphs):
         )
 
     @torch.inference_mode()
-    def __call__(self, tokens, features, positions, cache: KVCache, mask=None) -> torch.Tensor:
+    def __call__(self, tokens, features, positions, cache: KVCache, tree_mask=None) -> torch.Tensor:
         """Drafter.forward on the static cache: tokens [N, n], features [N, n, H] -> hidden [N, n, H]."""
         if cache is not self.cache:
             raise TapsError("a GraphedDrafter runs on its own cache: get it from new_cache()")
@@ -280,22 +279,18 @@ class GraphedDrafter(_BucketGraphs):
         bucket = self._bucket(n)
         if bucket is None:  # longer than every bucket (a prompt's features): exact size, eagerly
             inputs = self._new_inputs(n)
-            inputs.fill(tokens, features, positions, mask, start, self.capacity)
+            inputs.fill(tokens, features, positions, tree_mask, start, self.capacity)
             hidden = self._run(inputs)
         else:
-            self.inputs[bucket].fill(tokens, features, positions, mask, start, self.capacity)
+            self.inputs[bucket].fill(tokens, features, positions, tree_mask, start, self.capacity)
             hidden = self._replay(bucket)[:, :n].clone()  # the graph's output is overwritten next replay
         cache.length = start + n
         return hidden
 
-    def _run(self, inputs: _DraftInputs) -> torch.Tensor:
-        self.cache.slots = inputs.slots
-        try:
-            return self.drafter.run_layers(
-                inputs.tokens, inputs.features, inputs.positions, inputs.mask, self.cache, self.cache.capacity
-            )
-        finally:
-            self.cache.slots = None
+    def _layers(self, inputs: _DraftInputs) -> torch.Tensor:
+        return self.drafter.run_layers(
+            inputs.tokens, inputs.features, inputs.positions, inputs.mask, self.cache, self.cache.capacity
+        )
 
 
 def accelerated(model, graphs: bool | None = None, rows: int | None = None):

@@ -257,15 +257,14 @@ class DecoderLayer(nn.Module):
 def attention_mask(
     n_new: int, n_cached: int, tree_mask: torch.Tensor | None, device: torch.device | str = "cpu"
 ) -> torch.Tensor | str | None:
-    """Bool mask [n_new, n_cached + n_new]: all cached slots, then causal or the given tree mask
-    (None when one new token sees everything, CAUSAL when nothing is cached)."""
+    """Bool mask [..., n_new, n_cached + n_new]: causal over the new tokens, or `tree_mask`
+    [..., n_new, w] over the last w slots (the new tokens, or the new ones and drafted ancestors
+    still in the cache), every earlier slot seen by all (None when one new token sees everything,
+    CAUSAL when nothing is cached)."""
     if tree_mask is None and (n_new == 1 or n_cached == 0):
         return None if n_new == 1 else CAUSAL
-    if tree_mask is not None:
-        device = tree_mask.device
-    local = (
-        tree_mask
-        if tree_mask is not None
-        else torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril_()
-    )
-    return torch.cat([torch.ones(n_new, n_cached, dtype=torch.bool, device=device), local], dim=1)
+    if tree_mask is None:
+        tree_mask = torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril_()
+    seen = n_cached + n_new - tree_mask.shape[-1]
+    context = torch.ones(*tree_mask.shape[:-1], seen, dtype=torch.bool, device=tree_mask.device)
+    return torch.cat([context, tree_mask], dim=-1)

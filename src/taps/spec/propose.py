@@ -196,11 +196,10 @@ class TreeDrafter:
         grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool, device=dev)
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
-        context = torch.ones(n, f, self.pairs, dtype=torch.bool, device=dev)
-        mask = torch.cat([context, rows], dim=2).unsqueeze(1)  # [N, heads, f, ctx]
         positions = torch.full((f,), self.pairs - 1 + level, device=dev)
+        # rows cover the drafted slots and this level's; the committed context before them is seen by all
         hidden = self.forward(
-            pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, mask=mask
+            pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, tree_mask=rows.unsqueeze(1)
         )
         return hidden, grown
 
