@@ -343,6 +343,7 @@ def cmd_features(args) -> None:
         args.tokens,
         args.max_len,
         command="taps " + " ".join(sys.argv[1:]),
+        selection={"seed": args.seed, "held_out": args.held_out},
     )
 
 

@@ -63,8 +63,17 @@ def test_features_are_resumable_and_complete(features, tmp_path):
     assert manifest["sequences"] == 48 and len(manifest["shards"]) > 1 and manifest["complete"]
     part = tmp_path / "part"
     extract_features(target, conversations(), part, corpus="toy", max_tokens=400, shard_tokens=100)
-    m2 = extract_features(target, conversations(), part, corpus="toy", max_tokens=10**6, shard_tokens=100)
+    chosen = {"seed": 0, "held_out": 4}
+    extract_features(
+        target, conversations(), part, "toy", 400, shard_tokens=100, command="first", selection=chosen
+    )
+    with pytest.raises(TapsError, match="--seed 0; rerun with that"):  # another order would mix two samples
+        extract_features(target, conversations(), part, "toy", 10**6, selection={**chosen, "seed": 1})
+    m2 = extract_features(
+        target, conversations(), part, "toy", 10**6, shard_tokens=100, command="larger", selection=chosen
+    )
     assert m2["tokens"] == manifest["tokens"] and m2["sequences"] == 48
+    assert m2["command"] == "larger"  # the latest run's command reproduces the whole folder
     _, seqs2 = load_sequences(part)
     for a, b in zip(seqs, seqs2):
         assert torch.equal(a.tokens, b.tokens) and torch.allclose(

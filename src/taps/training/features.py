@@ -57,12 +57,16 @@ def extract_features(
     max_len: int = 1024,
     shard_tokens: int = 1 << 18,
     command: str | None = None,
+    selection: dict | None = None,
 ) -> dict:
-    """Write feature shards for `conversations` until `max_tokens` tokens; resumes a partial run."""
+    """Write feature shards for `conversations` until `max_tokens` tokens; resumes a partial run, or
+    extends a finished one to a larger budget. `selection` (seed, held-out count) must match what the
+    folder was started with: a resumed run continues the same conversation order, so the command of
+    the latest run reproduces the whole folder, and that is the command recorded."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _load_or_start(out_dir, target, corpus, max_len)
-    manifest.setdefault("command", command)
+    manifest = _load_or_start(out_dir, target, corpus, max_len, selection or {})
+    manifest["command"] = command or manifest.get("command")
     done, total = manifest["conversations_done"], manifest["tokens"]
     buffer: list[Sequence] = []
     bar = tqdm(
@@ -104,7 +108,7 @@ def extract_features(
     return manifest
 
 
-def _load_or_start(out_dir: Path, target, corpus: str, max_len: int) -> dict:
+def _load_or_start(out_dir: Path, target, corpus: str, max_len: int, selection: dict) -> dict:
     path = out_dir / MANIFEST
     fingerprint = target.model.fingerprint()
     if path.is_file():
@@ -117,8 +121,17 @@ def _load_or_start(out_dir: Path, target, corpus: str, max_len: int) -> dict:
             raise TapsError(
                 f"{out_dir} holds features of another target/corpus/max_len; pick a new --out folder"
             )
+        recorded = manifest.get("selection", {})  # folders from before it was recorded: taken as given
+        changed = {k: (recorded[k], v) for k, v in selection.items() if k in recorded and recorded[k] != v}
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {old}" for k, (old, _) in changed.items())
+            raise TapsError(
+                f"{out_dir} holds conversations chosen with {was}; rerun with that or pick a new --out folder"
+            )
+        manifest["selection"] = {**recorded, **selection}
         return manifest
     return {
+        "selection": selection,
         "format": "taps-features/1",
         "target": fingerprint,
         "corpus": corpus,
