@@ -122,11 +122,13 @@ def _load_or_start(out_dir: Path, target, corpus: str, max_len: int, selection: 
                 f"{out_dir} holds features of another target/corpus/max_len; pick a new --out folder"
             )
         recorded = manifest.get("selection", {})  # folders from before it was recorded: taken as given
-        changed = {k: (recorded[k], v) for k, v in selection.items() if k in recorded and recorded[k] != v}
-        if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {old}" for k, (old, _) in changed.items())
+        was = [
+            f"--{k.replace('_', '-')} {recorded[k]}" for k, v in selection.items() if recorded.get(k, v) != v
+        ]
+        if was:
             raise TapsError(
-                f"{out_dir} holds conversations chosen with {was}; rerun with that or pick a new --out folder"
+                f"{out_dir} holds conversations chosen with {', '.join(was)}; rerun with that or pick a new "
+                "--out folder"
             )
         manifest["selection"] = {**recorded, **selection}
         return manifest
