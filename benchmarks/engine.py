@@ -2,7 +2,7 @@
 
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
         [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
-        [--emulate-avx2] [--pad-rows N] [--out FILE.json]
+        [--emulate-avx2] [--pad-rows N] [--ignore-eos] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
 1. the target's forward cost by token count (the curve the tree budget weighs; 1000 / the 1-token
@@ -18,6 +18,10 @@ Prints, and writes as JSON with `--out`:
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.
+`--ignore-eos` makes every output run to --max-new-tokens. At T > 0 each row samples its own text,
+and a row whose sample ends early pays its prompt's prefill over fewer tokens; equal lengths compare
+like with like, as serving benchmarks do. taps keeps sampling past an EOS token (the target's
+distribution is unchanged), HF `generate` is held to the length with `min_new_tokens`.
 Speed-ups are ratios within this one run; nothing here is an assertion.
 """
 
@@ -82,7 +86,7 @@ def _row_label(name: str, shipped: list[str]) -> str:
     return name if folder in shipped and name != folder else folder
 
 
-def hf_decoder(target, kind: str, temperature: float):
+def hf_decoder(target, kind: str, temperature: float, ignore_eos: bool = False):
     """A callable prompt_ids -> (tokens, seconds) over the `transformers` model of the same folder."""
     from transformers import AutoModelForCausalLM
 
@@ -101,7 +105,10 @@ def hf_decoder(target, kind: str, temperature: float):
     @torch.inference_mode()
     def run(prompt: list[int], max_new: int) -> tuple[list[int], float]:
         start = time.perf_counter()
-        out = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new, **kwargs)
+        length = dict(min_new_tokens=max_new) if ignore_eos else {}
+        out = model.generate(
+            torch.tensor([prompt], device=device), max_new_tokens=max_new, **kwargs, **length
+        )
         synchronize(device)
         return out[0, len(prompt) :].tolist(), time.perf_counter() - start
 
@@ -109,7 +116,13 @@ def hf_decoder(target, kind: str, temperature: float):
 
 
 def taps_decoder(
-    target, strategy: str, names: str, shape: TreeShape | None, graphs: bool | None, temperature: float
+    target,
+    strategy: str,
+    names: str,
+    shape: TreeShape | None,
+    graphs: bool | None,
+    temperature: float,
+    ignore_eos: bool = False,
 ):
     proposer = (
         None if strategy.startswith("plain") else make_strategy(strategy, names.split(","), target, shape)
@@ -120,7 +133,9 @@ def taps_decoder(
 
     def run(prompt: list[int], max_new: int):
         cfg = GenerationConfig(
-            max_new_tokens=max_new, temperature=temperature, eos_token_ids=target.eos_token_ids
+            max_new_tokens=max_new,
+            temperature=temperature,
+            eos_token_ids=() if ignore_eos else target.eos_token_ids,
         )
         out = gen.generate(prompt, cfg)
         return out.tokens, out.wall_ms / 1000, out.steps
@@ -233,6 +248,9 @@ def main() -> None:
     )
     ap.add_argument("--emulate-avx2", action="store_true", help="run as an AVX2-only CPU without native bf16")
     ap.add_argument(
+        "--ignore-eos", action="store_true", help="every output runs to --max-new-tokens (see the header)"
+    )
+    ap.add_argument(
         "--compile", action="store_true", help="add HF generate with a static cache + torch.compile"
     )
     ap.add_argument("--data-dir", default=None)
@@ -269,6 +287,7 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "emulated_avx2": args.emulate_avx2,
+        "ignore_eos": args.ignore_eos,
         "date": time.strftime("%Y-%m-%d"),
     }
     print(
@@ -302,10 +321,12 @@ def main() -> None:
             continue
         try:
             if strategy.startswith("hf"):
-                run = hf_decoder(target, strategy, args.temperature)
+                run = hf_decoder(target, strategy, args.temperature, args.ignore_eos)
             else:
                 use_graphs = False if strategy == "plain-eager" else None
-                run = taps_decoder(target, strategy, names, shape, use_graphs, args.temperature)
+                run = taps_decoder(
+                    target, strategy, names, shape, use_graphs, args.temperature, args.ignore_eos
+                )
             run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
             decoders[name] = run
         except Exception as exc:  # a baseline that does not run here (e.g. compile) is reported, not fatal

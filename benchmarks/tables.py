@@ -114,7 +114,13 @@ def main() -> None:
     args = ap.parse_args()
     result = load(args.result)
     print(f"_{machine_line(result)}_\n")
-    print(compact_table(result) if args.compact else full_table(result, args.t1 and load(args.t1)))
+    t1 = args.t1 and load(args.t1)
+    print(compact_table(result) if args.compact else full_table(result, t1))
+    for run, label in ((result, "All columns"), (t1, "The T = 1 columns")):
+        if run and run["meta"].get("ignore_eos"):
+            print(
+                f"\n_{label}: every output ran to {run['meta']['max_new_tokens']} tokens (`--ignore-eos`)._"
+            )
 
 
 if __name__ == "__main__":
