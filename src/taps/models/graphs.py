@@ -49,10 +49,11 @@ class _Inputs:
         self.mask = torch.zeros(bucket, total, dtype=torch.bool, device=device)
 
     def fill(self, tokens, positions, tree_mask, start: int, spare: int) -> None:
-        """Rows 0..n-1: the real tokens at slots start..; the rest write to the spare tail and see slot 0."""
-        n, bucket, device = tokens.shape[0], self.tokens.shape[0], tokens.device
-        self.tokens[:n], self.positions[:n] = tokens, positions
-        self.tokens[n:], self.positions[n:] = 0, 0
+        """Rows 0..n-1: the real tokens (the last dim of `tokens`) at slots start..; the rest write to
+        the spare tail and see slot 0. `tree_mask`: see `fill_mask`."""
+        n, bucket, device = tokens.shape[-1], self.slots.shape[0], self.slots.device
+        self.tokens[..., :n], self.positions[:n] = tokens, positions
+        self.tokens[..., n:], self.positions[n:] = 0, 0
         self.slots[:n] = torch.arange(start, start + n, device=device)
         self.slots[n:] = torch.arange(spare, spare + bucket - n, device=device)
         fill_mask(self.mask, tree_mask, start, n)
@@ -208,8 +209,9 @@ def capture(
     return graph, output
 
 
-class _DraftInputs:
-    """The static input buffers of one bucket size for a stack of `members` drafters."""
+class _DraftInputs(_Inputs):
+    """The static input buffers of one bucket size for a stack of `members` drafters: tokens and the
+    mask gain a leading member dim (the mask also a head dim), and each row carries a feature vector."""
 
     def __init__(self, members: int, bucket: int, total: int, hidden: int, dtype, device: torch.device):
         self.tokens = torch.zeros(members, bucket, dtype=torch.long, device=device)
@@ -219,15 +221,10 @@ class _DraftInputs:
         self.mask = torch.zeros(members, 1, bucket, total, dtype=torch.bool, device=device)
 
     def fill(self, tokens, features, positions, tree_mask, start: int, spare: int) -> None:
-        """Rows 0..n-1 take the real inputs at slots start..; `tree_mask` [N, 1, n, w] is what they see of
-        the last w slots (see `fill_mask`). The other rows write to the spare tail and see slot 0."""
-        n, bucket, device = tokens.shape[-1], self.slots.shape[0], self.slots.device
-        self.tokens[:, :n], self.tokens[:, n:] = tokens, 0
+        """As `_Inputs.fill`, with features [N, n, H] and `tree_mask` [N, 1, n, w]."""
+        super().fill(tokens, positions, tree_mask, start, spare)
+        n = tokens.shape[-1]
         self.features[:, :n], self.features[:, n:] = features, 0
-        self.positions[:n], self.positions[n:] = positions, 0
-        self.slots[:n] = torch.arange(start, start + n, device=device)
-        self.slots[n:] = torch.arange(spare, spare + bucket - n, device=device)
-        fill_mask(self.mask, tree_mask, start, n)
 
 
 class GraphedDrafter(_BucketGraphs):
