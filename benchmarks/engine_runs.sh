@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's CPU speed tables: benchmarks/engine.py in float32 and run as the CI-class AVX2 CPU,
-# T = 0 (every row) and then T = 1 (the auto rows, every output run to full length: --ignore-eos),
+# T = 0 (every row) and then T = 1 (the auto rows, every output run to full length: --ignore-eos, and
+# twice the prompts: each row samples its own text, so a cell's ratio also varies with what was sampled),
 # the two machines at once, one per core.
 #   EX=path/to/drafter,... bash benchmarks/engine_runs.sh   # EX: extra drafter folders to run beside the shipped ones
 #   RUNS=t1 bash benchmarks/engine_runs.sh                   # only the T = 1 pair (default: "t0 t1")
@@ -9,12 +10,12 @@
 set -euo pipefail
 out=${RESULTS:-benchmarks/results}
 name=${MACHINE:-amd-epyc-zen4}
-common=(--dtype float32 --threads 1 --prompts 4 --max-new-tokens 64)
+common=(--dtype float32 --threads 1 --max-new-tokens 64)
 [ -n "${EX:-}" ] && common+=(--drafters "$EX")
 for run in ${RUNS:-t0 t1}; do
   case $run in
-    t0) extra=(); suffix= ;;
-    t1) extra=(--temperature 1 --rows "[auto]" --ignore-eos); suffix=-T1 ;;
+    t0) extra=(--prompts 4); suffix= ;;
+    t1) extra=(--prompts 8 --temperature 1 --rows "[auto]" --ignore-eos); suffix=-T1 ;;
     *) echo "engine_runs.sh: unknown run '$run' in RUNS (use t0, t1)" >&2; exit 2 ;;
   esac
   python benchmarks/engine.py "${common[@]}" "${extra[@]}" --out "$out/$name-float32$suffix.json" & a=$!

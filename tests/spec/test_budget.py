@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taps.spec import costs
-from taps.spec.budget import MIN_PAUSE, BudgetedProposer, TreeBudget
+from taps.spec.budget import MIN_PAUSE, SAFETY_MARGIN, BudgetedProposer, TreeBudget
 from taps.spec.costs import CostCurve, load_or_measure, non_decreasing
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
@@ -86,6 +86,36 @@ def test_losing_drafts_pause_then_probe_with_doubling_pauses():
     budget.choose(_tree())
     budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])
     assert [budget.should_draft() for _ in range(2 * MIN_PAUSE + 1)] == [False] * 2 * MIN_PAUSE + [True]
+
+
+def test_a_probe_that_verifies_nothing_loses_even_after_slow_plain_steps():
+    """Both sides are priced on the curve: a slow spell during the pause (plain steps measured at 10x
+    their cost) must not make a probe whose tree came out empty look faster than plain decoding."""
+    budget = TreeBudget(CostCurve((1, 64), (10.0, 10.0 + 63 * 100.0)))
+    budget.should_draft()
+    budget.choose(_tree())
+    budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])  # lost: a pause of MIN_PAUSE
+    for _ in range(MIN_PAUSE):
+        assert not budget.should_draft()
+        budget.observe(0, 0, draft_ms=0.0, verify_ms=100.0, node_accepted=[])
+    assert budget.should_draft()  # the probe drafts, keeps no node, and verifies one token quickly
+    assert len(budget.choose(_tree())) == 0
+    budget.observe(0, 0, draft_ms=2.0, verify_ms=10.0, node_accepted=[])
+    assert [budget.should_draft() for _ in range(2 * MIN_PAUSE + 1)] == [False] * 2 * MIN_PAUSE + [True]
+
+
+@pytest.mark.parametrize("confidence, pauses", [(SAFETY_MARGIN / 2, True), (4 * SAFETY_MARGIN, False)])
+def test_drafting_that_barely_pays_steps_aside(confidence, pauses):
+    """On a flat curve with free drafting, one node of acceptance p makes a step worth 1 + p plain
+    steps: below 1 + SAFETY_MARGIN the budget pauses, well above it drafting goes on."""
+    budget = TreeBudget(FLAT)
+    tree = DraftTree(
+        torch.tensor([5]), torch.tensor([-1]), torch.tensor([confidence]).log(), torch.zeros(1), torch.ones(1)
+    )
+    budget.should_draft()
+    assert len(budget.choose(tree)) == 1
+    budget.observe(0, 1, draft_ms=0.0, verify_ms=10.0, node_accepted=[False])
+    assert budget.should_draft() is not pauses
 
 
 def test_acceptance_is_learned_from_verdicts():
