@@ -355,7 +355,7 @@ def cmd_train(args) -> None:
     from taps.device import machine_description
     from taps.training.card import write_model_card
     from taps.training.features import read_manifest, token_sequences
-    from taps.training.heldout import heldout_tau
+    from taps.training.heldout import heldout_conversations, heldout_tau
     from taps.training.trainer import TrainConfig, feature_sequences, train
 
     if bool(args.features) == bool(args.online) or (args.online and not args.corpus):
@@ -382,6 +382,7 @@ def cmd_train(args) -> None:
             feature_sequences(target, args.features),
             [read_manifest(d)["corpus"] for d in args.features],
         )
+    held = heldout_conversations(corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
     card = {
         "command": "taps " + " ".join(sys.argv[1:]),
         "target": args.target,
@@ -393,7 +394,7 @@ def cmd_train(args) -> None:
     out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith(".") or not PartialState().is_main_process:
         return  # stopped early (--max-steps; resume later), or not the process that writes the card
-    tau = heldout_tau(target, out, corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
+    tau = heldout_tau(target, out, held)
     commands = [read_manifest(d).get("command") for d in args.features or []]
     write_model_card(out, "\n".join(c for c in commands if c) or None)
     print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -134,6 +134,24 @@ def test_resume_gives_the_same_state(features, tmp_path):
     )
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = __import__("json").loads((resumed / "config.json").read_text())["card"]
+    assert card["wall_s"] >= card["wall_s_last_run"] > 0  # the card counts the run before the resume
+    assert torch.load(tmp_path / ".b.train" / "state.pt", weights_only=False)["wall_s"] > 0
+
+
+def test_train_checks_its_held_out_corpus_before_training(features, tmp_path, monkeypatch, capsys):
+    """The held-out tau at the end needs the corpus: a missing one fails before an hour of training."""
+    import taps.cli
+    import taps.training.trainer
+
+    target, feats = features
+    trained = []
+    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args: target)
+    monkeypatch.setattr(taps.training.trainer, "train", lambda *a, **k: trained.append(1))
+    out = tmp_path / "drafter"
+    assert taps.cli.main(["train", "--features", str(feats), "--out", str(out)]) == 2
+    assert "toy" in capsys.readouterr().err  # the corpus named in the features' manifest
+    assert not trained and not out.exists()
 
 
 def test_corrupt_shard_and_state_are_clear_errors(features, tmp_path):

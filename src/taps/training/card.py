@@ -37,7 +37,7 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
         f"{card.get('warmup_steps', cfg.get('warmup_steps'))} steps + cosine decay, "
         f"clip {cfg.get('grad_clip')}, "
         f"{_precision(card.get('mixed_precision', cfg.get('mixed_precision')))} |",
-        f"| hardware | {card.get('hardware')}; wall time of the final run {card.get('wall_s_last_run')} s |",
+        f"| hardware | {card.get('hardware')}; {_wall(card)} |",
         f"| final losses (mean of last {min(50, card.get('steps') or 50)} steps) | "
         + ", ".join(f"{k} {v:.3f}" for k, v in losses.items())
         + " |",
@@ -97,3 +97,10 @@ def write_index(folder: str | Path, preamble: str = "") -> Path:
     out = folder / "README.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     return out
+
+
+def _wall(card: dict) -> str:
+    """Training wall time; cards written before resumes were counted give the final run's only."""
+    if card.get("wall_s") is not None:
+        return f"training wall time {card['wall_s']} s (resumes included)"
+    return f"wall time of the final run {card.get('wall_s_last_run')} s"

@@ -12,20 +12,21 @@ from taps.files import write_json_atomic
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
 
-def heldout_tau(
-    target,
-    drafter_dir: Path,
-    corpora: list[str],
-    data_dir,
-    seed: int,
-    prompts: int = 16,
-    max_new_tokens: int = 64,
-) -> float:
-    """Mean tau (T = 0) over the first user turns of held-out conversations; written into the model card."""
+def heldout_conversations(corpora: list[str], data_dir, seed: int, prompts: int = 16) -> list:
+    """The held-out conversations of the drafter's corpora (the split features and training left out).
+
+    `taps train` loads them before training, so that a corpus missing here fails in seconds rather
+    than after an hour of training, with the drafter saved but no held-out tau and no card."""
+    names = list(dict.fromkeys(c.split("+")[0] for c in corpora))
     held = []
-    for name in dict.fromkeys(c.split("+")[0] for c in corpora):
+    for name in names:
         _, part = split(load_corpus(name, data_dir, seed=seed), 64, seed=seed)
-        held += part[: max(1, prompts // len({c.split("+")[0] for c in corpora}))]
+        held += part[: max(1, prompts // len(names))]
+    return held
+
+
+def heldout_tau(target, drafter_dir: Path, held: list, max_new_tokens: int = 64) -> float:
+    """Mean tau (T = 0) over the first user turns of `held` conversations; written into the model card."""
     gen = SpeculativeGenerator(target.model, make_proposer(str(drafter_dir), target))
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=target.eos_token_ids)
     steps = []

@@ -247,10 +247,10 @@ def train(
     warmup = effective_warmup(cfg.warmup_steps, total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
     drafter, optimizer = accelerator.prepare(drafter, optimizer)
-    step, log = 0, []
+    step, log, earlier_s = 0, [], 0.0
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume and (state_dir / "state.pt").is_file():
-        step, log = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
+        step, log, earlier_s = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
         print(f"[train] resumed at step {step}/{total_steps}", flush=True)
     start, stop_at = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps)
     bar = tqdm(
@@ -280,7 +280,8 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
         if (step % cfg.checkpoint_every == 0 or step == stop_at) and accelerator.is_main_process:
-            _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t)
+            wall_s = (earlier_s or 0.0) + time.perf_counter() - start
+            _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t, wall_s)
     bar.close()
     wall = time.perf_counter() - start
     if step < total_steps:
@@ -300,6 +301,8 @@ def train(
         "train_tokens": sum(len(s.tokens) for s in seqs),
         "final_losses_last50": summary,
         "wall_s_last_run": round(wall, 1),
+        # every run of this training, resumes included (unknown for states saved before it was kept)
+        "wall_s": None if earlier_s is None else round(earlier_s + wall, 1),
     }
     if accelerator.is_main_process:  # one writer under `accelerate launch`
         save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
@@ -320,7 +323,9 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def _save_state(state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t) -> None:
+def _save_state(
+    state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t, wall_s: float
+) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / ".state.pt.tmp"
     torch.save(
@@ -333,13 +338,15 @@ def _save_state(state_dir: Path, drafter, optimizer, schedule, generator, step: 
             "step": step,
             "log": log,
             "d2t": d2t,
+            "wall_s": wall_s,
         },
         tmp,
     )
     os.replace(tmp, state_dir / "state.pt")
 
 
-def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -> tuple[int, list]:
+def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -> tuple[int, list, float | None]:
+    """(step, log, training seconds so far) of a saved run, its model and optimiser state restored."""
     try:
         state = torch.load(state_dir / "state.pt", weights_only=False, map_location="cpu")
     except Exception as exc:
@@ -355,4 +362,4 @@ def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -
     schedule.load_state_dict(state["schedule"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
-    return state["step"], state["log"]
+    return state["step"], state["log"], state.get("wall_s")
