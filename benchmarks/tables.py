@@ -117,10 +117,15 @@ def main() -> None:
     t1 = args.t1 and load(args.t1)
     print(compact_table(result) if args.compact else full_table(result, t1))
     for run, label in ((result, "All columns"), (t1, "The T = 1 columns")):
-        if run and run["meta"].get("ignore_eos"):
-            print(
-                f"\n_{label}: every output ran to {run['meta']['max_new_tokens']} tokens (`--ignore-eos`)._"
-            )
+        if not run:
+            continue
+        notes = []
+        if run is t1 and t1["meta"]["prompts_per_benchmark"] != result["meta"]["prompts_per_benchmark"]:
+            notes.append(f"{t1['meta']['prompts_per_benchmark']} prompts per benchmark")
+        if run["meta"].get("ignore_eos"):
+            notes.append(f"every output ran to {run['meta']['max_new_tokens']} tokens (`--ignore-eos`)")
+        if notes:
+            print(f"\n_{label}: {'; '.join(notes)}._")
 
 
 if __name__ == "__main__":
