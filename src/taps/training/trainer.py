@@ -345,7 +345,9 @@ def _save_state(
     os.replace(tmp, state_dir / "state.pt")
 
 
-def _load_state(state_dir: Path, drafter, optimizer, schedule, generator, d2t) -> tuple[int, list, float | None]:
+def _load_state(
+    state_dir: Path, drafter, optimizer, schedule, generator, d2t
+) -> tuple[int, list, float | None]:
     """(step, log, training seconds so far) of a saved run, its model and optimiser state restored."""
     try:
         state = torch.load(state_dir / "state.pt", weights_only=False, map_location="cpu")
