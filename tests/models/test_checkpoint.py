@@ -56,6 +56,11 @@ def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
     save_drafter(b, tmp_path / "b", llama.fingerprint())
     avg, _ = average_drafters([tmp_path / "a", tmp_path / "b"], [1.0, 3.0])
     torch.testing.assert_close(avg.fc.weight, 0.25 * a.fc.weight + 0.75 * b.fc.weight)
+    # a config.json written before `fc_bias` existed (as four shipped drafters' are) has the same shape
+    old = json.loads((tmp_path / "b" / "config.json").read_text())
+    del old["drafter"]["fc_bias"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps(old))
+    average_drafters([tmp_path / "a", tmp_path / "b"])
     # another reduced vocabulary: the average drafts over the union
     c = random_drafter(llama, seed=3, draft_vocab=20)
     save_drafter(c, tmp_path / "c", llama.fingerprint())

@@ -50,7 +50,9 @@ def average_drafters(paths: list[Path], weights: list[float] | None = None) -> t
 
 
 def _shape_of(config: dict) -> dict:
-    return {k: v for k, v in config["drafter"].items() if k != "draft_vocab_size"}
+    """The drafter's shape as DrafterConfig reads it: a config.json written before a field existed
+    (say `fc_bias`) has the same shape as one that spells out that field's default."""
+    return DrafterConfig.from_dict(config["drafter"]).to_dict() | {"draft_vocab_size": None}
 
 
 def write_average(paths: list[Path], out: Path, weights: list[float] | None = None) -> Path:
