@@ -280,7 +280,8 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
         if (step % cfg.checkpoint_every == 0 or step == stop_at) and accelerator.is_main_process:
-            wall_s = (earlier_s or 0.0) + time.perf_counter() - start
+            # None stays None: a state saved before time was kept cannot give a total
+            wall_s = None if earlier_s is None else earlier_s + time.perf_counter() - start
             _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t, wall_s)
     bar.close()
     wall = time.perf_counter() - start
@@ -324,7 +325,7 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _save_state(
-    state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t, wall_s: float
+    state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t, wall_s: float | None
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / ".state.pt.tmp"
