@@ -1,5 +1,6 @@
 """A tiny grid end to end: records, resume, tables, plots, and clear errors."""
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from taps.errors import TapsError
-from taps.eval.report import auroc, write_report
+from taps.eval.report import auroc, summarise, write_report
 from taps.eval.runner import GridConfig, load_records, parse_row, run_grid
 from taps.models.checkpoint import save_drafter
 from taps.models.target import TargetModel
@@ -36,7 +37,7 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
+def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
     rows = [
         "plain",
         "hf",
@@ -58,6 +59,12 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path):
     run_grid(tiny, grid, tmp_path)
     records = load_records(tmp_path)
     assert len(records) == len(rows) * 2 * 2 * 2
+    # each cell's progress line gives the tau of the report's tables (pooled over the cell's steps)
+    cells = summarise(records)
+    logged = re.findall(r"\[eval\] (.+?) \| (\S+) \| T=(\S+): tau ([0-9.]+)", capsys.readouterr().out)
+    assert len(logged) == (len(rows) - 2) * 2 * 2  # every drafting row (not plain, not hf)
+    for row, bench, temp, tau in logged:
+        assert tau == f"{cells[(row, bench, float(temp))]['tau']:.2f}"
     by_row = {r["row"]: r for r in records if r["benchmark"] == "mt_bench"}
     assert len(by_row["d-math"]["text"]) == 2  # both MT-Bench turns were asked
     assert by_row["plain"]["tau"] == 1.0 and by_row["hf"]["tau"] is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from taps.eval.runner import load_records
+from taps.eval.runner import load_records, pooled_tau
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -42,9 +42,7 @@ def summarise(records: list[dict]) -> dict[tuple[str, str, float], dict]:
         accepts = [a for r in recs for a in r["accept_lengths"]]
         tokens, seconds = sum(r["new_tokens"] for r in recs), sum(r["wall_ms"] for r in recs) / 1000
         out[key] = {
-            "tau": (sum(a + 1 for a in accepts) / len(accepts))
-            if accepts
-            else (1.0 if key[0] == "plain" else float("nan")),
+            "tau": pooled_tau(accepts) if accepts else (1.0 if key[0] == "plain" else float("nan")),
             "tok_s": tokens / seconds if seconds else float("nan"),
             "prompts": len(recs),
             "draft_ms_per_step": sum(r["draft_ms"] for r in recs) / max(1, len(accepts)),

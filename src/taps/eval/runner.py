@@ -238,12 +238,19 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     return out_dir
 
 
+def pooled_tau(accept_lengths: list[int]) -> float:
+    """A cell's tau: tokens per verifying target forward over all its steps, whatever the prompt (the
+    mean of per-prompt taus weighs a short reply like a long one, and reads higher)."""
+    return sum(a + 1 for a in accept_lengths) / len(accept_lengths)
+
+
 def _write_cell(path: Path, records: list, label: str) -> None:
-    """One finished cell's records (atomically: a cell file is always complete), and its summary line."""
+    """One finished cell's records (atomically: a cell file is always complete), and its summary line,
+    whose tau is the one the report's tables give (`pooled_tau`)."""
     write_text_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
-    taus = [r.tau for r in records if r.tau is not None]
+    accepts = [a for r in records for a in r.accept_lengths]
     tps = sum(r.new_tokens for r in records) / max(1e-9, sum(r.wall_ms for r in records) / 1000)
-    tau_text = f"tau {sum(taus) / len(taus):.2f}, " if taus else ""
+    tau_text = f"tau {pooled_tau(accepts):.2f}, " if accepts else ""
     print(f"[eval] {label}: {tau_text}{tps:.1f} tok/s", flush=True)
 
 
