@@ -24,8 +24,9 @@ That judgement prices both sides on the same curve and scale: a speculative step
 measured speculative steps with measured plain steps instead compares two different stretches of
 time, and on a shared machine a slow spell during a pause made a probe that verified nothing look
 like a win (seen at T = 1). The margin covers what the acceptance estimates cannot know yet: right
-after the text changes domain they run optimistic (5-10% more expected than realised tokens, measured
-on MT-Bench after GSM8K at T = 1), and a drafter at break-even should step aside, not lose a little.
+after the text changes domain they run optimistic (`benchmarks/budget_trace.py`, with this module as
+it was before the margin: 5-10% more expected than emitted tokens on MT-Bench prompts after GSM8K at
+T = 1), and a drafter at break-even should step aside, not lose a little.
 """
 
 from __future__ import annotations
