@@ -21,7 +21,7 @@ from pathlib import Path
 
 from taps.cli import load_target_from_args
 from taps.data.benchmarks import load_benchmark
-from taps.data.chat import encode_chat
+from taps.data.chat import encode_first_turn
 from taps.drafters import make_strategy
 from taps.spec.budget import TreeBudget
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -75,7 +75,7 @@ def main() -> None:
         for b in args.benchmarks.split(",")
         for p in load_benchmark(b, args.data_dir, limit=args.prompts, seed=0)
     ]
-    prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
+    prompts = [encode_first_turn(target.tokenizer, p) for p in items]
     for gen in (speculative, plain):
         gen.generate(prompts[0][:16], warm)
     budget.trace.clear()

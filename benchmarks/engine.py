@@ -39,7 +39,7 @@ import torch
 
 from taps.cli import load_target_from_args
 from taps.data.benchmarks import load_benchmark
-from taps.data.chat import encode_chat
+from taps.data.chat import encode_first_turn
 from taps.device import machine_description, synchronize
 from taps.drafters import drafter_path, make_strategy, shipped_drafters
 from taps.errors import TapsError
@@ -313,7 +313,7 @@ def main() -> None:
         for b in args.benchmarks.split(",")
         for p in load_benchmark(b, args.data_dir, limit=args.prompts, seed=0)
     ]
-    prompts = [encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in items]
+    prompts = [encode_first_turn(target.tokenizer, p) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
     decoders, failed = {}, {}
     for name, strategy, names, shape in decoder_rows(target, graphs, args.compile, extra):

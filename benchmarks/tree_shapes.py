@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from taps.data.benchmarks import load_benchmark
-from taps.data.chat import encode_chat
+from taps.data.chat import encode_first_turn
 from taps.drafters import make_proposer
 from taps.models.catalog import load_target
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -45,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     target = load_target(args.target)
     prompts = [
-        encode_chat(target.tokenizer, [{"role": "user", "content": p.turns[0]}])
+        encode_first_turn(target.tokenizer, p)
         for p in load_benchmark(args.benchmark, args.data_dir, limit=args.prompts, seed=0)
     ]
     plain, _, _, plain_ms = run(target, None, prompts, args.max_new_tokens)

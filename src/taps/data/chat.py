@@ -15,6 +15,12 @@ def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
+def encode_first_turn(tokenizer, prompt) -> list[int]:
+    """A benchmark prompt's first user turn, ready for generation: what the speed benchmarks decode
+    (`taps eval` asks every turn instead)."""
+    return encode_chat(tokenizer, [{"role": "user", "content": prompt.turns[0]}])
+
+
 def encode_conversation(
     tokenizer, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[list[int], list[int]]:
