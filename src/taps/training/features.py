@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from taps.data.chat import encode_conversation
+from taps.data.chat import encode_conversation, encode_conversations
 from taps.errors import TapsError
 from taps.files import write_json_atomic
 
@@ -38,10 +38,9 @@ def token_sequences(tokenizer, conversations: list, max_tokens: int, max_len: in
     """Conversations as token sequences without features (for online training), up to `max_tokens`;
     like `extract_features`, sequences with fewer than two assistant tokens are skipped."""
     seqs, total = [], 0
-    for conv in conversations:
+    for ids, mask in encode_conversations(tokenizer, conversations, max_len):
         if total >= max_tokens:
             break
-        ids, mask = encode_conversation(tokenizer, conv, max_len)
         if sum(mask) >= 2:
             seqs.append(Sequence(torch.tensor(ids), None, torch.tensor(mask, dtype=torch.bool)))
             total += len(ids)
