@@ -371,6 +371,7 @@ def cmd_train(args) -> None:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         max_steps=args.max_steps,
+        time_limit_s=args.time_limit,
         mixed_precision=args.mixed_precision,
     )
     if args.online:
@@ -610,6 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="stop after this many steps (continue later with --resume)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fit the run to this many seconds of training: after the first steps the schedule is cut "
+        "to the steps that fit at their rate (loading, data and the held-out tau come on top)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"

@@ -139,6 +139,25 @@ def test_resume_gives_the_same_state(features, tmp_path):
     assert torch.load(tmp_path / ".b.train" / "state.pt", weights_only=False)["wall_s"] > 0
 
 
+def test_a_time_limit_cuts_the_schedule_to_the_steps_that_fit(features, tmp_path, monkeypatch):
+    """A run fitted to a time limit ends its cosine decay at the fitted step, writes a drafter, and
+    resumes to the fitted length, not the planned one."""
+    import taps.training.trainer as trainer
+
+    assert trainer.steps_that_fit(60, 6.0, 6, 1000) == 60  # 1 s a step: 54 s left = 54 more steps
+    assert trainer.steps_that_fit(60, 6.0, 6, 20) == 20 and trainer.steps_that_fit(1, 6.0, 6, 99) == 7
+    target, feats = features
+    cfg = dict(epochs=40, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=3)
+    monkeypatch.setattr(trainer, "steps_that_fit", lambda limit, elapsed, done, planned: 12)
+    seqs = feature_sequences(target, [feats])
+    trainer.train(target, seqs, tmp_path / "d", TrainConfig(**cfg, time_limit_s=5.0, max_steps=9))
+    out = trainer.train(target, seqs, tmp_path / "d", TrainConfig(**cfg, time_limit_s=5.0), resume=True)
+    log = __import__("json").loads((tmp_path / ".d.train" / "log.json").read_text())
+    card = __import__("json").loads((out / "config.json").read_text())["card"]
+    assert len(log) == card["steps"] == 12 and card["epochs_trained"] < cfg["epochs"]
+    assert log[-1]["lr"] < 0.05 * TrainConfig().lr  # the decay ran to the fitted end
+
+
 def test_train_checks_its_held_out_corpus_before_training(features, tmp_path, monkeypatch, capsys):
     """The held-out tau at the end needs the corpus: a missing one fails before an hour of training."""
     import taps.cli
@@ -230,3 +249,27 @@ def test_train_needs_exactly_one_data_source(capsys):
     assert main(["train", "--out", "x"]) == 2
     assert main(["train", "--out", "x", "--online"]) == 2
     assert "--online --corpus" in capsys.readouterr().err
+
+
+def test_conversations_encode_alike_in_a_pool_and_cut_early():
+    """Multi-turn threads, encoded serially and by a process pool, cut inside a later turn: ids and
+    masks equal the whole thread's rendering cut to the length (what the early stop must keep)."""
+    from taps.data.chat import encode_conversation, encode_conversations
+
+    tok, rng = CharTokenizer(), random.Random(1)
+    threads = [
+        [{"role": r, "content": "ab" * rng.randint(1, 9)} for _ in range(4) for r in ("user", "assistant")]
+        for _ in range(40)
+    ]
+    for cut in (12, 40, 10**4):
+        whole = []
+        for t in threads:
+            ids = tok.apply_chat_template(t)
+            mask, pos = [0] * len(ids), 0
+            for m in t:
+                n = len(m["content"]) + 2
+                mask[pos + 1 : pos + n] = [int(m["role"] == "assistant")] * (n - 1)
+                pos += n
+            whole.append((ids[:cut], mask[:cut]))
+        assert [encode_conversation(tok, t, cut) for t in threads] == whole
+        assert list(encode_conversations(tok, threads, cut, workers=2, chunk=3)) == whole

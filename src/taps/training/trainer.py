@@ -45,6 +45,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     max_steps: int | None = None  # stop early (e.g. to split a run over sessions)
+    # fit the run to this many seconds of training: the schedule is cut to the steps that fit, at the
+    # rate of the first FIT_AFTER steps (a lent GPU is lent by the minute)
+    time_limit_s: float | None = None
     # accelerate's setting: "bf16" autocast, "no", or "auto" = bf16 only where the hardware computes it
     # natively (GPUs, avx512_bf16 / AMX CPUs); emulated bf16 made a training step ~4x slower on an AVX2 CPU
     mixed_precision: str = "auto"
@@ -55,6 +58,8 @@ class TrainConfig:
             raise TapsError(f"unknown method {self.method!r}: use eagle2 or hass")
         if self.epochs <= 0 or self.batch_tokens <= 0 or self.lr <= 0:
             raise TapsError("epochs, batch_tokens and lr must be > 0")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise TapsError(f"--time-limit must be > 0 seconds, got {self.time_limit_s}")
 
     @property
     def weights(self) -> LossWeights:
@@ -247,12 +252,16 @@ def train(
     warmup = effective_warmup(cfg.warmup_steps, total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
     drafter, optimizer = accelerator.prepare(drafter, optimizer)
-    step, log, earlier_s = 0, [], 0.0
+    step, log, earlier_s, saved_total = 0, [], 0.0, None
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume and (state_dir / "state.pt").is_file():
-        step, log, earlier_s = _load_state(state_dir, drafter, optimizer, schedule, generator, d2t)
+        step, log, earlier_s, saved_total = _load_state(
+            state_dir, drafter, optimizer, schedule, generator, d2t
+        )
+        if saved_total:  # a run fitted to a time limit resumes to its fitted length
+            total_steps, warmup = saved_total, effective_warmup(cfg.warmup_steps, saved_total)
         print(f"[train] resumed at step {step}/{total_steps}", flush=True)
-    start, stop_at = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps)
+    start, stop_at, first, seen = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps), step, 0
     bar = tqdm(
         total=total_steps,
         initial=step,
@@ -262,10 +271,14 @@ def train(
         mininterval=20,
     )
     drafter.train()
+    batches, batches_epoch = [], -1
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)
-        batches = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch)
-        tokens, feats, mask = collate([seqs[i] for i in batches[(idx * world + rank) % len(batches)]])
+        if epoch != batches_epoch:  # the epoch's shuffled batches, made once per epoch
+            batches, batches_epoch = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch), epoch
+        picked = [seqs[i] for i in batches[(idx * world + rank) % len(batches)]]
+        tokens, feats, mask = collate(picked)
+        seen += sum(len(s.tokens) for s in picked)
         tokens, mask = tokens.to(device), mask.to(device)
         feats = online_features(target.model, tokens) if online else feats.to(device)
         batch = (tokens, feats, mask)
@@ -279,12 +292,29 @@ def train(
         log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
+        if cfg.time_limit_s and first == 0 and step == FIT_AFTER:
+            fitted = steps_that_fit(cfg.time_limit_s, time.perf_counter() - start, step, total_steps)
+            if fitted < total_steps:
+                total_steps, warmup = fitted, effective_warmup(cfg.warmup_steps, fitted)
+                saved_total = fitted
+                stop_at, bar.total = min(stop_at, total_steps), total_steps
+                print(
+                    f"\n[train] --time-limit {cfg.time_limit_s:.0f} s: {total_steps} steps fit "
+                    f"({total_steps / per_epoch:.2f} epochs)",
+                    flush=True,
+                )
         if (step % cfg.checkpoint_every == 0 or step == stop_at) and accelerator.is_main_process:
             # None stays None: a state saved before time was kept cannot give a total
             wall_s = None if earlier_s is None else earlier_s + time.perf_counter() - start
-            _save_state(state_dir, drafter, optimizer, schedule, generator, step, log, d2t, wall_s)
+            _save_state(
+                state_dir, drafter, optimizer, schedule, generator, step, log, d2t, wall_s, saved_total
+            )
     bar.close()
     wall = time.perf_counter() - start
+    print(  # the rate a budget is planned from (benchmarks/gpu_train.sh reads it)
+        f"[train] {step - first} steps in {wall:.1f} s: {seen / max(wall, 1e-9):.0f} tokens/s",
+        flush=True,
+    )
     if step < total_steps:
         print(f"[train] stopped at step {step}/{total_steps}; continue with --resume", flush=True)
         return state_dir
@@ -294,6 +324,7 @@ def train(
     card = dict(card or {}) | {
         "config": asdict(cfg),
         "steps": total_steps,
+        "epochs_trained": round(total_steps / per_epoch, 3),
         "warmup_steps": warmup,
         "mixed_precision": precision,
         "features": "online (the target ran in the loop)" if online else "offline (cached shards)",
@@ -312,6 +343,16 @@ def train(
     return out_dir
 
 
+FIT_AFTER = 6  # steps timed before a --time-limit run is fitted (the first includes CUDA's start-up)
+
+
+def steps_that_fit(limit_s: float, elapsed_s: float, done: int, planned: int) -> int:
+    """Total steps a run can take within `limit_s` seconds of training at the rate measured so far
+    (at least one more than done, at most as planned)."""
+    per_step = elapsed_s / max(1, done)
+    return max(done + 1, min(planned, done + int((limit_s - elapsed_s) / per_step)))
+
+
 def effective_warmup(configured: int, total_steps: int) -> int:
     """Warm-up capped at a quarter of the run: a small-budget run (a few dozen steps) would otherwise
     end before the learning rate ever reached its peak."""
@@ -325,7 +366,16 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _save_state(
-    state_dir: Path, drafter, optimizer, schedule, generator, step: int, log: list, d2t, wall_s: float | None
+    state_dir: Path,
+    drafter,
+    optimizer,
+    schedule,
+    generator,
+    step: int,
+    log: list,
+    d2t,
+    wall_s: float | None,
+    fitted_total: int | None,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / ".state.pt.tmp"
@@ -340,6 +390,7 @@ def _save_state(
             "log": log,
             "d2t": d2t,
             "wall_s": wall_s,
+            "fitted_total": fitted_total,  # None unless --time-limit cut the schedule
         },
         tmp,
     )
@@ -348,8 +399,9 @@ def _save_state(
 
 def _load_state(
     state_dir: Path, drafter, optimizer, schedule, generator, d2t
-) -> tuple[int, list, float | None]:
-    """(step, log, training seconds so far) of a saved run, its model and optimiser state restored."""
+) -> tuple[int, list, float | None, int | None]:
+    """(step, log, training seconds so far, total steps) of a saved run, its model and optimiser state
+    restored."""
     try:
         state = torch.load(state_dir / "state.pt", weights_only=False, map_location="cpu")
     except Exception as exc:
@@ -365,4 +417,4 @@ def _load_state(
     schedule.load_state_dict(state["schedule"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
-    return state["step"], state["log"], state.get("wall_s")
+    return state["step"], state["log"], state.get("wall_s"), state.get("fitted_total")
