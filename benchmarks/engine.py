@@ -143,14 +143,21 @@ def taps_decoder(
     return run
 
 
-def measure_rows(decoders: dict, prompts: list[list[int]], max_new: int) -> dict[str, dict]:
+def measure_rows(
+    decoders: dict, prompts: list[list[int]], max_new: int, partial: Path | None = None
+) -> dict[str, dict]:
     """Every decoder on every prompt, round-robin (prompt by prompt, each decoder in turn), so that a
-    slow spell of a shared machine slows every decoder alike instead of whichever row it hit."""
+    slow spell of a shared machine slows every decoder alike instead of whichever row it hit. With
+    `partial`, each row's tokens/s so far is rewritten there after every prompt: a run cut short (a
+    lent GPU's time limit) still leaves its figures."""
     runs: dict[str, list] = {name: [] for name in decoders}
     for i, prompt in enumerate(prompts):
         for name, run in decoders.items():
             runs[name].append(run(prompt, max_new))
         print(f"[engine] prompt {i + 1}/{len(prompts)} done by {len(decoders)} decoders", flush=True)
+        if partial is not None:
+            so_far = {name: summarize(done) for name, done in runs.items()}
+            partial.write_text(json.dumps({"prompts_done": i + 1, "rows": so_far}, indent=1))
     return {name: summarize(done) for name, done in runs.items()}
 
 
@@ -331,7 +338,10 @@ def main() -> None:
             decoders[name] = run
         except Exception as exc:  # a baseline that does not run here (e.g. compile) is reported, not fatal
             failed[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    results = measure_rows(decoders, prompts, args.max_new_tokens) | failed
+    partial = Path(args.out).with_suffix(".partial.json") if args.out else None
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    results = measure_rows(decoders, prompts, args.max_new_tokens, partial) | failed
 
     hf, plain = results["hf generate"], results["taps plain"]
     print(
@@ -372,6 +382,8 @@ def main() -> None:
                 indent=1,
             )
         )
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # the whole run is in --out now
         print(f"\nwrote {args.out}")
 
 

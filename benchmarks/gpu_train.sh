@@ -1,41 +1,59 @@
 #!/usr/bin/env bash
 # The training issue's drafters, trained online on a lent GPU machine, as one prepared script
-# (nothing here runs in CI; `DEVICE=cpu` with tiny budgets checks the commands on a CPU).
+# (nothing here runs in CI; `DEVICE=cpu` with a tiny BUDGET checks the commands on a CPU).
 #
 # Before the session, here: as in benchmarks/gpu_check.sh, but pack the chat corpus too:
 #   ../shared/tools/device/prepare slim && ../shared/tools/device/prepare pack --sharegpt --data
 # Then send the parts in the printed order, and last (carry .device/final):
-#   source .device/final/unpack.sh && taps setup && METHODS=eagle2 bash benchmarks/gpu_train.sh
-# and at once, on the still-warm machine, the same with METHODS=hass (a call runs at most 10 minutes).
+#   source .device/final/unpack.sh && taps setup && BUDGET=500 bash benchmarks/gpu_train.sh
 # `prepare restore` before any commit; then unpack each tar into src/taps/drafters/smollm2-135m/
 # where `taps eval` shows it beats the shipped drafter.
 #
 # `taps train --online`: the frozen target makes each batch's features on the GPU; no shards. The
-# replies are the corpora's own: regenerating 20M tokens of the target's replies would take hours at
-# the ~5k tok/s measured for batched HF generate on an H200. Budgets: chat and mixed TOKENS (20M) x 1
-# epoch; math is the whole corpus (4.13M tokens) x MATH_EPOCHS (5). Each drafter comes back as one tar
-# under $OUT (its weights, config and card: device, tokens, epochs, wall time, losses, held-out tau),
-# with its training log.
+# replies are the corpora's own (regenerating tens of millions of tokens of the target's replies
+# would take hours at the ~5k tok/s measured for batched HF generate on an H200). Planned budgets:
+# chat the whole ShareGPT corpus (~13.7M tokens at 1024 tokens a thread) x 3 epochs, math the whole
+# corpus (4.13M) x 6, mixed 20M tokens x 2. The lease is short, so RUNS go in order, each fitted
+# with `--time-limit` to an equal share of the BUDGET seconds left among the runs that can still get
+# MIN_TRAIN seconds each (OVERHEAD per run is kept for loading, data and the held-out tau); the
+# earliest runs come first, the rest are skipped.
+# Each drafter comes back as one tar under $OUT: its weights, config, card (device, tokens, epochs,
+# wall time, losses, held-out tau) and training log.
 set -uo pipefail
 out=${OUT:-gpu-out}
 work=${WORK:-$(dirname "$(mktemp -u)")/taps-train}
-tokens=${TOKENS:-20000000}
-math_tokens=${MATH_TOKENS:-5000000}
-math_epochs=${MATH_EPOCHS:-5}
+budget=${BUDGET:-500}
+overhead=${OVERHEAD:-45}
+min_train=${MIN_TRAIN:-60}
 device=${DEVICE:-cuda}
+runs=(${RUNS:-eagle2-chat hass-chat eagle2-math hass-math eagle2-mixed hass-mixed})
+begin=$(date +%s)
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
-for method in ${METHODS:-eagle2 hass}; do
-  for corpus in ${CORPORA:-math chat mixed}; do
-    name=$method-$corpus
-    if [ "$corpus" = math ]; then budget=(--tokens "$math_tokens" --epochs "$math_epochs")
-    else budget=(--tokens "$tokens" --epochs 1); fi
-    start=$(date +%s)
-    taps train --online --device "$device" --corpus "$corpus" --replies corpus "${budget[@]}" \
-        --method "$method" --align-steps 3 --batch-tokens "${BATCH_TOKENS:-65536}" --lr 1e-3 \
-        --draft-vocab 8192 --threads "${THREADS:-4}" --out "$work/$name" > "$out/$name.log" 2>&1
-    status=$?
-    echo "$name: exit $status after $(( $(date +%s) - start )) s; $(grep -o 'held-out tau [0-9.]*' "$out/$name.log")"
-    [ $status -eq 0 ] && tar -C "$work" -cf "$out/$name.tar" "$name"
-  done
+for i in "${!runs[@]}"; do
+  name=${runs[$i]}
+  method=${name%%-*} corpus=${name#*-}
+  left=$(( budget - ($(date +%s) - begin) ))
+  fit=$(( left / (overhead + min_train) )); pending=$(( ${#runs[@]} - i ))
+  [ "$fit" -gt "$pending" ] && fit=$pending  # the runs that still get MIN_TRAIN, earliest first
+  if [ "$fit" -lt 1 ]; then echo "$name: skipped ($left s left)" | tee -a "$out/summary.txt"; continue; fi
+  share=$(( (left - overhead * fit) / fit ))
+  case $corpus in
+    chat) budget_args=(--tokens "${CHAT_TOKENS:-100000000}" --epochs "${CHAT_EPOCHS:-3}") ;;
+    math) budget_args=(--tokens "${MATH_TOKENS:-100000000}" --epochs "${MATH_EPOCHS:-6}") ;;
+    *) budget_args=(--tokens "${TOKENS:-20000000}" --epochs "${EPOCHS:-2}") ;;
+  esac
+  start=$(date +%s)
+  timeout $(( left - 5 )) python3 -m taps.cli train --online --device "$device" --corpus "$corpus" \
+      --replies corpus "${budget_args[@]}" --time-limit "$share" --method "$method" --align-steps 3 \
+      --batch-tokens "${BATCH_TOKENS:-65536}" --lr 1e-3 --draft-vocab 8192 --heldout-prompts 8 \
+      --threads "${THREADS:-4}" --checkpoint-every 100000 --out "$work/$name" > "$work/$name.log" 2>&1
+  status=$?
+  echo "$name: exit $status after $(( $(date +%s) - start )) s (time limit $share s);" \
+      "$(grep -o '[0-9]* steps in [0-9.]* s: [0-9]* tokens/s' "$work/$name.log");" \
+      "$(grep -o 'steps fit ([0-9.]* epochs)' "$work/$name.log"); $(grep -o 'held-out tau [0-9.]*' "$work/$name.log")" \
+      | tee -a "$out/summary.txt"
+  files=("$name.log"); [ -d "$work/$name" ] && files+=("$name")
+  tar -C "$work" -cf "$out/$name.tar" "${files[@]}"
 done
+echo "gpu_train.sh: $(( $(date +%s) - begin )) s" | tee -a "$out/summary.txt"
