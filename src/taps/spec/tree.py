@@ -26,7 +26,7 @@ class DraftTree:
         m = self.tokens.shape[0]
         if any(t.shape != (m,) for t in (self.parents, self.scores, self.entropies, self.sources)):
             raise ValueError("DraftTree fields must all have shape [m]")
-        if m and bool((self.parents >= torch.arange(m)).any()):
+        if m and bool((self.parents >= torch.arange(m, device=self.parents.device)).any()):
             raise ValueError("DraftTree parents must precede their children")
 
     @classmethod
