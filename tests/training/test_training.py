@@ -144,11 +144,12 @@ def test_a_time_limit_cuts_the_schedule_to_the_steps_that_fit(features, tmp_path
     resumes to the fitted length, not the planned one."""
     import taps.training.trainer as trainer
 
-    assert trainer.steps_that_fit(60, 6.0, 6, 1000) == 60  # 1 s a step: 54 s left = 54 more steps
-    assert trainer.steps_that_fit(60, 6.0, 6, 20) == 20 and trainer.steps_that_fit(1, 6.0, 6, 99) == 7
+    assert trainer.steps_that_fit(60, 6.0, 1.0, 6, 1000) == 60  # 1 s a step: 54 s left = 54 more steps
+    assert trainer.steps_that_fit(60, 10.0, 0.5, 6, 1000) == 106  # a slow start does not count
+    assert trainer.steps_that_fit(60, 6.0, 1.0, 6, 20) == 20 and trainer.steps_that_fit(1, 6, 1.0, 6, 99) == 7
     target, feats = features
     cfg = dict(epochs=40, batch_tokens=400, warmup_steps=2, draft_vocab_size=40, checkpoint_every=3)
-    monkeypatch.setattr(trainer, "steps_that_fit", lambda limit, elapsed, done, planned: 12)
+    monkeypatch.setattr(trainer, "steps_that_fit", lambda limit, elapsed, per_step, done, planned: 12)
     seqs = feature_sequences(target, [feats])
     trainer.train(target, seqs, tmp_path / "d", TrainConfig(**cfg, time_limit_s=5.0, max_steps=9))
     out = trainer.train(target, seqs, tmp_path / "d", TrainConfig(**cfg, time_limit_s=5.0), resume=True)

@@ -46,7 +46,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None  # stop early (e.g. to split a run over sessions)
     # fit the run to this many seconds of training: the schedule is cut to the steps that fit, at the
-    # rate of the first FIT_AFTER steps (a lent GPU is lent by the minute)
+    # rate of steps FIT_SKIP..FIT_AFTER (a lent GPU is lent by the minute)
     time_limit_s: float | None = None
     # accelerate's setting: "bf16" autocast, "no", or "auto" = bf16 only where the hardware computes it
     # natively (GPUs, avx512_bf16 / AMX CPUs); emulated bf16 made a training step ~4x slower on an AVX2 CPU
@@ -292,8 +292,12 @@ def train(
         log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
+        if cfg.time_limit_s and first == 0 and step == FIT_SKIP:
+            warm_at = time.perf_counter()
         if cfg.time_limit_s and first == 0 and step == FIT_AFTER:
-            fitted = steps_that_fit(cfg.time_limit_s, time.perf_counter() - start, step, total_steps)
+            now = time.perf_counter()
+            per_step = (now - warm_at) / (FIT_AFTER - FIT_SKIP)
+            fitted = steps_that_fit(cfg.time_limit_s, now - start, per_step, step, total_steps)
             if fitted < total_steps:
                 total_steps, warmup = fitted, effective_warmup(cfg.warmup_steps, fitted)
                 saved_total = fitted
@@ -343,13 +347,15 @@ def train(
     return out_dir
 
 
-FIT_AFTER = 6  # steps timed before a --time-limit run is fitted (the first includes CUDA's start-up)
+# a --time-limit run is fitted after FIT_AFTER steps at the rate of those after FIT_SKIP: on the first
+# H200 run the first steps (CUDA start-up, kernel selection) made the rate look half what it was
+FIT_SKIP, FIT_AFTER = 2, 8
 
 
-def steps_that_fit(limit_s: float, elapsed_s: float, done: int, planned: int) -> int:
-    """Total steps a run can take within `limit_s` seconds of training at the rate measured so far
-    (at least one more than done, at most as planned)."""
-    per_step = elapsed_s / max(1, done)
+def steps_that_fit(limit_s: float, elapsed_s: float, per_step_s: float, done: int, planned: int) -> int:
+    """Total steps a run can take within `limit_s` seconds of training, `done` steps having taken
+    `elapsed_s` and each further one `per_step_s` (at least one more than done, at most as planned)."""
+    per_step = max(per_step_s, 1e-9)
     return max(done + 1, min(planned, done + int((limit_s - elapsed_s) / per_step)))
 
 
