@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from taps.errors import TapsError
 
@@ -220,10 +221,25 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(-2, -3).reshape(*lead, n, self.num_heads * self.head_dim))
 
 
+# On CUDA, attention runs on these kernels, never cuDNN's: torch puts cuDNN first on Hopper GPUs (H100,
+# H200) when its runtime is new enough, and with an explicit mask, which the static cache always passes,
+# cuDNN's attention has had silent errors in the torch versions the GPU machines carry (pytorch issues
+# #191612, #196678 for masks over key lengths of 128k + 64, as this cache's 1024 + 64 slots; #193893).
+# On the first H200 run every taps path opened its outputs with another token than transformers did.
+CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def _sdpa(q, k, v, mask) -> torch.Tensor:
     """Attention on 4-D inputs only: 3-D inputs make torch fall back to a far slower CPU path."""
     if q.dim() == 3:
         return _sdpa(q[None], k[None], v[None], mask)[0]
+    if q.is_cuda:
+        with sdpa_kernel(CUDA_ATTENTION):
+            return _attend(q, k, v, mask)
+    return _attend(q, k, v, mask)
+
+
+def _attend(q, k, v, mask) -> torch.Tensor:
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
