@@ -272,6 +272,7 @@ def train(
     )
     drafter.train()
     batches, batches_epoch = [], -1
+    timer = TimeLimit(cfg.time_limit_s, start) if cfg.time_limit_s and step == 0 else None
     while step < stop_at:
         epoch, idx = divmod(step, per_epoch)
         if epoch != batches_epoch:  # the epoch's shuffled batches, made once per epoch
@@ -292,21 +293,11 @@ def train(
         log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
-        if cfg.time_limit_s and first == 0 and step == FIT_SKIP:
-            warm_at = time.perf_counter()
-        if cfg.time_limit_s and first == 0 and step == FIT_AFTER:
-            now = time.perf_counter()
-            per_step = (now - warm_at) / (FIT_AFTER - FIT_SKIP)
-            fitted = steps_that_fit(cfg.time_limit_s, now - start, per_step, step, total_steps)
-            if fitted < total_steps:
-                total_steps, warmup = fitted, effective_warmup(cfg.warmup_steps, fitted)
-                saved_total = fitted
-                stop_at, bar.total = min(stop_at, total_steps), total_steps
-                print(
-                    f"\n[train] --time-limit {cfg.time_limit_s:.0f} s: {total_steps} steps fit "
-                    f"({total_steps / per_epoch:.2f} epochs)",
-                    flush=True,
-                )
+        fitted = timer.fitted(step, total_steps) if timer else None
+        if fitted is not None and fitted < total_steps:
+            total_steps, warmup, saved_total = fitted, effective_warmup(cfg.warmup_steps, fitted), fitted
+            stop_at, bar.total = min(stop_at, total_steps), total_steps
+            print(f"\n[train] --time-limit: {fitted} steps fit ({fitted / per_epoch:.2f} epochs)", flush=True)
         if (step % cfg.checkpoint_every == 0 or step == stop_at) and accelerator.is_main_process:
             # None stays None: a state saved before time was kept cannot give a total
             wall_s = None if earlier_s is None else earlier_s + time.perf_counter() - start
@@ -350,6 +341,23 @@ def train(
 # a --time-limit run is fitted after FIT_AFTER steps at the rate of those after FIT_SKIP: on the first
 # H200 run the first steps (CUDA start-up, kernel selection) made the rate look half what it was
 FIT_SKIP, FIT_AFTER = 2, 8
+
+
+class TimeLimit:
+    """`--time-limit` for a fresh run: times steps FIT_SKIP..FIT_AFTER, then says how many fit."""
+
+    def __init__(self, limit_s: float, start: float):
+        self.limit_s, self.start, self.warm_at = limit_s, start, start
+
+    def fitted(self, step: int, planned: int) -> int | None:
+        """The run's total steps once they are known (after step FIT_AFTER), else None."""
+        if step == FIT_SKIP:
+            self.warm_at = time.perf_counter()
+        if step != FIT_AFTER:
+            return None
+        now = time.perf_counter()
+        per_step = (now - self.warm_at) / (FIT_AFTER - FIT_SKIP)
+        return steps_that_fit(self.limit_s, now - self.start, per_step, step, planned)
 
 
 def steps_that_fit(limit_s: float, elapsed_s: float, per_step_s: float, done: int, planned: int) -> int:
