@@ -43,3 +43,18 @@ def test_cli_reports_a_missing_gpu_in_one_line(monkeypatch, capsys):
     assert main(["generate", "hi", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("taps: error: --device cuda:") and "\n" not in err
+
+
+def test_the_machine_description_names_the_cpu_generation(tmp_path, monkeypatch):
+    """A virtual machine's CPU model name ('AMD EPYC') hides the generation that speed figures depend
+    on; the description adds family and model from the first processor's fields."""
+    import taps.device
+
+    first = "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    info = first + "\nprocessor\t: 1\nmodel\t\t: 9\n"
+    (tmp_path / "cpuinfo").write_text(info)
+    real_path = taps.device.Path
+    monkeypatch.setattr(
+        taps.device, "Path", lambda p: tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert taps.device.machine_description().startswith("AMD EPYC (family 26, model 2), ")

@@ -68,16 +68,26 @@ def machine_description(device: torch.device | None = None) -> str:
     """The GPU, or the CPU model, core count and bf16 support: what a measurement names."""
     if device is not None and device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    fields = _cpuinfo_fields()
+    model = fields.get("model name", platform.machine())
+    if "cpu family" in fields:  # a virtual machine's name ('AMD EPYC') hides the generation; these do not
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     native = "native bf16" if native_bf16(torch.device("cpu")) else "no native bf16"
     return f"{model}, {os.cpu_count()} cores, {native}"
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def synchronize(device: torch.device) -> None:
