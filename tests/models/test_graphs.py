@@ -62,9 +62,12 @@ def test_generation_through_the_static_path_is_lossless(tiny_target, proposer):
 
 
 @pytest.mark.parametrize("members", [1, 2])
-def test_static_drafting_path_drafts_the_same_trees(tiny_target, members):
+def test_static_drafting_path_drafts_the_same_trees(tiny_target, members, monkeypatch):
     """TreeDrafter through GraphedDrafter (eagerly here) against the plain drafter forward: the same
-    trees, step after step, from a prompt longer than every bucket, alone and as a stack of two."""
+    trees, step after step, from a prompt longer than every bucket, alone and as a stack of two. On
+    exact kernels: INT8 (float32 drafters where bf16 is not native) quantizes each call's activations
+    with one scale across rows, so a bucket's padding rows would shift the scores a little."""
+    monkeypatch.setattr("taps.models.drafter.drafting_kernel", lambda dtype: None)  # plain F.linear
     drafters = [random_drafter(tiny_target, seed=s) for s in range(members)]
     shape = TreeShape(4, 4, 12)
     plain = TreeDrafter(drafters, shape, list(range(members)), graphs=False)

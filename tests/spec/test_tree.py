@@ -89,8 +89,12 @@ def test_eagle2_tree_is_well_formed(tiny_target, shape):
     assert len(tree2) == len(tree) and proposer.trees.pairs == 6
 
 
-def test_drafted_nodes_attend_to_their_ancestors_only(tiny_target):
-    """The drafter's hidden state for a path must not depend on sibling branches drafted beside it."""
+def test_drafted_nodes_attend_to_their_ancestors_only(tiny_target, monkeypatch):
+    """The drafter's hidden state for a path must not depend on sibling branches drafted beside it.
+    Drafting kernels are exact here: INT8 (float32 drafters on CPUs without native bf16) quantizes
+    each call's activations with one scale across its rows, so siblings would shift scores a little
+    through the quantization, not through attention (which is what this test is about)."""
+    monkeypatch.setattr("taps.models.drafter.drafting_kernel", lambda dtype: None)  # plain F.linear
     drafter = random_drafter(tiny_target, seed=4)
     ctx = torch.tensor([0, 4, 9, 13, 2])
     features = tiny_target(ctx, tiny_target.new_cache())
