@@ -41,6 +41,11 @@ class TracedBudget(TreeBudget):
                  accepted=accepted, tree_size=tree_size, draft_ms=draft_ms, verify_ms=verify_ms)
         )  # fmt: skip
         super().observe(accepted, tree_size, draft_ms, verify_ms, node_accepted)
+        spec = self.speculative.value
+        self.trace[-1] |= dict(  # what the step taught it, in tokens per second
+            plain_scale=self.costs.plain_ratio, rate=1000 * self.rate, plain_rate=1000 * self.plain_rate(),
+            speculative_rate=1000 * spec if spec else None, pause=self.pause,
+        )  # fmt: skip
 
 
 def main() -> None:

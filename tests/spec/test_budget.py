@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taps.spec import costs
-from taps.spec.budget import MIN_PAUSE, SAFETY_MARGIN, BudgetedProposer, TreeBudget
+from taps.spec.budget import MIN_PAUSE, SAFETY_MARGIN, BudgetedProposer, CostScales, TreeBudget
 from taps.spec.costs import CostCurve, load_or_measure, non_decreasing
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
@@ -129,12 +129,48 @@ def test_acceptance_is_learned_from_verdicts():
     assert (after < before / 5).all()
 
 
+def test_costs_follow_the_run_where_the_cached_curve_is_off():
+    """A curve measured under load can be flat where the run's own verifications are steep: the
+    budget prices trees by what this run's steps took, per size range, and keeps them non-decreasing."""
+    curve = CostCurve((1, 64), (100.0, 100.0 + 63 * 2.0))  # cached: each token adds 2% of a step
+    costs = CostScales(torch.tensor(curve.table(), dtype=torch.float64))
+    costs.observe(1, 60.0)  # this run: a plain step takes 60 ms,
+    for _ in range(50):
+        costs.observe(8, 90.0)  # an 8-token tree 90 ms (1.5x, where the curve said 1.14x)
+    assert costs.priced[1] == pytest.approx(60.0) and costs.priced[8] == pytest.approx(90.0, rel=0.01)
+    assert costs.priced[64] > costs.priced[8]  # past the last measured size: the curve's shape, scaled
+    assert (costs.priced[2:] >= costs.priced[1:-1]).all()
+    budget = TreeBudget(curve)
+    budget.costs = costs
+    budget.overall.add(1.0, 60.0)  # generating at the plain rate
+    assert len(budget.choose(_tree())) < len(TreeBudget(curve).choose(_tree()))
+
+
+def test_calibration_tempers_optimistic_estimates_and_pauses_drafting():
+    """When fewer drafted tokens are accepted than the bins expect (the text changed domain), p is
+    scaled down (to at most half) and a drafter that now loses steps aside."""
+    curve = CostCurve((1, 64), (10.0, 10.0 + 63 * 1.0))
+    budget = TreeBudget(curve)
+    budget.acceptance.hits.fill_(5e5)  # bins sure of p = 0.5, as if learned on other text: drafting
+    budget.acceptance.seen.fill_(1e6)  # 4 nodes for 5 ms + 12 ms would then pay (3 tokens, 0.6 plain steps)
+    p_before = budget.acceptance_p(torch.tensor([0.9]), torch.tensor([1]))
+    for _ in range(30):  # each step verifies nodes the bins call certain; none is accepted
+        size = len(budget.choose(_tree()))
+        budget.observe(0, size, draft_ms=5.0, verify_ms=12.0, node_accepted=[False] * size)
+    assert budget.calibration.value < 0.5
+    assert budget.acceptance_p(torch.tensor([0.9]), torch.tensor([1])) == pytest.approx(
+        p_before / 2, rel=1e-3
+    )
+    assert budget.pause > 0  # at p = 0.25: 2 tokens in 17 ms, below a plain step's 1 in 8.6 ms
+
+
 class _Scripted(TreeBudget):
     """Drafts on a fixed pattern of steps, so plain and speculative steps interleave."""
 
     def __init__(self, curve, pattern):
         super().__init__(curve)
         self.pattern = itertools.cycle(pattern)
+        self.costs.observe = lambda tokens, ms: None  # keep the given curve: the tiny target's timings differ
 
     def should_draft(self) -> bool:
         self.drafting = next(self.pattern)

@@ -6,10 +6,18 @@ per ms, drafting included), node i, accepted with probability p_i, is kept while
 extra time of verifying it), which maximises long-run tokens per second (Dinkelbach's ratio rule).
 Three measured quantities feed it:
 
-- cost: the target's forward time for n tokens on this machine (`taps.spec.costs`), scaled online
-  by what verification actually took in this run;
+- cost: the target's forward time for n tokens on this machine (`taps.spec.costs`), corrected
+  online by what verification actually took in this run, per range of tree sizes (`CostScales`):
+  the curve is measured once and cached, and measured under load its shape is off, not only its
+  level (on the CI-class EPYC a curve taken beside another benchmark priced 6 tree tokens at 1.18x
+  one token; the run's own steps cost 1.5x, so drafting that lost looked like a win);
 - value: p_i, learned online from every verification per draft depth and confidence bin, with the
-  drafter's own cumulative confidence exp(score) (what EAGLE-2 ranks nodes by) as the prior;
+  drafter's own cumulative confidence exp(score) (what EAGLE-2 ranks nodes by) as the prior, times a
+  calibration factor: drafted tokens accepted over those expected, in recent steps. The bins learn
+  over the whole generation, so when the text changes domain they lag: on the CI-class CPU (AMD EPYC
+  family 25, `benchmarks/budget_trace.py`), hass-math moving from GSM8K to MT-Bench kept expecting
+  ~1.45 tokens a step while emitting ~1.2, judged drafting 20% ahead of plain decoding, and ran at
+  0.75x on one prompt; on GSM8K the same bins ran pessimistic;
 - the rate r, over recent steps.
 
 Two more decisions follow from the same numbers. A drafting level expands only the frontier nodes
@@ -19,8 +27,8 @@ drafting pauses: those steps are plain decoding (no draft, a 1-token verificatio
 follows each pause, and the pause doubles while drafting keeps losing (up to MAX_PAUSE steps), so a
 drafter that cannot win costs at most a probe every MAX_PAUSE steps.
 
-That judgement prices both sides on the same curve and scale: a speculative step costs its drafting
-(measured) plus verifying its tree (cost x scale), a plain step one token (cost x scale). Comparing
+That judgement prices both sides on the same corrected curve: a speculative step costs its drafting
+(measured) plus verifying its tree, a plain step one token. Comparing
 measured speculative steps with measured plain steps instead compares two different stretches of
 time, and on a shared machine a slow spell during a pause made a probe that verified nothing look
 like a win (seen at T = 1). The margin covers what the acceptance estimates cannot know yet: right
@@ -31,6 +39,7 @@ T = 1), and a drafter at break-even should step aside, not lose a little.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from taps.spec.costs import CostCurve
@@ -43,6 +52,9 @@ CONFIDENCE_EDGES = torch.tensor(
 MAX_DEPTH = 8  # deeper nodes share the last depth's statistics
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind the drafter's own confidence
 SMOOTHING = 0.1  # weight of the newest step in the running means
+# The calibration factor's limits. Low: a factor that shrank every p below paying would choose empty
+# trees, which teach nothing, and never recover; at 0.5 a confident node (p ~0.9) still gets verified.
+CALIBRATION_RANGE = (0.5, 2.0)
 MIN_PAUSE, MAX_PAUSE = 4, 64  # plain steps after a losing speculative step
 SAFETY_MARGIN = 0.05  # drafting must be expected to beat plain decoding by this fraction to go on
 
@@ -73,22 +85,56 @@ class AcceptanceModel:
         self.hits.index_put_((rows, cols), accepted.double(), accumulate=True)
 
 
-class RunningRate:
-    """Tokens per ms over recent steps, as a ratio of running means (robust to one slow step)."""
+class RunningRatio:
+    """A ratio over recent steps (tokens per ms, accepted per expected), as a ratio of running means:
+    robust to one slow step, and following the text as it changes."""
 
-    def __init__(self, tokens: float = 0.0, ms: float = 0.0) -> None:
-        self.tokens, self.ms = tokens, ms
+    def __init__(self, numerator: float = 0.0, denominator: float = 0.0) -> None:
+        self.numerator, self.denominator = numerator, denominator
 
-    def add(self, tokens: float, ms: float) -> None:
-        if self.ms == 0.0:
-            self.tokens, self.ms = tokens, ms
+    def add(self, numerator: float, denominator: float) -> None:
+        if self.denominator == 0.0:
+            self.numerator, self.denominator = numerator, denominator
         else:
-            self.tokens += SMOOTHING * (tokens - self.tokens)
-            self.ms += SMOOTHING * (ms - self.ms)
+            self.numerator += SMOOTHING * (numerator - self.numerator)
+            self.denominator += SMOOTHING * (denominator - self.denominator)
 
     @property
     def value(self) -> float | None:
-        return self.tokens / self.ms if self.ms > 0 else None
+        return self.numerator / self.denominator if self.denominator > 0 else None
+
+
+class CostScales:
+    """The cost curve corrected by this run's verifications: measured ms / the curve's ms, learned as a
+    running mean at each anchor size (a step counts at the anchor nearest its token count, in log
+    scale), interpolated between anchors in log size (constant past the outermost measured ones), and
+    kept non-decreasing. Before any step it is the curve itself."""
+
+    ANCHORS = (1, 2, 4, 8, 16, 32, 64)
+
+    def __init__(self, cost: torch.Tensor) -> None:
+        self.cost = cost  # cost[t]: the curve's ms for t tokens, t = 0..max (index 0 unused)
+        self.anchors = [a for a in self.ANCHORS if a < len(cost)]
+        self.ratios: dict[int, float] = {}
+        self.priced = cost.clone()  # what verifying t tokens costs now, in ms
+
+    def observe(self, tokens: int, ms: float) -> None:
+        if not 1 <= tokens < len(self.cost) or ms <= 0:
+            return
+        anchor = min(self.anchors, key=lambda a: abs(np.log2(a / tokens)))
+        ratio = ms / float(self.cost[tokens])
+        old = self.ratios.get(anchor)
+        self.ratios[anchor] = ratio if old is None else old + SMOOTHING * (ratio - old)
+        known = sorted(self.ratios)
+        sizes = np.log2(np.arange(1, len(self.cost)))
+        scale = np.interp(sizes, np.log2(known), [self.ratios[a] for a in known])
+        priced = self.cost[1:] * torch.from_numpy(scale)
+        self.priced = torch.cat([self.cost[:1], priced.cummax(0).values])
+
+    @property
+    def plain_ratio(self) -> float:
+        """Measured / curve ms of a one-token forward (1 before any measurement)."""
+        return float(self.priced[1] / self.cost[1])
 
 
 class TreeBudget:
@@ -100,14 +146,17 @@ class TreeBudget:
         # cost[t]: the curve's ms for a forward of t tokens (the root and t - 1 drafted nodes)
         self.cost = torch.tensor(curve.table()[: self.max_nodes + 2], dtype=torch.float64)
         self.acceptance = AcceptanceModel()
-        self.scale = 1.0  # measured verification ms / the curve's, this run
-        self.overall = RunningRate()
-        self.speculative = RunningRate()
-        self.level_rows = RunningRate()  # drafted rows per ms of a drafting level
+        self.costs = CostScales(self.cost)  # the curve corrected by this run's verifications
+        self.overall = RunningRatio()
+        self.speculative = RunningRatio()
+        self.level_rows = RunningRatio()  # drafted rows per ms of a drafting level
+        # drafted tokens accepted / expected by the bins, recent steps; starts at 1 as if one step agreed
+        self.calibration = RunningRatio(1.0, 1.0)
         self.pause, self.next_pause = 0, MIN_PAUSE
         self.drafting = True  # whether the current step drafts
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (confidence, depth) of verified nodes
         self._expected = 1.0  # tokens the current step is expected to emit (accepted + bonus)
+        self._binned = 0.0  # its drafted tokens expected by the bins alone (before calibration)
         self._ingest_ms = 0.0  # drafting time spent this step taking in committed features
         self._resumed = False  # this step is the probe after a pause
 
@@ -117,8 +166,14 @@ class TreeBudget:
         return self.overall.value or self.plain_rate()
 
     def priced_ms(self, tokens: int) -> float:
-        """What a forward of `tokens` tokens costs now: the curve, scaled by this run's verifications."""
-        return self.scale * float(self.cost[min(tokens, len(self.cost) - 1)])
+        """What a forward of `tokens` tokens costs now: the curve as corrected by this run's verifications."""
+        return float(self.costs.priced[min(tokens, len(self.cost) - 1)])
+
+    def acceptance_p(self, confidence: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """p of each node: the bins' estimate times the recent calibration factor (at most 1)."""
+        low, high = CALIBRATION_RANGE
+        factor = min(max(self.calibration.value, low), high)
+        return (self.acceptance.predict(confidence, depth) * factor).clamp(max=1.0)
 
     def plain_rate(self) -> float:
         """Tokens per ms of a plain step, priced like the speculative ones: one token on the curve."""
@@ -135,15 +190,17 @@ class TreeBudget:
     def choose(self, tree: DraftTree) -> DraftTree:
         """The prefix of nodes, best first, that maximises expected tokens minus r x verification time."""
         tree = tree.to("cpu")
-        self._sent, self._expected = None, 1.0
+        self._sent, self._expected, self._binned = None, 1.0, 0.0
         if not len(tree) or not self.max_nodes:
             return DraftTree.empty()
         confidence, depth = tree.scores.exp(), tree.depths()
-        p = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
+        p = _monotone(self.acceptance_p(confidence, depth), tree.parents, int(depth.max()))
         order = _best_first(p, depth)[: self.max_nodes]
-        chosen = order[: _best_count(p[order], self.rate * self.scale * self.cost)]
+        chosen = order[: _best_count(p[order], self.rate * self.costs.priced)]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
+        binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
+        self._binned = float(binned[keep].sum())
         return tree.subtree(keep)
 
     def frontier_width(
@@ -156,14 +213,15 @@ class TreeBudget:
         what it adds. So a node is worth expanding while p_f > r x (ms per drafted row + the marginal
         verification ms per node at the current tree size); 0 stops drafting."""
         confidence, frontier = scores.exp().flatten().cpu(), frontier.exp().cpu()
-        p = self.acceptance.predict(confidence, depth.flatten().cpu()).sort(descending=True).values
-        now = _best_count(p[: self.max_nodes], self.rate * self.scale * self.cost)
+        p = self.acceptance_p(confidence, depth.flatten().cpu()).sort(descending=True).values
+        priced = self.costs.priced
+        now = _best_count(p[: self.max_nodes], self.rate * priced)
         more = min(self.max_nodes, now + frontier.shape[-1]) - now
         if more <= 0:
             return 0
-        verify_ms = self.scale * float(self.cost[now + 1 + more] - self.cost[now + 1]) / more
+        verify_ms = float(priced[now + 1 + more] - priced[now + 1]) / more
         row_ms = 1.0 / self.level_rows.value if self.level_rows.value else 0.0
-        p_frontier = self.acceptance.predict(frontier, torch.full(frontier.shape, level))
+        p_frontier = self.acceptance_p(frontier, torch.full(frontier.shape, level))
         return int((p_frontier > self.rate * (row_ms + verify_ms)).sum(-1).max())
 
     def level_timed(self, rows: int, ms: float) -> None:
@@ -177,11 +235,12 @@ class TreeBudget:
     def observe(
         self, accepted: int, tree_size: int, draft_ms: float, verify_ms: float, node_accepted: list[bool]
     ) -> None:
-        """Learn from one verified step: acceptance per node, the cost scale, the rates, and pauses."""
-        if tree_size + 1 <= self.curve.max_tokens and verify_ms > 0:
-            self.scale += SMOOTHING * (verify_ms / self.curve(tree_size + 1) - self.scale)
+        """Learn from one verified step: acceptance per node, the cost corrections, the rates, and pauses."""
+        self.costs.observe(tree_size + 1, verify_ms)
         if self._sent is not None and len(self._sent[0]) == tree_size:
             self.acceptance.update(*self._sent, torch.tensor(node_accepted, dtype=torch.bool))
+            if tree_size:
+                self.calibration.add(accepted, self._binned)
         self._sent = None
         tokens, ms = accepted + 1, draft_ms + verify_ms
         self.overall.add(tokens, ms)
@@ -195,7 +254,7 @@ class TreeBudget:
         # its verification priced on the curve, like the plain step it is compared with.
         step_ms = max(0.0, draft_ms - ingest_ms) + self.priced_ms(tree_size + 1)
         if self._resumed:  # a probe after a pause is fresh evidence: conditions may have changed
-            self.speculative = RunningRate(self._expected, step_ms)
+            self.speculative = RunningRatio(self._expected, step_ms)
         else:
             self.speculative.add(self._expected, step_ms)
         if self.speculative.value < (1.0 + SAFETY_MARGIN) * self.plain_rate():
