@@ -71,7 +71,8 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None
     p.add_argument(
         "--corpus",
         required=required,
-        help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by tokens) or jsonl:PATH",
+        help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by words), mixed:F (math share F, "
+        "e.g. mixed:0.75) or jsonl:PATH",
     )
     p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
     p.add_argument(

@@ -11,6 +11,7 @@ from taps.data.corpora import (
     load_jsonl_corpus,
     load_math_instruct,
     load_sharegpt,
+    math_share,
     mix,
     split,
     word_count,
@@ -120,6 +121,17 @@ def test_sharegpt_recovery_from_a_truncated_file(tmp_path):
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}],
     ]
     assert len(list(iter_json_array(text))) == 5
+
+
+@pytest.mark.parametrize("name, share", [("mixed", 0.5), ("mixed:0.75", 0.75), ("mixed:.2", 0.2)])
+def test_a_mixed_corpus_name_gives_its_math_share(name, share):
+    assert math_share(name) == share
+
+
+@pytest.mark.parametrize("name", ["mixed:", "mixed:1", "mixed:0", "mixed:abc", "mixed:-0.5"])
+def test_a_bad_math_share_names_the_fix(name):
+    with pytest.raises(TapsError, match="math share after 'mixed:' must be a number in"):
+        math_share(name)
 
 
 def test_mixture_ratio_split_and_user_corpus(tmp_path):

@@ -218,18 +218,33 @@ def contamination(corpus: list[Conversation], prompts: list[Prompt]) -> list[str
     return [p.id for p in prompts if _normalise(p.turns[0]) in user_text]
 
 
-def load_corpus(
-    name: str, data_dir=None, seed: int = 0, mix_ratio: float = 0.5, mix_tokens: int = 2_000_000
-) -> list[Conversation]:
-    """`chat`, `math`, `mixed` (math share `mix_ratio` by words) or `jsonl:PATH`, deterministically
-    shuffled."""
+def load_corpus(name: str, data_dir=None, seed: int = 0, mix_tokens: int = 2_000_000) -> list[Conversation]:
+    """`chat`, `math`, `mixed` (half math by words), `mixed:F` (math share F by words, e.g. mixed:0.75:
+    the mixture study compares ratios) or `jsonl:PATH`, deterministically shuffled. A mixture draws
+    `mix_tokens` words in all, so a larger --tokens budget extends the same mixture in the same order."""
     if name == "chat":
         return shuffled(load_sharegpt(), seed)
     if name == "math":
         return shuffled(load_math_instruct(data_dir), seed)
-    if name == "mixed":
+    if name == "mixed" or name.startswith("mixed:"):
+        share = math_share(name)
         parts = {"chat": load_sharegpt(), "math": load_math_instruct(data_dir)}
-        return mix(parts, {"chat": 1 - mix_ratio, "math": mix_ratio}, mix_tokens, seed=seed)
+        return mix(parts, {"chat": 1 - share, "math": share}, mix_tokens, seed=seed)
     if name.startswith("jsonl:"):
         return shuffled(load_jsonl_corpus(name[len("jsonl:") :]), seed)
-    raise TapsError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or jsonl:PATH")
+    raise TapsError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)}, mixed:F or jsonl:PATH")
+
+
+def math_share(name: str) -> float:
+    """The math share of a `mixed` or `mixed:F` corpus name (0.5 for plain `mixed`)."""
+    if name == "mixed":
+        return 0.5
+    try:
+        share = float(name.partition(":")[2])
+    except ValueError:
+        share = -1.0
+    if not 0 < share < 1:
+        raise TapsError(
+            f"corpus {name!r}: the math share after 'mixed:' must be a number in (0, 1), e.g. mixed:0.75"
+        )
+    return share
