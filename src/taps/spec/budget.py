@@ -106,7 +106,7 @@ class RunningRatio:
 
 class CostScales:
     """The cost curve corrected by this run's verifications: measured ms / the curve's ms, learned as a
-    running mean at each anchor size (a step counts at the anchor nearest its token count, in log
+    running mean (from 1) at each anchor size (a step counts at the anchor nearest its token count, in log
     scale), interpolated between anchors in log size (constant past the outermost measured ones), and
     kept non-decreasing. Before any step it is the curve itself."""
 
@@ -123,8 +123,10 @@ class CostScales:
             return
         anchor = min(self.anchors, key=lambda a: abs(np.log2(a / tokens)))
         ratio = ms / float(self.cost[tokens])
-        old = self.ratios.get(anchor)
-        self.ratios[anchor] = ratio if old is None else old + SMOOTHING * (ratio - old)
+        # a new anchor starts from what the others say (1 before any), so one slow step cannot price
+        # a size range out of use (it would then never be verified, nor corrected, again)
+        old = self.ratios.get(anchor, float(self.priced[anchor] / self.cost[anchor]))
+        self.ratios[anchor] = old + SMOOTHING * (ratio - old)
         known = sorted(self.ratios)
         sizes = np.log2(np.arange(1, len(self.cost)))
         scale = np.interp(sizes, np.log2(known), [self.ratios[a] for a in known])
