@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from taps.models.drafter import Drafter
-from taps.models.graphs import GraphedDrafter
+from taps.models.graphs import GraphedDrafter, capture
 from taps.models.stacked import stack_drafters
 from taps.spec.tree import DraftTree
 
@@ -114,6 +114,9 @@ class TreeDrafter:
         use_graphs = self.model.device.type == "cuda" if graphs is None else graphs
         self.forward = GraphedDrafter(self.model) if use_graphs else self.model
         self.budget = None  # a TreeBudget may stop the levels early (see `_expand`)
+        # the committed pairs as a device tensor: the whole-expansion path's offsets (`_expand_static`)
+        self.base = torch.zeros((), dtype=torch.long, device=self.model.device)
+        self._root: torch.Tensor | None = None  # the captured expansion's input buffer
         self.reset()
 
     def reset(self) -> None:
@@ -132,8 +135,29 @@ class TreeDrafter:
         self.pairs += m
         if self.budget is not None:
             self.budget.ingested((time.perf_counter() - start) * 1000)
-        pool = self._expand(hidden[:, -1:])
+        if isinstance(self.forward, GraphedDrafter) and self.budget is None:
+            pool = self._expand_static(hidden[:, -1:])
+        else:
+            pool = self._expand(hidden[:, -1:])
         return [pool.best_tree(i, self.shape.total_tokens, s) for i, s in enumerate(self.sources)]
+
+    def _expand_static(self, root_hidden: torch.Tensor) -> _Pool:
+        """`_expand` for a fixed shape on the static cache, as one CUDA graph on CUDA (captured on first
+        use, replayed after; eagerly elsewhere): levels go through `GraphedDrafter.forward_at`, whose
+        offsets come from `self.base`, so no value of this step is baked into the graph."""
+        graphs, k = self.forward, self.shape.top_k
+        graphs.reserve_rows(self.pairs + k * (self.shape.depth - 1))
+        self.base.fill_(self.pairs)
+        if not graphs.capture:
+            return self._expand(root_hidden)
+        key = ("expansion", root_hidden.shape)
+        if key not in graphs.graphs:  # (re)captured whenever the cache grows: `_rebuild` drops graphs
+            self._root = root_hidden.clone()  # a private memory pool: its outputs are read after replay
+            graphs.graphs[key] = capture(lambda: self._expand(self._root), self.model.device, None)
+        self._root.copy_(root_hidden)
+        graph, pool = graphs.graphs[key]
+        graph.replay()
+        return pool
 
     def _expand(self, root_hidden: torch.Tensor) -> _Pool:
         """root_hidden [N, 1, H] -> every candidate node of every member, scored. Under a budget, each
@@ -196,11 +220,14 @@ class TreeDrafter:
         grown = torch.zeros(n, drafted + f, drafted + f, dtype=torch.bool, device=dev)
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
+        tokens = pool.tokens.gather(1, frontier)
+        if isinstance(self.forward, GraphedDrafter) and self.budget is None:  # `_expand_static`
+            return self.forward.forward_at(
+                tokens, parent_hidden, rows.unsqueeze(1), self.base, drafted, level
+            ), grown
         positions = torch.full((f,), self.pairs - 1 + level, device=dev)
         # rows cover the drafted slots and this level's; the committed context before them is seen by all
-        hidden = self.forward(
-            pool.tokens.gather(1, frontier), parent_hidden, positions, self.cache, tree_mask=rows.unsqueeze(1)
-        )
+        hidden = self.forward(tokens, parent_hidden, positions, self.cache, tree_mask=rows.unsqueeze(1))
         return hidden, grown
 
     def _log_probs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
