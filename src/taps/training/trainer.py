@@ -9,6 +9,7 @@ trains on every N-th batch); on a CPU it runs as is. State
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -141,7 +142,7 @@ def training_loss(
     loss_mask = torch.zeros_like(mask[:, 1:], dtype=torch.float)
     loss_mask[:, :-1] = mask[:, 2:].float()  # the predicted token x_{t+2} is assistant-written
     if cfg.noise > 0 and generator is not None:
-        inp_feat = inp_feat + (torch.rand(inp_feat.shape, generator=generator).to(device) - 0.5) * cfg.noise
+        inp_feat = inp_feat + feature_noise(inp_feat.shape, cfg.noise, generator, device)
     positions = torch.arange(n, device=device)
     steps = cfg.steps_of_alignment
     step_inputs = [inp_feat]
@@ -151,7 +152,7 @@ def training_loss(
                 inp_tok.repeat(1, j - 1),
                 torch.cat(step_inputs, 1),
                 positions.repeat(j - 1),
-                mask=_on(alignment_mask(n, j - 1), device),
+                mask=_mask_on(n, j - 1, device),
             )
             shifted = torch.zeros_like(inp_feat)
             shifted[:, 1:] = prev[:, -n:-1]  # step j-1's prediction of f_t feeds position t
@@ -160,7 +161,7 @@ def training_loss(
         inp_tok.repeat(1, steps),
         torch.cat(step_inputs, 1),
         positions.repeat(steps),
-        mask=_on(alignment_mask(n, steps), device),
+        mask=_mask_on(n, steps, device),
     )
     valid = torch.cat([loss_mask * (positions >= j).float() for j in range(steps)], 1)
     target_feat = tgt_feat.repeat(1, steps, 1)
@@ -171,7 +172,20 @@ def training_loss(
     return loss, parts
 
 
-def _on(mask: torch.Tensor | str, device: torch.device) -> torch.Tensor | str:
+def feature_noise(shape, width: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """EAGLE's uniform feature noise in [-width/2, width/2), drawn on `device` from a seed that the
+    host generator gives (so runs stay reproducible and resumable): a batch's worth is tens of MB
+    (65536 tokens x 576 floats = 151 MB), too much to draw on the host and copy every GPU step."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    local = torch.Generator(device).manual_seed(seed)
+    return (torch.rand(shape, generator=local, device=device) - 0.5) * width
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_on(n: int, steps: int, device: torch.device) -> torch.Tensor | str:
+    """`alignment_mask` built once per length and device: HASS's is (steps x n)^2 (9M entries at
+    n = 1024), too slow to build on the host and copy every step."""
+    mask = alignment_mask(n, steps)
     return mask if isinstance(mask, str) else mask.to(device)
 
 
