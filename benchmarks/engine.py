@@ -78,6 +78,10 @@ def decoder_rows(
             (f"{label} [auto]", strategy, names, AUTO_SHAPE),
             (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
         ]
+    # plain decoding again, last in each prompt's round: identical to "taps plain", so its ratio is
+    # the run's own noise (on a shared 2-core VM, +-10% per cell was seen), the yardstick for every
+    # other ratio in the table
+    rows.append(("taps plain (control, run last)", "plain", "", None))
     return rows
 
 
