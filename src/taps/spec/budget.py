@@ -118,6 +118,7 @@ class CostScales:
         self.ratios: dict[int, float] = {}
         self.counts: dict[int, int] = {}
         self.priced = cost.clone()  # what verifying t tokens costs now, in ms
+        self._log_sizes = np.log2(np.arange(1, len(cost)))
 
     def observe(self, tokens: int, ms: float) -> None:
         if not 1 <= tokens < len(self.cost) or ms <= 0:
@@ -133,8 +134,7 @@ class CostScales:
         old = self.ratios.get(anchor, ratio)
         self.ratios[anchor] = old + max(SMOOTHING, 1 / self.counts[anchor]) * (ratio - old)
         known = sorted(self.ratios)
-        sizes = np.log2(np.arange(1, len(self.cost)))
-        scale = np.interp(sizes, np.log2(known), [self.ratios[a] for a in known])
+        scale = np.interp(self._log_sizes, np.log2(known), [self.ratios[a] for a in known])
         priced = self.cost[1:] * torch.from_numpy(scale)
         self.priced = torch.cat([self.cost[:1], priced.cummax(0).values])
 
@@ -176,11 +176,15 @@ class TreeBudget:
         """What a forward of `tokens` tokens costs now: the curve as corrected by this run's verifications."""
         return float(self.costs.priced[min(tokens, len(self.cost) - 1)])
 
-    def acceptance_p(self, confidence: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        """p of each node: the bins' estimate times the recent calibration factor (at most 1)."""
+    @property
+    def calibration_factor(self) -> float:
+        """Drafted tokens accepted / expected by the bins, recent steps, within CALIBRATION_RANGE."""
         low, high = CALIBRATION_RANGE
-        factor = min(max(self.calibration.value, low), high)
-        return (self.acceptance.predict(confidence, depth) * factor).clamp(max=1.0)
+        return min(max(self.calibration.value, low), high)
+
+    def acceptance_p(self, confidence: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """p of each node: the bins' estimate times the calibration factor (at most 1)."""
+        return (self.acceptance.predict(confidence, depth) * self.calibration_factor).clamp(max=1.0)
 
     def plain_rate(self) -> float:
         """Tokens per ms of a plain step, priced like the speculative ones: one token on the curve."""
@@ -201,12 +205,12 @@ class TreeBudget:
         if not len(tree) or not self.max_nodes:
             return DraftTree.empty()
         confidence, depth = tree.scores.exp(), tree.depths()
-        p = _monotone(self.acceptance_p(confidence, depth), tree.parents, int(depth.max()))
+        binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
+        p = (binned * self.calibration_factor).clamp(max=1.0)  # scaling keeps p monotone down the tree
         order = _best_first(p, depth)[: self.max_nodes]
         chosen = order[: _best_count(p[order], self.rate * self.costs.priced)]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
-        binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents, int(depth.max()))
         self._binned = float(binned[keep].sum())
         return tree.subtree(keep)
 

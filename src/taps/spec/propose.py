@@ -135,11 +135,17 @@ class TreeDrafter:
         self.pairs += m
         if self.budget is not None:
             self.budget.ingested((time.perf_counter() - start) * 1000)
-        if isinstance(self.forward, GraphedDrafter) and self.budget is None:
+        if self.whole_expansion:
             pool = self._expand_static(hidden[:, -1:])
         else:
             pool = self._expand(hidden[:, -1:])
         return [pool.best_tree(i, self.shape.total_tokens, s) for i, s in enumerate(self.sources)]
+
+    @property
+    def whole_expansion(self) -> bool:
+        """Whether a step's expansion runs as one piece on the static cache (one CUDA graph on CUDA):
+        with graphs and a fixed shape; a budget decides between levels on the host."""
+        return isinstance(self.forward, GraphedDrafter) and self.budget is None
 
     def _expand_static(self, root_hidden: torch.Tensor) -> _Pool:
         """`_expand` for a fixed shape on the static cache, as one CUDA graph on CUDA (captured on first
@@ -221,7 +227,7 @@ class TreeDrafter:
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
         tokens = pool.tokens.gather(1, frontier)
-        if isinstance(self.forward, GraphedDrafter) and self.budget is None:  # `_expand_static`
+        if self.whole_expansion:  # `_expand_static`
             return self.forward.forward_at(
                 tokens, parent_hidden, rows.unsqueeze(1), self.base, drafted, level
             ), grown
