@@ -106,16 +106,42 @@ def test_a_probe_that_verifies_nothing_loses_even_after_slow_plain_steps():
 
 @pytest.mark.parametrize("confidence, pauses", [(SAFETY_MARGIN / 2, True), (4 * SAFETY_MARGIN, False)])
 def test_drafting_that_barely_pays_steps_aside(confidence, pauses):
-    """On a flat curve with free drafting, one node of acceptance p makes a step worth 1 + p plain
-    steps: below 1 + SAFETY_MARGIN the budget pauses, well above it drafting goes on."""
+    """On a flat curve with drafting at a tenth of a plain step, one node of acceptance p makes a
+    step worth (1 + p) / 1.1 plain steps: below 1 + SAFETY_MARGIN the budget pauses, above it drafting
+    goes on."""
     budget = TreeBudget(FLAT)
     tree = DraftTree(
         torch.tensor([5]), torch.tensor([-1]), torch.tensor([confidence]).log(), torch.zeros(1), torch.ones(1)
     )
     budget.should_draft()
     assert len(budget.choose(tree)) == 1
-    budget.observe(0, 1, draft_ms=0.0, verify_ms=10.0, node_accepted=[False])
+    budget.observe(0, 1, draft_ms=1.0, verify_ms=10.0, node_accepted=[False])
     assert budget.should_draft() is not pauses
+
+
+def test_drafting_that_costs_next_to_nothing_never_pauses():
+    """Prompt lookup finds no match for many steps in a row: each such step loses only its drafting
+    time, so pausing would save nothing and miss the next match. Costly drafting that loses pauses."""
+    cheap, dear = TreeBudget(FLAT), TreeBudget(FLAT)
+    for _ in range(30):
+        for budget, draft_ms in ((cheap, 0.1), (dear, 2.0)):
+            if budget.should_draft():
+                budget.choose(DraftTree.empty())
+                budget.observe(0, 0, draft_ms=draft_ms, verify_ms=10.0, node_accepted=[])
+    assert cheap.drafting and cheap.pause == 0
+    assert dear.pause > 0 or not dear.drafting
+
+
+def test_prompt_lookup_scores_longer_matches_higher():
+    """Its confidences keep a 3-token match apart from a 1-token one in the budget's bins."""
+    ngram = NgramProposer(max_ngram=3, length=2, branches=2)
+    long_match = ngram.propose(torch.tensor([7, 8, 9, 4, 5, 1, 7, 8, 9]), None)
+    short_match = ngram.propose(torch.tensor([7, 4, 5, 1, 2, 3, 7]), None)
+    assert long_match.tokens.tolist() == [4, 5] and short_match.tokens.tolist() == [4, 5]
+    assert (long_match.scores > short_match.scores).all()
+    assert (long_match.scores.diff() < 0).all()  # deeper copied tokens are less certain
+    two = NgramProposer(max_ngram=1, length=1).propose(torch.tensor([3, 4, 3, 5, 3]), None)
+    assert two.tokens.tolist() == [5, 4] and two.scores[0] > two.scores[1]  # the latest match first
 
 
 def test_acceptance_is_learned_from_verdicts():

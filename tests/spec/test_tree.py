@@ -110,3 +110,11 @@ def test_drafted_nodes_attend_to_their_ancestors_only(tiny_target, monkeypatch):
             if t_wide.tokens[j] == t_narrow.tokens[i] and int(t_wide.depths()[j]) == i + 1
         ]
         assert any(abs(s - float(t_narrow.scores[i])) < 1e-4 for _, s in match)
+
+
+def test_paths_carry_their_confidences_into_cumulative_scores():
+    tree = DraftTree.from_paths([[1, 2], [1, 3]], confidences=[[0.5, 0.5], [0.9, 0.1]])
+    assert tree.tokens.tolist() == [1, 2, 3] and tree.parents.tolist() == [-1, 0, 0]
+    # the shared node keeps the first path's confidence; children add theirs to it
+    assert tree.scores.exp().tolist() == pytest.approx([0.5, 0.25, 0.05])
+    assert (DraftTree.from_paths([[4, 5]]).scores == 0).all()

@@ -13,6 +13,18 @@ from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
 
 
+def match_confidences(n: int, branch: int, length: int) -> list[float]:
+    """A prior confidence for each copied token: n / (n + 2) for an n-token match (longer matches
+    repeat more reliably), the first token of the b-th most recent match divided by b + 1.
+
+    Not a probability anyone measured: it ranks the nodes and, through the tree budget's confidence
+    bins, keeps a long match's nodes apart from a one-token match's, so the budget learns each one's
+    acceptance (with every score 0, all of a depth's nodes shared one bin, and one-token matches in
+    prose taught the budget to stop verifying the long ones)."""
+    per_token = n / (n + 2)
+    return [per_token / (branch + 1) if j == 0 else per_token for j in range(length)]
+
+
 class NgramProposer(Proposer):
     """Continuations of the most recent earlier occurrences of the longest matching suffix n-gram,
     merged into a trie (`branches` distinct matches, `length` tokens each)."""
@@ -37,7 +49,9 @@ class NgramProposer(Proposer):
         for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
             paths = self._continuations(seq, n)
             if paths:
-                return DraftTree.from_paths(paths, self.source)
+                return DraftTree.from_paths(
+                    paths, self.source, [match_confidences(n, b, len(p)) for b, p in enumerate(paths)]
+                )
         return DraftTree.empty()
 
     def _continuations(self, seq: list[int], n: int) -> list[list[int]]:

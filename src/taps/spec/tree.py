@@ -9,6 +9,7 @@ entropy of the distribution it was drawn from, and a bit mask of the proposers t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,16 +35,25 @@ class DraftTree:
         return cls.from_paths([])
 
     @classmethod
-    def from_paths(cls, paths: list[list[int]], source: int = 0) -> DraftTree:
-        """Merge token paths under the root into one trie: shared prefixes become one node."""
+    def from_paths(
+        cls, paths: list[list[int]], source: int = 0, confidences: list[list[float]] | None = None
+    ) -> DraftTree:
+        """Merge token paths under the root into one trie: shared prefixes become one node.
+
+        `confidences[i][j]`: the proposer's confidence in token j of path i given its prefix; a node's
+        score sums their logs along its path (the first path through a shared node sets it). Without
+        them every score is 0 (confidence 1)."""
         tokens: list[int] = []
         parents: list[int] = []
+        scores: list[float] = []
         index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
-        for path in paths:
+        for i, path in enumerate(paths):
             parent = -1
-            for tok in path:
+            for j, tok in enumerate(path):
                 if (parent, tok) not in index:
                     index[(parent, tok)] = len(tokens)
+                    step = math.log(confidences[i][j]) if confidences else 0.0
+                    scores.append((scores[parent] if parent >= 0 else 0.0) + step)
                     tokens.append(tok)
                     parents.append(parent)
                 parent = index[(parent, tok)]
@@ -51,7 +61,7 @@ class DraftTree:
         return cls(
             tokens=torch.tensor(tokens, dtype=torch.long),
             parents=torch.tensor(parents, dtype=torch.long),
-            scores=torch.zeros(m),
+            scores=torch.tensor(scores, dtype=torch.float32),
             entropies=torch.full((m,), float("nan")),
             sources=torch.full((m,), 1 << source, dtype=torch.long),
         )
