@@ -35,11 +35,17 @@ class TracedBudget(TreeBudget):
         super().__init__(curve, max_nodes)
         self.trace: list[dict] = []
 
+    def choose(self, tree):
+        self._offered = len(tree)  # the proposer's tree, before the budget's choice
+        return super().choose(tree)
+
     def observe(self, accepted, tree_size, draft_ms, verify_ms, node_accepted) -> None:
         self.trace.append(
             dict(drafting=self.drafting, expected=self._expected if self.drafting else 1.0,
+                 offered=getattr(self, "_offered", 0) if self.drafting else 0,
                  accepted=accepted, tree_size=tree_size, draft_ms=draft_ms, verify_ms=verify_ms)
         )  # fmt: skip
+        self._offered = 0
         super().observe(accepted, tree_size, draft_ms, verify_ms, node_accepted)
         spec = self.speculative.value
         self.trace[-1] |= dict(  # what the step taught it, in tokens per second
