@@ -78,10 +78,10 @@ def decoder_rows(
             (f"{label} [auto]", strategy, names, AUTO_SHAPE),
             (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
         ]
-    # plain decoding again, last in each prompt's round: identical to "taps plain", so its ratio is
-    # the run's own noise (on a shared 2-core VM, +-10% per cell was seen), the yardstick for every
-    # other ratio in the table
-    rows.append(("taps plain (control, run last)", "plain", "", None))
+    # plain decoding again, at the other end of each prompt's round from "taps plain" (the order
+    # reverses every prompt): identical to it, so its ratio is the run's own noise (on a shared 2-core
+    # VM, +-10% per cell was seen), the yardstick for every other ratio in the table
+    rows.append(("taps plain (control)", "plain", "", None))
     return rows
 
 
@@ -151,12 +151,16 @@ def measure_rows(
     decoders: dict, prompts: list[list[int]], max_new: int, partial: Path | None = None
 ) -> dict[str, dict]:
     """Every decoder on every prompt, round-robin (prompt by prompt, each decoder in turn), so that a
-    slow spell of a shared machine slows every decoder alike instead of whichever row it hit. With
-    `partial`, each row's tokens/s so far is rewritten there after every prompt: a run cut short (a
-    lent GPU's time limit) still leaves its figures."""
+    slow spell of a shared machine slows every decoder alike instead of whichever row it hit. The
+    order reverses from one prompt to the next: on the CI-class EPYC the machine drifted within each
+    round, and with one fixed order the control row (plain decoding again, last in every round) read
+    0.88x of the plain row; reversed on every other prompt, a steady drift averages out for every row.
+    With `partial`, each row's tokens/s so far is rewritten there after every prompt: a run cut short
+    (a lent GPU's time limit) still leaves its figures."""
     runs: dict[str, list] = {name: [] for name in decoders}
     for i, prompt in enumerate(prompts):
-        for name, run in decoders.items():
+        order = list(decoders.items())
+        for name, run in order if i % 2 == 0 else reversed(order):
             runs[name].append(run(prompt, max_new))
         print(f"[engine] prompt {i + 1}/{len(prompts)} done by {len(decoders)} decoders", flush=True)
         if partial is not None:

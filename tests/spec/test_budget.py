@@ -160,7 +160,6 @@ def test_costs_follow_the_run_where_the_cached_curve_is_off():
     budget prices trees by what this run's steps took, per size range, and keeps them non-decreasing."""
     curve = CostCurve((1, 64), (100.0, 100.0 + 63 * 2.0))  # cached: each token adds 2% of a step
     costs = CostScales(torch.tensor(curve.table(), dtype=torch.float64))
-    costs.observe(1, 60.0)
     costs.observe(8, 90.0)  # one tree step, then a pause of plain steps: the tree's price holds
     for _ in range(30):
         costs.observe(1, 60.0)
@@ -177,25 +176,6 @@ def test_costs_follow_the_run_where_the_cached_curve_is_off():
     budget.costs = costs
     budget.overall.add(1.0, 60.0)  # generating at the plain rate
     assert len(budget.choose(_tree())) < len(TreeBudget(curve).choose(_tree()))
-
-
-def test_a_slow_spell_does_not_leave_tree_prices_behind():
-    """A shared machine slows down for a while: plain steps and trees alike. Trees measured during
-    the spell must not keep its prices once plain steps show it is over (the budget may not choose
-    those sizes again for a long time, so their own measurements cannot correct them)."""
-    curve = CostCurve((1, 64), (100.0, 100.0 + 63 * 2.0))
-    costs = CostScales(torch.tensor(curve.table(), dtype=torch.float64))
-    for ms in (60.0, 90.0, 60.0, 90.0):  # normal speed: plain 60 ms, an 8-token tree 90 ms
-        costs.observe(1 if ms == 60.0 else 8, ms)
-    for _ in range(10):  # a slow spell at twice the time, trees and plain steps alike
-        costs.observe(1, 120.0)
-        costs.observe(8, 180.0)
-    for _ in range(40):  # the spell is over; only plain steps follow
-        costs.observe(1, 60.0)
-    assert costs.priced[1] == pytest.approx(60.0, rel=0.02)
-    # back near its normal price (the trees measured as the spell began, while the level was still
-    # catching up, leave a few percent): one price per size held 165 ms here
-    assert 90.0 <= costs.priced[8] < 100.0
 
 
 def test_calibration_tempers_optimistic_estimates_and_pauses_drafting():

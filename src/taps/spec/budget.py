@@ -7,10 +7,10 @@ extra time of verifying it), which maximises long-run tokens per second (Dinkelb
 Three measured quantities feed it:
 
 - cost: the target's forward time for n tokens on this machine (`taps.spec.costs`), corrected
-  online by what verification actually took in this run, in level and per range of tree sizes
-  (`CostScales`): the curve is measured once and cached, and measured under load its shape is off,
-  not only its level (on the CI-class EPYC a curve taken beside another benchmark priced 6 tree
-  tokens at 1.18x one token; the run's own steps cost 1.5x, so drafting that lost looked like a win);
+  online by what verification actually took in this run, per range of tree sizes (`CostScales`):
+  the curve is measured once and cached, and measured under load its shape is off, not only its
+  level (on the CI-class EPYC a curve taken beside another benchmark priced 6 tree tokens at 1.18x
+  one token; the run's own steps cost 1.5x, so drafting that lost looked like a win);
 - value: p_i, learned online from every verification per draft depth and confidence bin, with the
   drafter's own cumulative confidence exp(score) (what EAGLE-2 ranks nodes by) as the prior, times a
   calibration factor: drafted tokens accepted over those expected, in recent steps. The bins learn
@@ -54,9 +54,6 @@ CONFIDENCE_EDGES = torch.tensor(
 MAX_DEPTH = 8  # deeper nodes share the last depth's statistics
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind the drafter's own confidence
 SMOOTHING = 0.1  # weight of the newest step in the running means
-# the cost level's: it must follow a slow spell within a few plain steps, or the trees measured
-# meanwhile are taken for dear rather than slow
-LEVEL_SMOOTHING = 0.3
 # The calibration factor's limits. Low: a factor that shrank every p below paying would choose empty
 # trees, which teach nothing, and never recover; at 0.5 a confident node (p ~0.9) still gets verified.
 CALIBRATION_RANGE = (0.5, 2.0)
@@ -111,27 +108,17 @@ class RunningRatio:
 
 
 class CostScales:
-    """The cost curve corrected by this run's verifications, as a level times a shape.
-
-    The level (measured / curve ms of one-token steps) follows how fast the machine runs now; the
-    shape (measured / (level x curve ms) of larger steps, learned at anchor sizes, a step counting at
-    the anchor nearest its token count in log scale) says how much dearer trees are here than the
-    curve says. Sizes between anchors are interpolated in log size (constant past the outermost
-    measured ones), and the prices are kept non-decreasing. Before any step it is the curve itself.
-
-    Why two factors: each anchor's own ratio (an earlier version) held whatever speed the machine
-    had when that size was last measured. On a shared CPU, a tree size measured during a slow spell
-    kept its slow price after the spell; the budget then chose other sizes or paused, so the price
-    was never corrected. A slow spell slows plain steps and trees alike: it moves the level, which
-    every plain step keeps current, and leaves the shape alone."""
+    """The cost curve corrected by this run's verifications: measured ms / the curve's ms, learned as a
+    running mean at each anchor size (a step counts at the anchor nearest its token count, in log
+    scale), interpolated between anchors in log size (constant past the outermost measured ones), and
+    kept non-decreasing. Before any step it is the curve itself."""
 
     ANCHORS = (1, 2, 4, 8, 16, 32, 64)
 
     def __init__(self, cost: torch.Tensor) -> None:
         self.cost = cost  # cost[t]: the curve's ms for t tokens, t = 0..max (index 0 unused)
         self.anchors = [a for a in self.ANCHORS if a < len(cost)]
-        self.level, self.level_count, self.plain_steps = 1.0, 0, 0
-        self.shapes: dict[int, float] = {1: 1.0}
+        self.ratios: dict[int, float] = {}
         self.counts: dict[int, int] = {}
         self.priced = cost.clone()  # what verifying t tokens costs now, in ms
         self._log_sizes = np.log2(np.arange(1, len(cost)))
@@ -141,32 +128,23 @@ class CostScales:
             return
         anchor = min(self.anchors, key=lambda a: abs(np.log2(a / tokens)))
         ratio = ms / float(self.cost[tokens])
-        # The mean of the first 1 / SMOOTHING observations, then a running mean: each factor has to be
+        # the mean of an anchor's first 1 / SMOOTHING steps, then a running mean: each anchor has to be
         # right from its first steps, since sizes are priced against each other. (Moving a tenth of the
         # way from a prior instead, trees kept the curve's price while plain steps, measured during the
         # pauses, fell to theirs: trees looked dear, so the budget paused, so only plain steps were
         # measured; hass-math went from 1.35x to plain decoding on GSM8K.)
-        self.plain_steps += anchor == 1
-        if anchor in self.shapes or not self.plain_steps:  # how fast the machine runs now
-            self.level_count += 1
-            level_now = ratio / self.shapes.get(anchor, 1.0)
-            self.level += max(LEVEL_SMOOTHING, 1 / self.level_count) * (level_now - self.level)
-        if anchor != 1:
-            self.counts[anchor] = self.counts.get(anchor, 0) + 1
-            # A size measured before any one-token step is taken at the curve's shape: its deviation
-            # is the machine's level until plain steps tell the two apart.
-            first = 1.0 if self.plain_steps == 0 else ratio / self.level
-            old = self.shapes.get(anchor, first)
-            self.shapes[anchor] = old + max(SMOOTHING, 1 / self.counts[anchor]) * (ratio / self.level - old)
-        known = sorted(self.shapes)
-        shape = np.interp(self._log_sizes, np.log2(known), [self.shapes[a] for a in known])
-        priced = self.cost[1:] * self.level * torch.from_numpy(shape)
+        self.counts[anchor] = self.counts.get(anchor, 0) + 1
+        old = self.ratios.get(anchor, ratio)
+        self.ratios[anchor] = old + max(SMOOTHING, 1 / self.counts[anchor]) * (ratio - old)
+        known = sorted(self.ratios)
+        scale = np.interp(self._log_sizes, np.log2(known), [self.ratios[a] for a in known])
+        priced = self.cost[1:] * torch.from_numpy(scale)
         self.priced = torch.cat([self.cost[:1], priced.cummax(0).values])
 
     @property
     def plain_ratio(self) -> float:
         """Measured / curve ms of a one-token forward (1 before any measurement)."""
-        return self.level
+        return float(self.priced[1] / self.cost[1])
 
 
 class TreeBudget:
