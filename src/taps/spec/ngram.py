@@ -19,8 +19,7 @@ def match_confidences(n: int, branch: int, length: int) -> list[float]:
 
     Not a probability anyone measured: it ranks the nodes and, through the tree budget's confidence
     bins, keeps a long match's nodes apart from a one-token match's, so the budget learns each one's
-    acceptance (with every score 0, all of a depth's nodes shared one bin, and one-token matches in
-    prose taught the budget to stop verifying the long ones)."""
+    acceptance (with every score 0, every node of a depth shared one bin, whatever its match)."""
     per_token = n / (n + 2)
     return [per_token / (branch + 1) if j == 0 else per_token for j in range(length)]
 
