@@ -34,6 +34,19 @@ def test_packed_target_matches_plain_forward(tiny_dirs):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (576, 1536)])
+def test_onednn_rows_are_bit_identical_whatever_the_row_count(shape):
+    """Float32 losslessness rests on this: a row's result must not depend on how many rows share the
+    matmul (1 in plain decoding, a tree's node count in verification). MKL's F.linear breaks it, and so
+    does a oneDNN weight packed with a 1-row hint; a torch upgrade that changed the kernel would show here."""
+    _require(ONEDNN)
+    weight, x = torch.randn(*shape) * 0.02, torch.randn(16, shape[1])
+    packed_weight = ONEDNN.pack(weight)
+    full = ONEDNN.matmul(x, packed_weight, None)
+    for rows in (1, 2, 3, 5, 8, 13):
+        assert torch.equal(ONEDNN.matmul(x[:rows], packed_weight, None), full[:rows]), rows
+
+
 @pytest.mark.parametrize("kernel", [ONEDNN, INT8], ids=lambda k: k.name)
 def test_packed_stacked_drafters_match_plain_ones(tiny_target, kernel):
     _require(kernel)

@@ -8,6 +8,9 @@ with its weight packed once at load time:
   where the CPU computes bf16 natively. torch's default float32 path (MKL) handles few-row shapes
   poorly: on the AMD EPYC of the README a 576 -> 1536 projection took ~170-250 us for 4-8 rows
   against ~70 us for one; oneDNN with the weight reordered into its blocked layout took ~85-145 us.
+  Its one price: for a single row MKL streams cold weights ~13% faster. Neither MKL nor oneDNN with
+  a 1-row packing hint (`_reorder_linear_weight(w, 1)`, a gemv path for one row) gives a row the same
+  bits whatever the row count, and exact verification needs that, so the target keeps this packing.
 - INT8, for drafters on CPUs without native bf16 (int8 weights per output channel, activations
   quantized per call; fbgemm). A drafting level is memory-bound there: in float32 the drafter's
   weights and its 8192-row head are ~36 MB read per level. In int8 the head's matmul ran ~10x
