@@ -57,6 +57,23 @@ def test_float32_speculation_on_cuda_equals_plain_greedy(cuda_target):
         assert _greedy(cuda_target, prompt, True) == _greedy(cuda_target, prompt, False)
 
 
+def test_a_flat_budget_drafts_through_the_captured_expansion_losslessly(cuda_target):
+    """Under the auto budget with a GPU-like flat curve, drafting is the one captured expansion graph
+    (`TreeBudget.verifies_freely`), and float32 output still equals plain greedy decoding."""
+    from taps.spec.budget import BudgetedProposer, TreeBudget
+    from taps.spec.costs import CostCurve
+
+    budget = TreeBudget(CostCurve((1, 64), (10.0, 10.0)))
+    budget.costs.observe = lambda tokens, ms: None  # keep the flat curve: the tiny target's timings vary
+    drafter = random_drafter(cuda_target, seed=3).to(CUDA).attach(cuda_target)
+    inner = DrafterProposer(drafter, TreeShape(8, 6, 48))
+    gen = SpeculativeGenerator(cuda_target, BudgetedProposer(inner, budget))
+    for prompt in PROMPTS:
+        out = gen.generate(prompt, GenerationConfig(max_new_tokens=40))
+        assert out.tokens == _greedy(cuda_target, prompt, True)
+    assert inner.trees.forward.capture and any(isinstance(k, tuple) for k in inner.trees.forward.graphs)
+
+
 @pytest.fixture(scope="module")
 def default_target_cuda():
     require_default_target()

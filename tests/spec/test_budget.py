@@ -12,13 +12,13 @@ from taps.spec.budget import MIN_PAUSE, SAFETY_MARGIN, BudgetedProposer, CostSca
 from taps.spec.costs import CostCurve, load_or_measure, non_decreasing
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
-from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.propose import DrafterProposer, TreeDrafter, TreeShape
 from taps.spec.tree import DraftTree
 from tests.conftest import random_drafter
 from tests.spec.test_lossless import PROMPTS, greedy
 
 FLAT = CostCurve((1, 64), (10.0, 10.0))  # a GPU-like curve: every tree costs one forward
-STEEP = CostCurve((1, 2, 64), (10.0, 40.0, 1000.0))  # one extra token costs 3 plain steps
+STEEP = CostCurve((1, 2, 64), (10.0, 1e4, 1e6))  # one extra token costs 1000 plain steps, whatever the speed
 
 
 def test_non_decreasing_fit_pools_violators():
@@ -239,6 +239,32 @@ def test_budgeted_drafting_is_lossless(tiny_target, tmp_path, budget):
             assert 0 in sizes and max(sizes) > 0
         if budget == "steep":
             assert max(sizes) == 0
+
+
+@pytest.mark.parametrize("curve", ["flat", "sloped"])
+def test_a_flat_curve_drafts_the_whole_shape_in_one_piece(tiny_target, curve, monkeypatch):
+    """Where a whole tree costs about one forward (a GPU), graphed drafting under the budget runs the
+    whole expansion (one CUDA graph there; eagerly here) with no per-level decisions; where trees cost
+    more, the budget decides level by level. Lossless both ways."""
+    costs_of = {"flat": FLAT, "sloped": CostCurve((1, 64), (10.0, 10.0 + 63 * 0.5))}
+    budget = TreeBudget(costs_of[curve])
+    _freeze_costs(budget)
+    assert budget.verifies_freely(48) == (curve == "flat")
+    decisions = []
+    frontier_width = TreeBudget.frontier_width
+    monkeypatch.setattr(
+        TreeBudget, "frontier_width", lambda *a, **k: decisions.append(1) or frontier_width(*a, **k)
+    )
+    inner = DrafterProposer(random_drafter(tiny_target, seed=3), TreeShape(8, 6, 48))
+    inner._trees = TreeDrafter([inner.drafter], inner.shape, [0], graphs=True)
+    proposer = BudgetedProposer(inner, budget)
+    for prompt in PROMPTS[:2]:
+        out = SpeculativeGenerator(tiny_target, proposer).generate(
+            prompt, GenerationConfig(max_new_tokens=40)
+        )
+        assert out.tokens == greedy(tiny_target, prompt)
+    assert inner.trees.whole == (curve == "flat")
+    assert (len(decisions) > 0) == (curve == "sloped")
 
 
 def test_frontier_expands_only_the_nodes_that_can_pay():

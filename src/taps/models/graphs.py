@@ -19,7 +19,8 @@ runs a stack of drafters (`taps.models.stacked`) the same way, and the tree draf
 level's forward and the bookkeeping between levels: scores, top-k, masks) is captured as one more
 graph (`forward_at` takes the step's cache offset as a device tensor); on an H200 that bookkeeping,
 run eagerly, cost about 1.1 ms per level against a 4.4 ms target forward. Under the auto budget the
-levels stay separate replays: the budget decides on the host, between levels, whether to go on.
+same graph serves where the cost curve is nearly flat (`TreeBudget.verifies_freely`); elsewhere the
+levels stay separate replays and the budget decides on the host, between levels, whether to go on.
 
 `GraphedTarget` has the target's interface (`__call__`, `logits`, `new_cache`, `device`), so the
 generation loop does not change. With `capture=False` (the default off CUDA) it runs the same static

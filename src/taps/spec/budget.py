@@ -60,6 +60,10 @@ CALIBRATION_RANGE = (0.5, 2.0)
 MIN_PAUSE, MAX_PAUSE = 4, 64  # plain steps after a losing speculative step
 SAFETY_MARGIN = 0.05  # drafting must be expected to beat plain decoding by this fraction to go on
 MATERIAL_DRAFTING = 0.02  # drafting below this share of a plain step is never paused (it saves nothing)
+# A whole tree priced within this factor of a one-token forward: verification is nearly free in tree size
+# (an H200 replayed 1-64 tokens of the default target from CUDA graphs in 1.0-1.25x one token's time;
+# the CPUs measured here paid 2.1x for 24 tokens, the bar that keeps per-level decisions on them).
+FLAT_TREE = 1.5
 
 
 class AcceptanceModel:
@@ -193,6 +197,17 @@ class TreeBudget:
     def plain_rate(self) -> float:
         """Tokens per ms of a plain step, priced like the speculative ones: one token on the curve."""
         return 1.0 / self.priced_ms(1)
+
+    def verifies_freely(self, nodes: int) -> bool:
+        """Whether verifying `nodes` drafted nodes costs at most FLAT_TREE one-token forwards now.
+
+        Then deciding level by level how far to draft (`frontier_width`) can save little verification,
+        and it costs a host round trip per level: on an H200 a drafting step under the auto budget
+        (5.7 ms, levels replayed from graphs, the decisions between them eager) cost as much as
+        verifying a whole tree (5.9 ms), and auto ran behind the fixed tree in 5 of 6 cells. So where
+        verification is this cheap, the tree drafter drafts the whole shape as one graph replay
+        (`TreeDrafter.whole_expansion`), `choose` alone picks the nodes, and pauses still apply."""
+        return self.priced_ms(nodes + 1) <= FLAT_TREE * self.priced_ms(1)
 
     def drafting_is_material(self) -> bool:
         """Whether drafting costs enough (recent steps, over a plain step) that pausing it saves time.

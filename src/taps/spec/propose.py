@@ -114,6 +114,7 @@ class TreeDrafter:
         use_graphs = self.model.device.type == "cuda" if graphs is None else graphs
         self.forward = GraphedDrafter(self.model) if use_graphs else self.model
         self.budget = None  # a TreeBudget may stop the levels early (see `_expand`)
+        self.whole = False  # this step's expansion runs as one piece (`whole_expansion`, set per step)
         # the committed pairs as a device tensor: the whole-expansion path's offsets (`_expand_static`)
         self.base = torch.zeros((), dtype=torch.long, device=self.model.device)
         self._root: torch.Tensor | None = None  # the captured expansion's input buffer
@@ -135,7 +136,8 @@ class TreeDrafter:
         self.pairs += m
         if self.budget is not None:
             self.budget.ingested((time.perf_counter() - start) * 1000)
-        if self.whole_expansion:
+        self.whole = self.whole_expansion
+        if self.whole:
             pool = self._expand_static(hidden[:, -1:])
         else:
             pool = self._expand(hidden[:, -1:])
@@ -144,8 +146,16 @@ class TreeDrafter:
     @property
     def whole_expansion(self) -> bool:
         """Whether a step's expansion runs as one piece on the static cache (one CUDA graph on CUDA):
-        with graphs and a fixed shape; a budget decides between levels on the host."""
-        return isinstance(self.forward, GraphedDrafter) and self.budget is None
+        with graphs, and a fixed shape or a budget that prices the shape's whole tree near one forward
+        (`TreeBudget.verifies_freely`). Otherwise a budget decides between levels, on the host."""
+        if not isinstance(self.forward, GraphedDrafter):
+            return False
+        return self.budget is None or self.budget.verifies_freely(self.shape.total_tokens)
+
+    @property
+    def budgeted_levels(self) -> bool:
+        """Whether the budget decides level by level how far to draft (`_expand`)."""
+        return self.budget is not None and not self.whole
 
     def _expand_static(self, root_hidden: torch.Tensor) -> _Pool:
         """`_expand` for a fixed shape on the static cache, as one CUDA graph on CUDA (captured on first
@@ -183,7 +193,7 @@ class TreeDrafter:
         # each drafted cache slot's ancestors among the drafted slots
         slot_anc = torch.zeros(len(self.sources), 0, 0, dtype=torch.bool, device=pool.device)
         for level in range(1, self.shape.depth):
-            if self.budget is not None:  # frontier columns are sorted by score: expand the best `keep`
+            if self.budgeted_levels:  # frontier columns are sorted by score: expand the best `keep`
                 keep = self.budget.frontier_width(
                     pool.scores, pool.depth, pool.scores.gather(1, frontier), level
                 )
@@ -206,7 +216,7 @@ class TreeDrafter:
             frontier = children.gather(1, best)
             # children are laid out [parent row, width], so a child's parent row is its index // width
             parent_hidden = hidden.gather(1, (best // width).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            if self.budget is not None:
+            if self.budgeted_levels:
                 self.budget.level_timed(parents.shape[1], (time.perf_counter() - start) * 1000)
         return pool
 
@@ -227,7 +237,7 @@ class TreeDrafter:
         grown[:, :drafted, :drafted] = slot_anc
         grown[:, drafted:] = rows
         tokens = pool.tokens.gather(1, frontier)
-        if self.whole_expansion:  # `_expand_static`
+        if self.whole:  # `_expand_static`
             return self.forward.forward_at(
                 tokens, parent_hidden, rows.unsqueeze(1), self.base, drafted, level
             ), grown
