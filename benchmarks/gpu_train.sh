@@ -19,6 +19,9 @@
 # earliest runs come first, the rest are skipped.
 # Each drafter comes back as one tar under $OUT: its weights, config, card (device, tokens, epochs,
 # wall time, losses, held-out tau) and training log.
+# PROFILE=1 first profiles 8 online steps of each method (`taps train --profile`): the phase table
+# (batch, target features, loss, backward, optimizer; device ms) goes to the summary, the operator
+# tables to $OUT/profile-{eagle2,hass}.md; it takes the runs' time, about a minute in all.
 # Batches: 16384 tokens. The first H200 run (2026-11-28) used 65536: 87-235 steps in 40-135 s at
 # 92-154k tokens/s, and every drafter trailed the CPU-trained ones it would replace (eagle2-math:
 # final loss 0.63 after 177 steps against 0.35 after 3159 steps of 4096 tokens); in a lease of
@@ -34,6 +37,14 @@ runs=(${RUNS:-eagle2-chat hass-chat eagle2-math hass-math eagle2-mixed hass-mixe
 begin=$(date +%s)
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
+if [ -n "${PROFILE:-}" ]; then  # where a step's time goes, per phase, for each method (8 steps each)
+  for method in eagle2 hass; do
+    timeout 120 python3 -m taps.cli train --online --device "$device" --corpus math --replies corpus \
+        --tokens 2000000 --method "$method" --align-steps 3 --batch-tokens "${BATCH_TOKENS:-16384}" \
+        --draft-vocab 8192 --threads "${THREADS:-4}" --max-steps 8 --profile "$out/profile-$method.md" \
+        --out "$work/profile-$method" 2>&1 | grep -E '^\||tokens/s' | tee -a "$out/summary.txt"
+  done
+fi
 for i in "${!runs[@]}"; do
   name=${runs[$i]}
   method=${name%%-*} corpus=${name#*-}

@@ -357,6 +357,7 @@ def cmd_train(args) -> None:
     from taps.training.card import write_model_card
     from taps.training.features import read_manifest, token_sequences
     from taps.training.heldout import heldout_conversations, heldout_tau
+    from taps.training.profile import profiled
     from taps.training.trainer import TrainConfig, feature_sequences, train
 
     if bool(args.features) == bool(args.online) or (args.online and not args.corpus):
@@ -393,7 +394,8 @@ def cmd_train(args) -> None:
         "hardware": f"{machine_description(target.model.device)}, {args.threads} torch thread(s)",
     }
     start = time.perf_counter()
-    out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
+    with profiled(args.profile, target.model.device):
+        out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith(".") or not PartialState().is_main_process:
         return  # stopped early (--max-steps; resume later), or not the process that writes the card
     tau = heldout_tau(target, out, held)
@@ -635,6 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="held-out prompts for the final tau (default: %(default)s)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=None,
+        help="run under torch.profiler and write each step phase's time (batch, target features, loss, "
+        "backward, optimizer) and the costliest operators to FILE; a few steps tell (--max-steps 10)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)

@@ -244,6 +244,48 @@ def test_online_training_learns_without_feature_shards(features, tmp_path):
     assert not list(tmp_path.glob("**/shard-*"))
 
 
+def test_mixed_precision_covers_the_losss_head_matmuls(features, tmp_path, monkeypatch):
+    """Under bf16 mixed precision the loss's logits (tokens x draft vocabulary, the largest matmuls of a
+    step) are computed in bf16 too, not only the drafter's forward; and training still runs."""
+    from accelerate.state import AcceleratorState
+
+    import taps.training.trainer as trainer
+
+    target, feats = features
+    dtypes = []
+    real = trainer.drafter_loss
+
+    def spy(pred, target_feat, draft_logits, target_logits, *rest):
+        loss, parts = real(pred, target_feat, draft_logits, target_logits, *rest)
+        dtypes.append((draft_logits.dtype, target_logits.dtype, bool(torch.isfinite(loss))))
+        return loss, parts
+
+    monkeypatch.setattr(trainer, "drafter_loss", spy)
+    cfg = TrainConfig(
+        method="hass", batch_tokens=400, draft_vocab_size=40, max_steps=2, mixed_precision="bf16"
+    )
+    AcceleratorState._reset_state()  # the first Accelerator of a process fixes the precision for all
+    try:
+        train(target, feature_sequences(target, [feats]), tmp_path / "bf16", cfg)
+    finally:
+        AcceleratorState._reset_state()
+    assert dtypes == [(torch.bfloat16, torch.bfloat16, True)] * 2
+
+
+def test_a_profiled_run_reports_every_phase_of_its_steps(features, tmp_path, capsys):
+    from taps.training.profile import PHASES, profiled
+
+    target, _ = features
+    seqs = token_sequences(target.tokenizer, conversations(), max_tokens=10**6)
+    cfg = TrainConfig(batch_tokens=400, draft_vocab_size=40, max_steps=3, checkpoint_every=1000)
+    with profiled(tmp_path / "profile.md", target.model.device):
+        train(target, seqs, tmp_path / "d", cfg)
+    text = (tmp_path / "profile.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()[2:7]}
+    assert rows == {name: "3" for name in PHASES}  # each phase once a step, online: target features too
+    assert "aten::" in text and "| target features | 3 |" in capsys.readouterr().out
+
+
 def test_train_needs_exactly_one_data_source(capsys):
     from taps.cli import main
 

@@ -27,6 +27,7 @@ from taps.models.drafter import Drafter, DrafterConfig
 from taps.models.layers import CAUSAL
 from taps.training.features import Sequence, load_sequences
 from taps.training.losses import LossWeights, drafter_loss, top1_accuracy
+from taps.training.profile import phase
 
 
 @dataclass
@@ -116,13 +117,18 @@ def collate(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None, to
     return tokens, feats, mask
 
 
-def alignment_mask(n: int, steps: int) -> torch.Tensor | str:
+def alignment_mask(n: int, steps: int, device: torch.device | None = None) -> torch.Tensor | str:
     """HASS attention over `steps` stacked copies of the sequence: a query of step a at position t sees
-    step-1 keys at s <= t - a + 1 and the key of step b at s = t - a + b (its own draft ancestors)."""
+    step-1 keys at s <= t - a + 1 and the key of step b at s = t - a + b (its own draft ancestors).
+
+    Built on `device`: the mask is (steps x n)^2 (37M entries at n = 2048), and a batch's length
+    changes from batch to batch, so most steps need a new one: built on the host it took 120 ms at
+    n = 2048 on a CPU core, and then a copy to the GPU, for each of the two masks a 3-step HASS step
+    uses (HASS trained online at 92-111k tokens/s on an H200, against 143-154k for EAGLE-2)."""
     if steps == 1:
         return CAUSAL
-    t = torch.arange(n)
-    mask = torch.zeros(steps * n, steps * n, dtype=torch.bool)
+    t = torch.arange(n, device=device)
+    mask = torch.zeros(steps * n, steps * n, dtype=torch.bool, device=device)
     for a in range(1, steps + 1):
         rows = slice((a - 1) * n, a * n)
         mask[rows, :n] = t[None, :] <= (t[:, None] - a + 1)
@@ -183,10 +189,8 @@ def feature_noise(shape, width: float, generator: torch.Generator, device: torch
 
 @functools.lru_cache(maxsize=16)
 def _mask_on(n: int, steps: int, device: torch.device) -> torch.Tensor | str:
-    """`alignment_mask` built once per length and device: HASS's is (steps x n)^2 (9M entries at
-    n = 1024), too slow to build on the host and copy every step."""
-    mask = alignment_mask(n, steps)
-    return mask if isinstance(mask, str) else mask.to(device)
+    """`alignment_mask`, kept for the lengths that recur (on a CPU, offline, building it costs more)."""
+    return alignment_mask(n, steps, device)
 
 
 def resolve_mixed_precision(setting: str, device: torch.device | None = None) -> str:
@@ -292,17 +296,23 @@ def train(
         if epoch != batches_epoch:  # the epoch's shuffled batches, made once per epoch
             batches, batches_epoch = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch), epoch
         picked = [seqs[i] for i in batches[(idx * world + rank) % len(batches)]]
-        tokens, feats, mask = collate(picked)
-        seen += sum(len(s.tokens) for s in picked)
-        tokens, mask = tokens.to(device), mask.to(device)
-        feats = online_features(target.model, tokens) if online else feats.to(device)
-        batch = (tokens, feats, mask)
-        loss, parts = training_loss(drafter, head, batch, cfg, generator)
-        optimizer.zero_grad()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
-        optimizer.step()
-        schedule.step()
+        with phase("batch"):
+            tokens, feats, mask = collate(picked)
+            seen += sum(len(s.tokens) for s in picked)
+            tokens, mask = tokens.to(device), mask.to(device)
+            feats = feats if online else feats.to(device)
+        if online:
+            with phase("target features"):
+                feats = online_features(target.model, tokens)
+        with phase("loss"), accelerator.autocast():  # the loss's head matmuls too, not only the drafter
+            loss, parts = training_loss(drafter, head, (tokens, feats, mask), cfg, generator)
+        with phase("backward"):
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+        with phase("optimizer"):
+            accelerator.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
         step += 1
         log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
         bar.update(1)
