@@ -19,6 +19,8 @@
 # earliest runs come first, the rest are skipped.
 # Each drafter comes back as one tar under $OUT: its weights, config, card (device, tokens, epochs,
 # wall time, losses, held-out tau) and training log.
+# INIT=1 goes on from each shipped drafter of the same name (`taps train --init`, lr INIT_LR, default
+# 5e-4, a choice not yet measured) instead of starting from scratch: the lease adds to its tokens.
 # PROFILE=1 first profiles 8 online steps of each method (`taps train --profile`): the phase table
 # (batch, target features, loss, backward, optimizer; device ms) goes to the summary, the operator
 # tables to $OUT/profile-{eagle2,hass}.md; it takes the runs' time, about a minute in all.
@@ -58,10 +60,12 @@ for i in "${!runs[@]}"; do
     math) budget_args=(--tokens "${MATH_TOKENS:-100000000}" --epochs "${MATH_EPOCHS:-6}") ;;
     *) budget_args=(--tokens "${TOKENS:-20000000}" --epochs "${EPOCHS:-2}") ;;
   esac
+  start_args=(--lr 1e-3)
+  [ -n "${INIT:-}" ] && start_args=(--init "$name" --lr "${INIT_LR:-5e-4}")  # on from the shipped one
   start=$(date +%s)
   timeout $(( left - 5 )) python3 -m taps.cli train --online --device "$device" --corpus "$corpus" \
       --replies corpus "${budget_args[@]}" --time-limit "$share" --method "$method" --align-steps 3 \
-      --batch-tokens "${BATCH_TOKENS:-16384}" --lr 1e-3 --draft-vocab 8192 --heldout-prompts 8 \
+      --batch-tokens "${BATCH_TOKENS:-16384}" "${start_args[@]}" --draft-vocab 8192 --heldout-prompts 8 \
       --threads "${THREADS:-4}" --checkpoint-every 100000 --out "$work/$name" > "$work/$name.log" 2>&1
   status=$?
   echo "$name: exit $status after $(( $(date +%s) - start )) s (time limit $share s);" \

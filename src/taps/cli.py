@@ -354,11 +354,13 @@ def cmd_train(args) -> None:
     from accelerate import PartialState
 
     from taps.device import machine_description
+    from taps.drafters import drafter_path
+    from taps.models.checkpoint import read_config
     from taps.training.card import write_model_card
     from taps.training.features import read_manifest, token_sequences
     from taps.training.heldout import heldout_conversations, heldout_tau
     from taps.training.profile import profiled
-    from taps.training.trainer import TrainConfig, feature_sequences, train
+    from taps.training.trainer import TrainConfig, check_init, feature_sequences, train
 
     if bool(args.features) == bool(args.online) or (args.online and not args.corpus):
         raise TapsError("taps train needs either --features DIR... (cached) or --online --corpus NAME")
@@ -375,7 +377,10 @@ def cmd_train(args) -> None:
         max_steps=args.max_steps,
         time_limit_s=args.time_limit,
         mixed_precision=args.mixed_precision,
+        init=str(drafter_path(args.init, target.name)) if args.init else None,
     )
+    if cfg.init:
+        check_init(target, cfg)  # before any data work (regenerating replies takes a while)
     if args.online:
         work = Path(args.out).parent / f".{Path(args.out).name}.data"
         convs, corpus = _training_conversations(args, target, work)
@@ -393,6 +398,14 @@ def cmd_train(args) -> None:
         "corpora": corpora,
         "hardware": f"{machine_description(target.model.device)}, {args.threads} torch thread(s)",
     }
+    if cfg.init:
+        earlier = read_config(cfg.init)["card"]
+        card["init"] = {
+            "drafter": args.init,
+            "train_tokens": earlier.get("train_tokens"),
+            "epochs": earlier.get("epochs_trained", earlier.get("config", {}).get("epochs")),
+            "device": earlier.get("device"),
+        }
     start = time.perf_counter()
     with profiled(args.profile, target.model.device):
         out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
@@ -625,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+    )
+    p.add_argument(
+        "--init",
+        metavar="DRAFTER",
+        default=None,
+        help="go on from a trained drafter (a shipped name or a folder): its weights and draft vocabulary "
+        "(not its optimizer state), e.g. to add a GPU's minutes to a CPU-trained drafter",
     )
     p.add_argument(
         "--mixed-precision",

@@ -106,6 +106,31 @@ def test_loss_decreases(features, tmp_path, method):
     assert 1 in drafter.d2t.tolist()  # EOS is always in the draft vocabulary
 
 
+def test_a_warm_start_goes_on_from_the_drafters_weights_and_vocabulary(features, tmp_path):
+    import json
+
+    target, feats = features
+    seqs = feature_sequences(target, [feats])
+    base = TrainConfig(epochs=12, batch_tokens=400, lr=3e-3, warmup_steps=5, draft_vocab_size=40)
+    first = train(target, seqs, tmp_path / "first", base)
+    trained = json.loads((tmp_path / ".first.train" / "log.json").read_text())
+    more = TrainConfig(batch_tokens=400, lr=1e-5, draft_vocab_size=40, max_steps=3, init=str(first), seed=1)
+    train(target, seqs, tmp_path / "more", more)
+    state = torch.load(tmp_path / ".more.train" / "state.pt", weights_only=False)
+    went_on = state["log"]
+    # it starts where the first run ended (a fresh drafter starts at the first run's first losses)
+    assert went_on[0]["loss"] < 0.8 * trained[0]["loss"]
+    assert went_on[0]["loss"] == pytest.approx(sum(r["loss"] for r in trained[-5:]) / 5, rel=0.25)
+    assert torch.equal(state["d2t"], load_drafter(first).d2t)
+    with pytest.raises(TapsError, match="pass --draft-vocab 40"):
+        train(target, seqs, tmp_path / "other", TrainConfig(draft_vocab_size=64, init=str(first)))
+    config = json.loads((first / "config.json").read_text())
+    config["target"]["embedding_sha256"] = "0" * 16
+    (first / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TapsError, match="another target"):
+        train(target, seqs, tmp_path / "foreign", TrainConfig(draft_vocab_size=40, init=str(first)))
+
+
 def test_a_short_run_still_reaches_the_peak_learning_rate(features, tmp_path):
     """The default 50-step warm-up is capped at a quarter of a short run, so it ends warm, not mid-ramp."""
     target, feats = features

@@ -32,6 +32,7 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
         f"| weights | {size:.1f} MB, bf16 safetensors |",
         f"| training tokens | {card.get('train_tokens')} (x {cfg.get('epochs')} epochs, {card.get('steps')} "
         f"steps of <= {cfg.get('batch_tokens')} tokens) |",
+        *_warm_start(card.get("init")),
         f"| objective | {_objective(cfg)} |",
         f"| optimiser | AdamW lr {cfg.get('lr')}, warm-up "
         f"{card.get('warmup_steps', cfg.get('warmup_steps'))} steps + cosine decay, "
@@ -55,6 +56,16 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
     out = drafter_dir / "README.md"
     write_text_atomic(out, "\n".join(lines))
     return out
+
+
+def _warm_start(init: dict | None) -> list[str]:
+    """The row saying what training went on from (`taps train --init`), if anything."""
+    if not init:
+        return []
+    return [
+        f"| went on from | {init.get('drafter')}: {init.get('train_tokens')} tokens x "
+        f"{init.get('epochs')} epochs, {init.get('device')} (the tokens above come on top) |"
+    ]
 
 
 def _precision(setting: str | None) -> str:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from taps.errors import TapsError
 from taps.files import write_json_atomic
-from taps.models.checkpoint import save_drafter
+from taps.models.checkpoint import check_fingerprint, load_drafter, read_config, save_drafter
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.models.layers import CAUSAL
 from taps.training.features import Sequence, load_sequences
@@ -53,6 +53,7 @@ class TrainConfig:
     # accelerate's setting: "bf16" autocast, "no", or "auto" = bf16 only where the hardware computes it
     # natively (GPUs, avx512_bf16 / AMX CPUs); emulated bf16 made a training step ~4x slower on an AVX2 CPU
     mixed_precision: str = "auto"
+    init: str | None = None  # a trained drafter's folder to go on from (`initial_drafter`)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -226,6 +227,41 @@ def online_features(model, tokens: torch.Tensor) -> torch.Tensor:
     return model.run_layers(tokens, torch.arange(n, device=tokens.device), CAUSAL, None, n)
 
 
+def initial_drafter(target, seqs: list[Sequence], cfg: TrainConfig) -> Drafter:
+    """A fresh drafter over the corpus's most frequent tokens, or with `cfg.init` a trained one to go on
+    from (its weights and its draft vocabulary, in float32 for training).
+
+    Why warm starts: a lent GPU gives minutes at a time, and trained from scratch in ~2 minutes of an
+    H200 every drafter ended behind the CPU-trained one it would replace (87-235 steps against
+    thousands); continued from it, those minutes add tokens instead of starting over. The optimizer
+    state (~60 MB) does not travel back from a lent machine; the weights (~10 MB) do."""
+    if cfg.init is None:
+        d2t = draft_vocabulary(
+            seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids)
+        )
+        drafter = Drafter(
+            DrafterConfig(target.model.shape, draft_vocab_size=len(d2t) if cfg.draft_vocab_size else None)
+        )
+        drafter.d2t = d2t
+        return drafter
+    check_init(target, cfg)
+    return load_drafter(cfg.init, target.model, dtype=torch.float32).requires_grad_(True).train()
+
+
+def check_init(target, cfg: TrainConfig) -> None:
+    """Fail before any data work if `cfg.init` cannot be gone on from: another target's drafter, or
+    another draft vocabulary size than the one asked for."""
+    config = read_config(cfg.init)
+    check_fingerprint(config["target"], target.model.fingerprint(), Path(cfg.init))
+    size = config["drafter"].get("draft_vocab_size")
+    if size != cfg.draft_vocab_size:
+        raise TapsError(
+            f"--init {Path(cfg.init).name} drafts over {size or 'the full vocabulary of'} tokens, not "
+            f"{cfg.draft_vocab_size or 'the full vocabulary'}: pass --draft-vocab {size or 0} (a warm "
+            "start keeps its draft vocabulary)"
+        )
+
+
 def train(
     target,
     seqs: list[Sequence],
@@ -252,13 +288,8 @@ def train(
     accelerator = Accelerator(mixed_precision=precision, cpu=target.model.device.type == "cpu")
     device = accelerator.device  # under `accelerate launch`, this process's GPU: the target follows it
     target.model.to(device)
-    d2t = draft_vocabulary(
-        seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids)
-    )
-    drafter = Drafter(
-        DrafterConfig(target.model.shape, draft_vocab_size=len(d2t) if cfg.draft_vocab_size else None)
-    )
-    drafter.d2t = d2t
+    drafter = initial_drafter(target, seqs, cfg)
+    d2t = drafter.d2t
     drafter.to(device).attach(target.model)
     head = target.model.lm_head.weight.detach()[d2t.to(device)].float()
     optimizer = torch.optim.AdamW(
