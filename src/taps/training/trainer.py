@@ -233,8 +233,9 @@ def initial_drafter(target, seqs: list[Sequence], cfg: TrainConfig) -> Drafter:
 
     Why warm starts: a lent GPU gives minutes at a time, and trained from scratch in ~2 minutes of an
     H200 every drafter ended behind the CPU-trained one it would replace (87-235 steps against
-    thousands); continued from it, those minutes add tokens instead of starting over. The optimizer
-    state (~60 MB) does not travel back from a lent machine; the weights (~10 MB) do."""
+    thousands); continued from it, those minutes add tokens instead of starting over. Only the bf16
+    weights (8.5 MB for the default target's drafters) come back from a lent machine, in one tar per
+    drafter (`benchmarks/gpu_train.sh`), not the training state with its optimizer moments (~50 MB)."""
     if cfg.init is None:
         d2t = draft_vocabulary(
             seqs, target.model.shape.vocab_size, cfg.draft_vocab_size, tuple(target.eos_token_ids)
