@@ -407,9 +407,10 @@ def cmd_train(args) -> None:
             "device": earlier.get("device"),
         }
     start = time.perf_counter()
-    with profiled(args.profile, target.model.device):
+    main_process = PartialState().is_main_process  # under `accelerate launch`: one profile, one card
+    with profiled(args.profile if main_process else None, target.model.device):
         out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
-    if out.name.startswith(".") or not PartialState().is_main_process:
+    if out.name.startswith(".") or not main_process:
         return  # stopped early (--max-steps; resume later), or not the process that writes the card
     tau = heldout_tau(target, out, held)
     commands = [read_manifest(d).get("command") for d in args.features or []]
