@@ -91,6 +91,29 @@ def test_bf16_models_stay_unpacked_where_onednn_has_no_bf16_path(tiny_dirs, monk
         assert isinstance(f32.lm_head, packed.PackedLinear)
 
 
+def test_int8_drafters_keep_their_first_layer_exact(tiny_target):
+    """fc reads [token embedding | target feature]; on the default target the feature half runs ~40x
+    larger (channels up to 35, embeddings up to 0.83). One int8 scale per call then flattens the
+    embedding half's contribution; fc stays on exact oneDNN while the rest drafts in int8."""
+    _require(INT8)
+    _require(ONEDNN)
+    drafter = random_drafter(tiny_target, seed=1).pack_for_cpu(INT8)
+    assert drafter.fc.kernel is ONEDNN and drafter.layers[0].mlp.down_proj.kernel is INT8
+    hidden = tiny_target.shape.hidden_size
+    linear = torch.nn.Linear(2 * hidden, hidden, bias=False)
+    embedding = 0.05 * torch.randn(8, hidden, generator=torch.Generator().manual_seed(0))
+    feature = torch.randn(8, hidden, generator=torch.Generator().manual_seed(1))
+    feature[:, 3] = 35.0  # an outlier channel, as the real target's
+    zeros = torch.zeros_like(embedding)
+    with torch.no_grad():
+        exact = linear(torch.cat([embedding, feature], -1)) - linear(torch.cat([zeros, feature], -1))
+        for kernel, limit in ((ONEDNN, 1e-4), (INT8, None)):
+            fast = PackedLinear(linear, kernel)
+            part = fast(torch.cat([embedding, feature], -1)) - fast(torch.cat([zeros, feature], -1))
+            error = float((part - exact).norm() / exact.norm())  # the embedding half's contribution
+            assert error < limit if limit else error > 0.3, (kernel.name, error)
+
+
 def test_int8_drafting_is_lossless(tiny_target, monkeypatch):
     """Where bf16 is not native, float32 drafters draft on int8 weights: the target still decides."""
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -100,7 +123,7 @@ def test_int8_drafting_is_lossless(tiny_target, monkeypatch):
     _require(INT8)
     monkeypatch.setattr(taps.device, "cpu_flags", lambda: {"avx2"})
     proposer = DrafterProposer(random_drafter(tiny_target, seed=3), TreeShape(4, 4, 12))
-    assert proposer.trees.model.fc.kernel is INT8
+    assert proposer.trees.model.layers[0].mlp.down_proj.kernel is INT8
     gen = SpeculativeGenerator(tiny_target, proposer)
     for prompt in PROMPTS:
         assert gen.generate(prompt, GenerationConfig(max_new_tokens=40)).tokens == greedy(tiny_target, prompt)

@@ -15,8 +15,13 @@ with its weight packed once at load time:
   quantized per call; fbgemm). A drafting level is memory-bound there: in float32 the drafter's
   weights and its 8192-row head are ~36 MB read per level. In int8 the head's matmul ran ~10x
   faster for one row (0.12 vs 1.3 ms, AVX2). Drafting precision never touches losslessness: the
-  target verifies every token. It can cost acceptance: tau of the shipped eagle2-math drafter
-  fell from 2.05 to 1.98 on 6 GSM8K prompts (fixed tree; README).
+  target verifies every token. It can cost acceptance, and did where one scale per call cannot fit
+  the input: a drafter's first layer (`fc`) reads [token embedding | target feature], whose halves
+  differ ~40x in size (SmolLM2-135M: embedding entries up to 0.83, feature channels up to 35), so
+  the embedding half quantized to a few levels. On the Zen 3 EPYC (AVX2) eagle2-math drafted tau
+  2.67 on 10 GSM8K prompts all in int8, 3.41 with `fc` in float32 (oneDNN) and the rest int8, 3.43
+  all in float32, at 18.9 / 23.5 / 46.8 ms of drafting a step (fixed tree, `taps eval`; two runs
+  at a time). So `fc` stays on ONEDNN under INT8 (`Drafter.pack_for_cpu`).
 
 The plain weights stay beside the packed ones for everything that reads them (fingerprints, export,
 stacking). Packing is inference-only and CPU-only (no autograd, no `.to(device)` afterwards):
@@ -152,11 +157,18 @@ def pack_linears(module: nn.Module, kernel: Kernel | None = ONEDNN) -> nn.Module
     if not all(kernel.runs(dtype) for dtype in {p.dtype for p in params}):
         return module
     for name, child in list(module.named_modules()):
-        if isinstance(child, nn.Linear) and name:
-            module.set_submodule(name, PackedLinear(child, kernel))
-        elif isinstance(child, StackedLinear):
-            module.set_submodule(name, PackedMembers(child, kernel))
+        if name and isinstance(child, (nn.Linear, StackedLinear)):
+            module.set_submodule(name, packed(child, kernel))
     return module
+
+
+def packed(linear: nn.Module, kernel: Kernel) -> nn.Module:
+    """The packed form of one nn.Linear or StackedLinear (callers check device and kernel)."""
+    from taps.models.stacked import StackedLinear
+
+    return (
+        PackedMembers(linear, kernel) if isinstance(linear, StackedLinear) else PackedLinear(linear, kernel)
+    )
 
 
 @dataclass
