@@ -23,6 +23,9 @@ def test_packed_target_matches_plain_forward(tiny_dirs):
     assert isinstance(model.lm_head, PackedLinear) and isinstance(
         model.model.layers[0].mlp.up_proj, PackedLinear
     )
+    layer = model.model.layers[0]  # q/k/v and gate/up run fused, their own packings freed
+    assert layer.self_attn.qkv is not None and layer.mlp.gate_up is not None
+    assert layer.self_attn.q_proj.packed is None and layer.mlp.up_proj.packed is None
     assert model.state_dict().keys() == plain.state_dict().keys()
     tokens = torch.tensor([0, 5, 17, 23, 5, 17, 9])
     tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
@@ -34,9 +37,10 @@ def test_packed_target_matches_plain_forward(tiny_dirs):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (576, 1536)])
+@pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (576, 1536), (960, 576), (3072, 576)])
 def test_onednn_rows_are_bit_identical_whatever_the_row_count(shape):
-    """Float32 losslessness rests on this: a row's result must not depend on how many rows share the
+    """(The default target's projections; the last two are its fused q/k/v and gate/up.)
+    Float32 losslessness rests on this: a row's result must not depend on how many rows share the
     matmul (1 in plain decoding, a tree's node count in verification). MKL's F.linear breaks it, and so
     does a oneDNN weight packed with a 1-row hint; a torch upgrade that changed the kernel would show here."""
     _require(ONEDNN)
@@ -127,3 +131,37 @@ def test_int8_drafting_is_lossless(tiny_target, monkeypatch):
     gen = SpeculativeGenerator(tiny_target, proposer)
     for prompt in PROMPTS:
         assert gen.generate(prompt, GenerationConfig(max_new_tokens=40)).tokens == greedy(tiny_target, prompt)
+
+
+def test_fusing_needs_parts_packed_alike(tiny_target):
+    """Only packed linears of one kind and kernel fuse; anything else keeps its own matmuls."""
+    _require(ONEDNN)
+    linear = torch.nn.Linear(8, 4)
+    assert packed.fuse([linear, linear]) is None
+    assert packed.fuse([PackedLinear(linear), PackedLinear(torch.nn.Linear(8, 4, bias=False))]) is None
+    parts = [PackedLinear(torch.nn.Linear(8, 4)), PackedLinear(torch.nn.Linear(8, 6))]
+    x = torch.randn(3, 8)
+    expected = torch.cat([p(x) for p in parts], -1)
+    fused = packed.fuse(parts)
+    torch.testing.assert_close(fused(x), expected, atol=1e-6, rtol=1e-6)
+    assert all(p.packed is None for p in parts)
+
+
+def test_stacked_drafters_run_fused(tiny_target):
+    """A stack of drafters fuses per member: the same scores as each drafter alone."""
+    _require(ONEDNN)
+    drafters = [random_drafter(tiny_target, seed=s) for s in (1, 2)]
+    stacked = stack_drafters(drafters).pack_for_cpu(ONEDNN)
+    assert stacked.layers[0].self_attn.qkv.stacked and stacked.layers[0].mlp.gate_up is not None
+    tokens, features = torch.tensor([3, 7, 11]), torch.randn(3, tiny_target.shape.hidden_size)
+    positions, tree = torch.arange(3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    together = stacked(
+        tokens.expand(2, -1),
+        features.expand(2, -1, -1),
+        positions,
+        stacked.new_cache(),
+        tree.expand(2, 1, 3, 3),
+    )
+    for i, drafter in enumerate(drafters):
+        alone = drafter(tokens, features, positions, drafter.new_cache(), tree)
+        torch.testing.assert_close(together[i], alone, atol=1e-4, rtol=1e-4)

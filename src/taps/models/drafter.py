@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, Rotary, attention_mask
-from taps.models.packed import INT8, ONEDNN, Kernel, PackedHead, drafting_kernel, pack_linears, packed
+from taps.models.packed import INT8, ONEDNN, Kernel, PackedMatmul, drafting_kernel, pack_linears, packed
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Drafter(nn.Module):
         self.register_buffer("d2t", torch.arange(vocab), persistent=True)
         self.rotary = Rotary(s)
         self.head_weight: torch.Tensor | None = None
-        self.packed_head: PackedHead | None = None  # CPU inference only, see `pack_for_cpu`
+        self.packed_head: PackedMatmul | None = None  # CPU inference only, see `pack_for_cpu`
         self.members: int | None = None  # set on a stack of drafters (see taps.models.stacked)
 
     def attach(self, target) -> Drafter:
@@ -148,6 +148,8 @@ class Drafter(nn.Module):
             # scale per call flattens the embedding half (tau 3.43 -> 2.67; see `taps.models.packed`)
             self.fc = packed(self.fc, ONEDNN)
         pack_linears(self, kernel)
+        for layer in self.layers:
+            layer.fuse()
         if self.head_weight is not None:
-            self.packed_head = PackedHead.of(self.head_weight, kernel)
+            self.packed_head = PackedMatmul.of(self.head_weight, kernel)
         return self

@@ -90,8 +90,10 @@ class TargetModel(nn.Module):
 
     def pack_for_cpu(self) -> TargetModel:
         """Inference on the CPU: every linear layer (LM head included) runs on oneDNN-packed weights
-        (see `taps.models.packed`); in place, and a no-op on other devices."""
+        (see `taps.models.packed`), with q/k/v and gate/up fused; in place, and a no-op on other devices."""
         pack_linears(self)
+        for layer in self.model.layers:
+            layer.fuse()
         return self
 
     def fingerprint(self) -> dict:
