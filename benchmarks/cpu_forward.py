@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
-from taps.cli import load_target_from_args
+from taps.errors import TapsError
+from taps.models.catalog import resolve_target
 from taps.models.packed import pack_linears
 from taps.models.target import TargetModel
 
@@ -45,13 +47,11 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=12)
     args = ap.parse_args()
-    ns = argparse.Namespace(
-        target=args.target, device="cpu", dtype="float32", threads=args.threads, pad_rows=None
-    )
-    target = load_target_from_args(ns)
+    torch.set_num_threads(args.threads)
+    path = resolve_target(args.target)
     models = {
-        "unfused": pack_linears(TargetModel.from_dir(target.path, dtype=torch.float32)),
-        "fused": TargetModel.from_dir(target.path, dtype=torch.float32).pack_for_cpu(),
+        "unfused": pack_linears(TargetModel.from_dir(path, dtype=torch.float32)),
+        "fused": TargetModel.from_dir(path, dtype=torch.float32).pack_for_cpu(),
     }
     gen = torch.Generator().manual_seed(0)
     context = torch.randint(0, 1000, (args.context,), generator=gen)
@@ -67,7 +67,7 @@ def main() -> None:
                 start = time.perf_counter()
                 forward(model, caches[name], tokens[:n], args.context)
                 times[(name, n)].append((time.perf_counter() - start) * 1000)
-    print(f"{target.name}, float32, {torch.get_num_threads()} thread(s), {args.context}-token context\n")
+    print(f"{args.target}, float32, {torch.get_num_threads()} thread(s), {args.context}-token context\n")
     print("| tokens | unfused ms | fused ms | fused / unfused |\n|---|---|---|---|")
     for n in SIZES:
         a, b = (statistics.median(times[(name, n)]) for name in ("unfused", "fused"))
@@ -80,4 +80,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TapsError as exc:  # an unknown or not set-up target: one line, not a traceback
+        sys.exit(f"cpu_forward.py: {exc}")

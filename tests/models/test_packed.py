@@ -133,7 +133,7 @@ def test_int8_drafting_is_lossless(tiny_target, monkeypatch):
         assert gen.generate(prompt, GenerationConfig(max_new_tokens=40)).tokens == greedy(tiny_target, prompt)
 
 
-def test_fusing_needs_parts_packed_alike(tiny_target):
+def test_fusing_needs_parts_packed_alike():
     """Only packed linears of one kind and kernel fuse; anything else keeps its own matmuls."""
     _require(ONEDNN)
     linear = torch.nn.Linear(8, 4)
