@@ -43,7 +43,8 @@ class TracedBudget(TreeBudget):
         self.trace.append(
             dict(drafting=self.drafting, expected=self._expected if self.drafting else 1.0,
                  offered=getattr(self, "_offered", 0) if self.drafting else 0,
-                 accepted=accepted, tree_size=tree_size, draft_ms=draft_ms, verify_ms=verify_ms)
+                 accepted=accepted, tree_size=tree_size, draft_ms=draft_ms, verify_ms=verify_ms,
+                 ingest_ms=self._ingest_ms, calibration=self.calibration_factor)
         )  # fmt: skip
         self._offered = 0
         super().observe(accepted, tree_size, draft_ms, verify_ms, node_accepted)

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from taps.spec import costs
-from taps.spec.budget import MIN_PAUSE, SAFETY_MARGIN, BudgetedProposer, CostScales, TreeBudget
+from taps.spec.budget import (
+    MIN_PAUSE,
+    SAFETY_MARGIN,
+    AcceptanceModel,
+    BudgetedProposer,
+    CostScales,
+    TreeBudget,
+)
 from taps.spec.costs import CostCurve, load_or_measure, non_decreasing
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
@@ -64,6 +71,12 @@ def _tree() -> DraftTree:
     )
 
 
+def _one_node(confidence: float) -> DraftTree:
+    return DraftTree(
+        torch.tensor([5]), torch.tensor([-1]), torch.tensor([confidence]).log(), torch.zeros(1), torch.ones(1)
+    )
+
+
 def test_flat_costs_verify_every_node_and_steep_costs_none():
     assert len(TreeBudget(FLAT).choose(_tree())) == 4
     assert len(TreeBudget(STEEP).choose(_tree())) == 0
@@ -88,9 +101,9 @@ def test_losing_drafts_pause_then_probe_with_doubling_pauses():
     assert [budget.should_draft() for _ in range(2 * MIN_PAUSE + 1)] == [False] * 2 * MIN_PAUSE + [True]
 
 
-def test_a_probe_that_verifies_nothing_loses_even_after_slow_plain_steps():
+def test_a_losing_probe_loses_even_after_slow_plain_steps():
     """Both sides are priced on the curve: a slow spell during the pause (plain steps measured at 10x
-    their cost) must not make a probe whose tree came out empty look faster than plain decoding."""
+    their cost) must not make a probe that cannot pay look faster than plain decoding."""
     budget = TreeBudget(CostCurve((1, 64), (10.0, 10.0 + 63 * 100.0)))
     budget.should_draft()
     budget.choose(_tree())
@@ -98,10 +111,47 @@ def test_a_probe_that_verifies_nothing_loses_even_after_slow_plain_steps():
     for _ in range(MIN_PAUSE):
         assert not budget.should_draft()
         budget.observe(0, 0, draft_ms=0.0, verify_ms=100.0, node_accepted=[])
-    assert budget.should_draft()  # the probe drafts, keeps no node, and verifies one token quickly
-    assert len(budget.choose(_tree())) == 0
-    budget.observe(0, 0, draft_ms=2.0, verify_ms=10.0, node_accepted=[])
+    assert budget.should_draft()  # the probe drafts and verifies its best node only, which does not pay
+    assert len(budget.choose(_one_node(0.02))) == 1
+    budget.observe(0, 1, draft_ms=2.0, verify_ms=10.0, node_accepted=[False])
     assert [budget.should_draft() for _ in range(2 * MIN_PAUSE + 1)] == [False] * 2 * MIN_PAUSE + [True]
+
+
+def test_a_probe_verifies_its_best_node_even_where_none_pays():
+    """Otherwise a budget whose estimates sank below paying would verify nothing, learn nothing, and
+    stay paused whatever the text; steps that are not probes still verify only what pays."""
+    budget = TreeBudget(STEEP)
+    budget.should_draft()
+    assert len(budget.choose(_tree())) == 0
+    budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])
+    assert [budget.should_draft() for _ in range(MIN_PAUSE + 1)] == [False] * MIN_PAUSE + [True]
+    probe = budget.choose(_tree())
+    assert probe.tokens.tolist() == [5] and probe.parents.tolist() == [-1]
+    budget.observe(1, 1, draft_ms=50.0, verify_ms=10.0, node_accepted=[True])
+    assert budget.acceptance.seen.sum() == 1 and budget.acceptance.hits.sum() == 1
+
+
+def test_taking_in_committed_features_counts_as_drafting_except_after_a_pause():
+    """Each step a drafter first takes in the tokens the last step committed: a cost of drafting, which
+    tips drafting that barely pays into a pause. The first step of a sequence takes in the whole prompt
+    instead, and is charged only the usual per-step share."""
+    budget = TreeBudget(FLAT)  # plain steps: 1 token in 10 ms; a sure node: 2 tokens in 10 ms + drafting
+    sure = _one_node(0.99)
+
+    def step(draft_ms: float, ingest_ms: float) -> None:
+        assert budget.should_draft()
+        budget.choose(sure)
+        budget.ingested(ingest_ms)
+        budget.observe(1, 1, draft_ms=draft_ms, verify_ms=10.0, node_accepted=[True])
+
+    budget.new_sequence()
+    step(draft_ms=508.0, ingest_ms=500.0)  # the prompt: charged 8 ms of drafting, 2 / 18 > 1.05 / 10
+    assert budget.speculative.value > (1 + SAFETY_MARGIN) * budget.plain_rate()
+    for _ in range(40):  # steady steps: 8 ms drafting + 2 ms taking in, 2 tokens in 20 ms: no gain
+        step(draft_ms=10.0, ingest_ms=2.0)
+        if budget.pause:
+            break
+    assert budget.pause > 0
 
 
 @pytest.mark.parametrize("confidence, pauses", [(SAFETY_MARGIN / 2, True), (4 * SAFETY_MARGIN, False)])
@@ -110,11 +160,8 @@ def test_drafting_that_barely_pays_steps_aside(confidence, pauses):
     step worth (1 + p) / 1.1 plain steps: below 1 + SAFETY_MARGIN the budget pauses, above it drafting
     goes on."""
     budget = TreeBudget(FLAT)
-    tree = DraftTree(
-        torch.tensor([5]), torch.tensor([-1]), torch.tensor([confidence]).log(), torch.zeros(1), torch.ones(1)
-    )
     budget.should_draft()
-    assert len(budget.choose(tree)) == 1
+    assert len(budget.choose(_one_node(confidence))) == 1
     budget.observe(0, 1, draft_ms=1.0, verify_ms=10.0, node_accepted=[False])
     assert budget.should_draft() is not pauses
 
@@ -153,6 +200,16 @@ def test_acceptance_is_learned_from_verdicts():
         budget.observe(0, 4, 1.0, 10.0, [False, False, False, False])
     after = budget.acceptance.predict(tree.scores.exp(), torch.tensor([1, 1, 2, 3]))
     assert (after < before / 5).all()
+
+
+def test_acceptance_follows_a_change_of_text():
+    """After 300 steps where a bin's nodes were accepted, 200 where they were not: bins that counted
+    every verdict alike would still predict ~0.6; forgetting the old ones brings it under 0.35."""
+    model = AcceptanceModel()
+    confidence, depth = torch.tensor([0.5]), torch.tensor([1])
+    for accepted in [True] * 300 + [False] * 200:
+        model.update(confidence, depth, torch.tensor([accepted]))
+    assert float(model.predict(confidence, depth)) < 0.35
 
 
 def test_costs_follow_the_run_where_the_cached_curve_is_off():
@@ -237,8 +294,8 @@ def test_budgeted_drafting_is_lossless(tiny_target, tmp_path, budget):
         sizes = [s.tree_size for s in out.steps]
         if budget == "interleaved":
             assert 0 in sizes and max(sizes) > 0
-        if budget == "steep":
-            assert max(sizes) == 0
+        if budget == "steep":  # nothing pays: only the probes after pauses verify, their best node
+            assert max(sizes) <= 1 and sum(sizes) < len(sizes) / 4
 
 
 @pytest.mark.parametrize("curve", ["flat", "sloped"])

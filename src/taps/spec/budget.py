@@ -13,19 +13,22 @@ Three measured quantities feed it:
   one token; the run's own steps cost 1.5x, so drafting that lost looked like a win);
 - value: p_i, learned online from every verification per draft depth and confidence bin, with the
   drafter's own cumulative confidence exp(score) (what EAGLE-2 ranks nodes by) as the prior, times a
-  calibration factor: drafted tokens accepted over those expected, in recent steps. The bins learn
-  over the whole generation, so when the text changes domain they lag: on the CI-class CPU (AMD EPYC
-  family 25, `benchmarks/budget_trace.py`), hass-math moving from GSM8K to MT-Bench kept expecting
-  ~1.45 tokens a step while emitting ~1.2, judged drafting 20% ahead of plain decoding, and ran at
-  0.75x on one prompt; on GSM8K the same bins ran pessimistic;
+  calibration factor: drafted tokens accepted over those expected, in recent steps. The bins forget
+  (FORGETTING per step, ~100 steps of memory), since when the text changes domain, bins that learned
+  over the whole run lag: on the CI-class CPU (AMD EPYC family 25, `benchmarks/budget_trace.py`),
+  hass-math moving from GSM8K to MT-Bench kept expecting ~1.45 tokens a step while emitting ~1.2,
+  judged drafting 20% ahead of plain decoding, and ran at 0.75x on one prompt. At T = 1, over 8 GSM8K
+  then 8 MT-Bench prompts, forgetting brought MT-Bench's expected drafting-step tokens from 5% over
+  those emitted to 1.4%, with GSM8K's as close as before (0.0-0.5%);
 - the rate r, over recent steps.
 
 Two more decisions follow from the same numbers. A drafting level expands only the frontier nodes
 whose descendants could still pay for their drafting row and their verification, and drafting stops
 when none could. And when speculative steps are not expected to beat plain steps by SAFETY_MARGIN,
 drafting pauses: those steps are plain decoding (no draft, a 1-token verification); one probe step
-follows each pause, and the pause doubles while drafting keeps losing (up to MAX_PAUSE steps), so a
-drafter that cannot win costs at most a probe every MAX_PAUSE steps. Drafting that costs next to
+(verifying at least its best node, so that it teaches something) follows each pause, and the pause
+doubles while drafting keeps losing (up to MAX_PAUSE steps), so a drafter that cannot win costs at
+most a probe every MAX_PAUSE steps. Drafting that costs next to
 nothing (prompt lookup on a CPU: under MATERIAL_DRAFTING of a plain step) never pauses: a pause would
 save nothing, and the per-step choice alone keeps it from verifying nodes that do not pay.
 
@@ -54,6 +57,7 @@ CONFIDENCE_EDGES = torch.tensor(
 MAX_DEPTH = 8  # deeper nodes share the last depth's statistics
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind the drafter's own confidence
 SMOOTHING = 0.1  # weight of the newest step in the running means
+FORGETTING = 0.99  # each verified step, the acceptance bins' counts shrink by this factor
 # The calibration factor's limits. Low: a factor that shrank every p below paying would choose empty
 # trees, which teach nothing, and never recover; at 0.5 a confident node (p ~0.9) still gets verified.
 CALIBRATION_RANGE = (0.5, 2.0)
@@ -70,7 +74,8 @@ class AcceptanceModel:
     """P(the target accepts a drafted node | its depth, its confidence bin), learned from verdicts.
 
     A node counts as accepted when it lies on the accepted path, so p already includes its
-    ancestors being accepted: the expected accepted length of a tree is the sum of its nodes' p."""
+    ancestors being accepted: the expected accepted length of a tree is the sum of its nodes' p.
+    Older verdicts weigh less (FORGETTING), so that the bins follow the text as it changes."""
 
     def __init__(self) -> None:
         shape = (MAX_DEPTH, len(CONFIDENCE_EDGES) + 1)
@@ -88,6 +93,8 @@ class AcceptanceModel:
 
     def update(self, confidence: torch.Tensor, depth: torch.Tensor, accepted: torch.Tensor) -> None:
         rows, cols = self._cells(confidence, depth)
+        self.hits *= FORGETTING
+        self.seen *= FORGETTING
         self.seen.index_put_((rows, cols), torch.ones_like(confidence, dtype=torch.float64), accumulate=True)
         self.hits.index_put_((rows, cols), accepted.double(), accumulate=True)
 
@@ -173,6 +180,8 @@ class TreeBudget:
         self._expected = 1.0  # tokens the current step is expected to emit (accepted + bonus)
         self._binned = 0.0  # its drafted tokens expected by the bins alone (before calibration)
         self._ingest_ms = 0.0  # drafting time spent this step taking in committed features
+        self.steady_ingest = RunningRatio()  # ms of that per drafting step that followed a drafting step
+        self._follows_draft = False  # the previous step of this sequence drafted
         self._resumed = False  # this step is the probe after a pause
 
     @property
@@ -220,6 +229,10 @@ class TreeBudget:
         return (self.draft_ms.value or 0.0) > MATERIAL_DRAFTING * self.priced_ms(1)
 
     # -- per step ----------------------------------------------------------------------------
+    def new_sequence(self) -> None:
+        """A new generation: its first drafting step takes in the whole prompt (see `observe`)."""
+        self._follows_draft = False
+
     def should_draft(self) -> bool:
         """False during a pause: this step is plain decoding."""
         self._resumed = not self.drafting and self.pause == 0
@@ -237,7 +250,11 @@ class TreeBudget:
         binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents)
         p = (binned * self.calibration_factor).clamp(max=1.0)  # scaling keeps p monotone down the tree
         order = _best_first(p, depth)[: self.max_nodes]
-        chosen = order[: _best_count(p[order], self.rate * self.costs.priced)]
+        # A probe verifies at least its best node: one that verified nothing would teach the bins
+        # nothing, and a budget whose estimates had sunk below paying would stay paused for good (seen
+        # at T = 1: hass-math plain on whole GSM8K prompts it drafted at 1.2-1.3x before).
+        least = 1 if self._resumed else 0
+        chosen = order[: max(least, _best_count(p[order], self.rate * self.costs.priced))]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
         self._binned = float(binned[keep].sum())
@@ -284,15 +301,13 @@ class TreeBudget:
         self._sent = None
         tokens, ms = accepted + 1, draft_ms + verify_ms
         self.overall.add(tokens, ms)
-        ingest_ms, self._ingest_ms = self._ingest_ms, 0.0
+        own_draft_ms = self._own_draft_ms(draft_ms)
         if not self.drafting:
             return
         # Judge drafting by expected tokens (calibrated p, summed over the verified nodes), not by this
-        # step's realised ones, which swing from 1 to depth + 1; by its drafting time without taking in
-        # the features committed meanwhile (the whole prompt on a first step, a pause's worth after
-        # one), which would otherwise make every first step and every probe look like a loss; and by
-        # its verification priced on the curve, like the plain step it is compared with.
-        own_draft_ms = max(0.0, draft_ms - ingest_ms)
+        # step's realised ones, which swing from 1 to depth + 1; by its own drafting time (see
+        # `_own_draft_ms`); and by its verification priced on the curve, like the plain step it is
+        # compared with.
         self.draft_ms.add(own_draft_ms, 1.0)
         step_ms = own_draft_ms + self.priced_ms(tree_size + 1)
         if self._resumed:  # a probe after a pause is fresh evidence: conditions may have changed
@@ -305,6 +320,24 @@ class TreeBudget:
             self.pause, self.next_pause = self.next_pause, min(2 * self.next_pause, MAX_PAUSE)
         else:
             self.next_pause = MIN_PAUSE
+
+    def _own_draft_ms(self, draft_ms: float) -> float:
+        """This step's drafting time as a drafting step costs when drafting goes on step after step.
+
+        Every step a drafter takes in the features of the tokens the last step committed (a forward of
+        1 + accepted rows): a real cost of drafting, ~2.5 ms against a 54 ms plain step for hass-math
+        on the CI-class EPYC at T = 1, nearly the whole SAFETY_MARGIN; left out of the judgement,
+        drafting at break-even looked 5% ahead, and lost (0.92x on MT-Bench). After a pause, or on a
+        sequence's first step, the same forward takes in the pause's tokens or the whole prompt, which
+        would make every probe look like a loss: those steps are charged the usual per-step ingest."""
+        ingest_ms, self._ingest_ms = self._ingest_ms, 0.0
+        steady, self._follows_draft = self._follows_draft and self.drafting, self.drafting
+        if not self.drafting:
+            return draft_ms
+        if steady:
+            self.steady_ingest.add(ingest_ms, 1.0)
+            return draft_ms
+        return max(0.0, draft_ms - ingest_ms) + (self.steady_ingest.value or 0.0)
 
 
 def _best_count(p_sorted: torch.Tensor, price: torch.Tensor) -> int:
@@ -353,6 +386,7 @@ class BudgetedProposer(Proposer):
         where drafting barely pays, restarting every generation with drafting would lose its first
         steps again each time (the next probe tells when drafting pays again)."""
         self.inner.reset()
+        self.budget.new_sequence()
         self.pending = None
         if self.history is not None:
             self.history = []
