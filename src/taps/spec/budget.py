@@ -28,9 +28,9 @@ when none could. And when speculative steps are not expected to beat plain steps
 drafting pauses: those steps are plain decoding (no draft, a 1-token verification); one probe step
 (verifying at least its best node, so that it teaches something) follows each pause, and the pause
 doubles while drafting keeps losing (up to MAX_PAUSE steps), so a drafter that cannot win costs at
-most a probe every MAX_PAUSE steps. Drafting that costs next to
-nothing (prompt lookup on a CPU: under MATERIAL_DRAFTING of a plain step) never pauses: a pause would
-save nothing, and the per-step choice alone keeps it from verifying nodes that do not pay.
+most a probe every MAX_PAUSE steps. Drafting that costs next to nothing (prompt lookup on a CPU:
+under MATERIAL_DRAFTING of a plain step) never pauses: a pause would save nothing, and the per-step
+choice alone keeps it from verifying nodes that do not pay.
 
 That judgement prices both sides on the same corrected curve: a speculative step costs its drafting
 (measured) plus verifying its tree, a plain step one token. Comparing
@@ -230,7 +230,7 @@ class TreeBudget:
 
     # -- per step ----------------------------------------------------------------------------
     def new_sequence(self) -> None:
-        """A new generation: its first drafting step takes in the whole prompt (see `observe`)."""
+        """A new generation: its first drafting step takes in the whole prompt (see `_own_draft_ms`)."""
         self._follows_draft = False
 
     def should_draft(self) -> bool:
@@ -326,8 +326,10 @@ class TreeBudget:
 
         Every step a drafter takes in the features of the tokens the last step committed (a forward of
         1 + accepted rows): a real cost of drafting, ~2.5 ms against a 54 ms plain step for hass-math
-        on the CI-class EPYC at T = 1, nearly the whole SAFETY_MARGIN; left out of the judgement,
-        drafting at break-even looked 5% ahead, and lost (0.92x on MT-Bench). After a pause, or on a
+        on the CI-class EPYC at T = 1, nearly the whole SAFETY_MARGIN. Left out of the judgement, it
+        made drafting look ~5% cheaper than it was: hass-math drafted 91% of its T = 1 MT-Bench steps
+        and ran at 0.92x of plain decoding; counted (with this module's other changes of 2026-12-04),
+        1.07x (`benchmarks/results/amd-epyc-zen3-float32-auto-8-T1.json`). After a pause, or on a
         sequence's first step, the same forward takes in the pause's tokens or the whole prompt, which
         would make every probe look like a loss: those steps are charged the usual per-step ingest."""
         ingest_ms, self._ingest_ms = self._ingest_ms, 0.0
