@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -158,15 +159,26 @@ def measure_rows(
     With `partial`, each row's tokens/s so far is rewritten there after every prompt: a run cut short
     (a lent GPU's time limit) still leaves its figures."""
     runs: dict[str, list] = {name: [] for name in decoders}
+    failed: dict[str, dict] = {}
     for i, prompt in enumerate(prompts):
-        order = list(decoders.items())
+        order = [item for item in decoders.items() if item[0] not in failed]
         for name, run in order if i % 2 == 0 else reversed(order):
-            runs[name].append(run(prompt, max_new))
-        print(f"[engine] prompt {i + 1}/{len(prompts)} done by {len(decoders)} decoders", flush=True)
+            try:
+                runs[name].append(run(prompt, max_new))
+            except Exception as exc:  # one row's failure (a lent GPU, one try) must not lose the rest
+                failed[name] = row_error(name, exc)
+        print(f"[engine] prompt {i + 1}/{len(prompts)} done by {len(order)} decoders", flush=True)
         if partial is not None:
-            so_far = {name: summarize(done) for name, done in runs.items()}
-            partial.write_text(json.dumps({"prompts_done": i + 1, "rows": so_far}, indent=1))
-    return {name: summarize(done) for name, done in runs.items()}
+            so_far = {name: summarize(done) for name, done in runs.items() if name not in failed}
+            partial.write_text(json.dumps({"prompts_done": i + 1, "rows": so_far | failed}, indent=1))
+    return {name: summarize(done) for name, done in runs.items() if name not in failed} | failed
+
+
+def row_error(name: str, exc: Exception) -> dict:
+    """A row that did not run, reported (with its traceback on stderr) instead of ending the run."""
+    traceback.print_exc()
+    print(f"[engine] {name} did not run: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def summarize(done: list[tuple]) -> dict:
@@ -310,14 +322,23 @@ def main() -> None:
         f"{args.threads} thread(s)\n"
     )
 
-    curve = measure_curve(accelerated(target.model))  # through the CUDA graphs on a GPU
+    try:
+        curve = measure_curve(accelerated(target.model))  # through the CUDA graphs on a GPU
+    except Exception as exc:  # graphs that fail to capture: say so, and measure the eager path
+        row_error("the cost curve through graphs", exc)
+        curve = measure_curve(accelerated(target.model, graphs=False))
     print("| tree tokens | target forward ms (median) | fitted non-decreasing | vs 1 token |")
     print("|---|---|---|---|")
     for n, raw, ms in zip(curve.sizes, curve.measured, curve.ms):
         print(f"| {n} | {raw:.2f} | {ms:.2f} | {raw / curve.measured[0]:.2f}x |")
     print(f"\nlimit of plain decoding: {1000 / curve.measured[0]:.1f} tok/s (1000 / the 1-token forward)")
 
-    drafts = draft_step_ms(target, "eagle2-math") if "eagle2-math" in shipped_drafters(target.name) else {}
+    drafts = {}
+    if "eagle2-math" in shipped_drafters(target.name):
+        try:
+            drafts = draft_step_ms(target, "eagle2-math")
+        except Exception as exc:  # reported; the decoding rows still run
+            row_error("the drafting-step timing", exc)
     if drafts:
         print("\n| eagle2-math drafting step (fixed 8/5/24) | ms |\n|---|---|")
         for kernel, ms in drafts.items():
@@ -345,13 +366,21 @@ def main() -> None:
             run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
             decoders[name] = run
         except Exception as exc:  # a baseline that does not run here (e.g. compile) is reported, not fatal
-            failed[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            failed[name] = row_error(name, exc)
     partial = Path(args.out).with_suffix(".partial.json") if args.out else None
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)
     results = measure_rows(decoders, prompts, args.max_new_tokens, partial) | failed
 
-    hf, plain = results["hf generate"], results["taps plain"]
+    base = next((n for n in ("taps plain", "taps plain (eager)") if "error" not in results.get(n, {})), None)
+    if base is None:
+        raise TapsError(f"plain decoding did not run: {results.get('taps plain', {}).get('error')}")
+    if base != "taps plain":  # the graphs failed: ratios against the eager path, said in the table
+        print(f"\n[engine] ratios 'vs taps plain' are against {base!r}: 'taps plain' did not run")
+        results["taps plain"] = results[base]
+    hf = results.get("hf generate", {})
+    hf = hf if "error" not in hf else {"tok_s": float("nan")}
+    plain = results["taps plain"]
     print(
         f"\n| decoder ({len(prompts)} prompts: {args.benchmarks}, {args.max_new_tokens} new tokens max) "
         "| tok/s | vs HF generate | vs taps plain | tau | nodes / step | plain steps | draft ms / step "

@@ -11,7 +11,8 @@
 # what is left): the GPU's name, the CUDA tests' log (graphs vs eager, float32 losslessness, the
 # bf16 match rate), the engine benchmark as markdown and JSON (and its per-prompt partial JSON if
 # cut short), the CPU-side spec/model tests under this machine's torch (run beside the CUDA tests,
-# on other cores), and, if time is left, HF generate with a static cache + torch.compile.
+# on other cores), and, with COMPILE=1 and time left, HF generate with a static cache + torch.compile.
+# PROMPTS: prompts per benchmark (default 4); TEST_CAP: seconds for the CUDA tests (default 150).
 set -uo pipefail
 out=${OUT:-gpu-out}
 budget=${BUDGET:-400}
@@ -20,18 +21,20 @@ left() { echo $(( budget - ($(date +%s) - begin) )); }
 cap() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }  # a step's limit: its own, or what is left
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+# the machine heads the CUDA tests' log: at most 8 files come back from a lent machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/pytest-gpu.log"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
+'transformers', transformers.__version__)" | tee -a "$out/pytest-gpu.log"
 cores=$(nproc)
 OMP_NUM_THREADS=4 CUDA_VISIBLE_DEVICES= timeout 150 taskset -c $(( cores - 4 ))-$(( cores - 1 )) \
     python3 -m pytest -q -p no:cacheprovider tests/spec tests/models > "$out/pytest-cpu.log" 2>&1 &
-timeout "$(cap 150)" python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$out/pytest-gpu.log"
+timeout "$(cap "${TEST_CAP:-150}")" python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu 2>&1 \
+    | tee -a "$out/pytest-gpu.log"
 wait
 tail -3 "$out/pytest-cpu.log"
 timeout "$(cap 300)" python3 benchmarks/engine.py --device cuda --prompts "${PROMPTS:-4}" --max-new-tokens 128 \
     --out "$out/engine-cuda.json" 2>&1 | tee "$out/engine-cuda.md"
-if [ "$(left)" -gt 90 ]; then  # compiling may take minutes: last, and only with time left
+if [ -n "${COMPILE:-}" ] && [ "$(left)" -gt 90 ]; then  # compiling may take minutes: last, asked for
   timeout "$(cap 150)" python3 benchmarks/engine.py --device cuda --prompts 1 --max-new-tokens 128 --compile \
       --rows none --out "$out/engine-cuda-compile.json" 2>&1 | tee "$out/engine-cuda-compile.md"
 fi
