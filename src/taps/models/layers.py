@@ -257,7 +257,9 @@ def _grouped_sdpa(q, k, v, mask) -> torch.Tensor:
     grouped_q = q.reshape(*lead, kv_heads, groups * n, hd)  # rows: (group member, token)
     if mask is not None:  # [..., n, w] -> [..., groups x n, w]
         mask = mask.unsqueeze(-3).expand(*mask.shape[:-2], groups, *mask.shape[-2:]).flatten(-3, -2)
-    return _sdpa(grouped_q, k, v, mask).view(*lead, heads, n, hd)
+    # reshape, not view: CUDA's kernels return the heads dim strided (the first H200 run of this path
+    # failed every CUDA test here), CPU kernels a contiguous tensor, where reshape is a view
+    return _sdpa(grouped_q, k, v, mask).reshape(*lead, heads, n, hd)
 
 
 # On CUDA, attention runs on these kernels, never cuDNN's: torch puts cuDNN first on Hopper GPUs (H100,
