@@ -131,6 +131,21 @@ def test_a_probe_verifies_its_best_node_even_where_none_pays():
     assert budget.acceptance.seen.sum() == 1 and budget.acceptance.hits.sum() == 1
 
 
+def test_a_non_finite_draft_score_is_priced_as_never_accepted():
+    """One CUDA run drafted NaN scores (captured expansion, random tiny drafter); a NaN in the running
+    calibration made every later step fail. The node is priced at p = 0 and the means stay finite."""
+    budget = TreeBudget(FLAT)
+    budget.should_draft()
+    tree = _tree()
+    tree.scores[1] = float("nan")
+    chosen = budget.choose(tree)
+    assert 6 not in chosen.tokens.tolist() and len(chosen)
+    budget.observe(
+        1, len(chosen), draft_ms=1.0, verify_ms=10.0, node_accepted=[True] + [False] * (len(chosen) - 1)
+    )
+    assert budget.calibration.value is not None and 0 < budget.calibration_factor
+
+
 def test_taking_in_committed_features_counts_as_drafting_except_after_a_pause():
     """Each step a drafter first takes in the tokens the last step committed: a cost of drafting, which
     tips drafting that barely pays into a pause. The first step of a sequence takes in the whole prompt

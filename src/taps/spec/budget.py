@@ -246,7 +246,9 @@ class TreeBudget:
         self._sent, self._expected, self._binned = None, 1.0, 0.0
         if not len(tree) or not self.max_nodes:
             return DraftTree.empty()
-        confidence, depth = tree.scores.exp(), tree.depths()
+        # A non-finite score (seen once: the captured expansion on CUDA, random tiny drafter, cause not
+        # yet found) must not poison the running means: such a node is priced as never accepted.
+        confidence, depth = tree.scores.exp().nan_to_num(0.0), tree.depths()
         binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents)
         p = (binned * self.calibration_factor).clamp(max=1.0)  # scaling keeps p monotone down the tree
         order = _best_first(p, depth)[: self.max_nodes]
