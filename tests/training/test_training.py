@@ -182,6 +182,10 @@ def test_a_time_limit_cuts_the_schedule_to_the_steps_that_fit(features, tmp_path
     card = __import__("json").loads((out / "config.json").read_text())["card"]
     assert len(log) == card["steps"] == 12 and card["epochs_trained"] < cfg["epochs"]
     assert log[-1]["lr"] < 0.05 * TrainConfig().lr  # the decay ran to the fitted end
+    from taps.training.card import write_model_card
+
+    text = write_model_card(out).read_text()  # the card says the epochs trained, not those asked for
+    assert f"x {card['epochs_trained']} epochs, 12 steps" in text and "x 40 epochs" not in text
 
 
 def test_train_checks_its_held_out_corpus_before_training(features, tmp_path, monkeypatch, capsys):
