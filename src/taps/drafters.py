@@ -64,22 +64,29 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
     single: exactly one drafter. average: one drafter with the members' mean weights.
     route:confidence / route:entropy: verify the best member's tree.
     merged: all members' trees as one trie. merged:cut: the same, cut to `shape.total_tokens` nodes.
-    With `shape.budget == "auto"` the proposer runs under a TreeBudget for this target and machine.
+    With `shape.budget == "auto"` the proposer runs under a TreeBudget for this target and machine,
+    except on a GPU where the fixed tree verifies nearly free: there it drafts the fixed default tree
+    (`taps.spec.budget.fixed_tree_beats_budget` says why).
     Where the target's forwards are padded to one row count (bf16, `taps.models.padded`), trees are
     capped to fit it.
     """
+    from taps.spec.budget import BudgetedProposer, TreeBudget, fixed_tree_beats_budget
+    from taps.spec.costs import load_or_measure
+
+    if names == ["none"]:
+        return None
+    curve = None
+    if shape.budget == "auto":
+        # the costs the loop will see: through the CUDA graphs on a GPU (`accelerated`), else the model's
+        curve = load_or_measure(accelerated(target.model))
+        if fixed_tree_beats_budget(curve, target.model.device):
+            shape = TreeShape()
     rows = invariant_rows(target.model)
     shape = dataclasses.replace(shape, total_tokens=cap_tree(shape.total_tokens, rows))
     proposer = _strategy(strategy, names, target, shape)
     if proposer is None or shape.budget == "fixed":
         return proposer
-    from taps.spec.budget import BudgetedProposer, TreeBudget
-    from taps.spec.costs import load_or_measure
-
-    # the costs the loop will see: through the CUDA graphs on a GPU (`accelerated`), else the model's own
-    return BudgetedProposer(
-        proposer, TreeBudget(load_or_measure(accelerated(target.model)), shape.total_tokens)
-    )
+    return BudgetedProposer(proposer, TreeBudget(curve, shape.total_tokens))
 
 
 def _strategy(strategy: str, names: list[str], target, shape: TreeShape) -> Proposer | None:

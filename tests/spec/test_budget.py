@@ -374,3 +374,27 @@ def test_a_pause_carries_over_to_the_next_generation():
     budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])  # drafting lost
     proposer.reset()
     assert len(proposer.propose(tokens, torch.zeros(5, 4))) == 0 and not budget.drafting
+
+
+def test_auto_drafts_the_fixed_tree_only_on_a_gpu_whose_curve_is_flat(tiny_target, monkeypatch):
+    """On an H200 the fixed tree beat the budget in every cell; CPUs keep the budget, flat curve or not."""
+    import taps.spec.budget
+    import taps.spec.costs
+    from taps.drafters import make_strategy
+    from taps.spec.budget import BudgetedProposer, fixed_tree_beats_budget
+    from taps.spec.ngram import NgramProposer
+    from taps.spec.propose import AUTO_SHAPE
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fixed_tree_beats_budget(FLAT, cuda) and not fixed_tree_beats_budget(STEEP, cuda)
+    assert not fixed_tree_beats_budget(FLAT, cpu)
+    monkeypatch.setattr(taps.spec.costs, "load_or_measure", lambda model, **kw: FLAT)
+    assert isinstance(make_strategy("single", ["ngram"], _Loaded(tiny_target), AUTO_SHAPE), BudgetedProposer)
+    assert make_strategy("single", ["none"], _Loaded(tiny_target), AUTO_SHAPE) is None
+    monkeypatch.setattr(taps.spec.budget, "fixed_tree_beats_budget", lambda curve, device: True)  # a GPU
+    assert isinstance(make_strategy("single", ["ngram"], _Loaded(tiny_target), AUTO_SHAPE), NgramProposer)
+
+
+class _Loaded:
+    def __init__(self, model):
+        self.model, self.name = model, "tiny"
