@@ -38,6 +38,26 @@ def test_rows_by_dtype_device_and_override(tiny_target, bf16_target):
     assert curve_key(padded)["forward"] != curve_key(bf16_target)["forward"]
 
 
+def test_padded_forwards_attend_in_float32(bf16_target, tiny_target):
+    """Padded alike, a bf16 target keeps its static cache, and attends, in float32 (see
+    `taps.models.padded`), and still hands bf16 hidden states on; float32 targets and the multi-bucket
+    graphs keep their own dtype, so that their curves stay cached under the same key."""
+    padded = accelerated(bf16_target)
+    cache = padded.new_cache(32)
+    assert padded.cache_dtype == torch.float32 and cache.keys[0].dtype == torch.float32
+    hidden = padded(torch.tensor([1, 2, 3]), cache)
+    assert hidden.dtype == torch.bfloat16 and cache.length == 3
+    narrow = GraphedTarget(bf16_target, buckets=(8,), wide_attention=False)
+    assert narrow.new_cache(32).keys[0].dtype == torch.bfloat16
+    assert curve_key(narrow)["forward"] != curve_key(padded)["forward"]
+    assert GraphedTarget(bf16_target).cache_dtype == torch.bfloat16  # many buckets: the model's dtype
+    single = GraphedTarget(tiny_target, buckets=(8,))
+    assert single.cache_dtype == torch.float32 and "attention" not in curve_key(single)["forward"]
+    # the narrow cache's hidden states differ from the wide one's by bf16 rounding only
+    other = narrow.new_cache(32)
+    torch.testing.assert_close(narrow(torch.tensor([1, 2, 3]), other), hidden, atol=0.05, rtol=0.05)
+
+
 def test_pad_rows_set_at_load_wins(tiny_dirs):
     model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.bfloat16)
     assert invariant_rows(model) == 0 and accelerated(model) is model

@@ -127,10 +127,20 @@ class _BucketGraphs:
 class GraphedTarget(_BucketGraphs):
     """A TargetModel's forward on a static cache, padded to BUCKETS, replayed from CUDA graphs."""
 
-    def __init__(self, model, buckets: tuple[int, ...] = BUCKETS, capture: bool | None = None):
+    def __init__(
+        self,
+        model,
+        buckets: tuple[int, ...] = BUCKETS,
+        capture: bool | None = None,
+        wide_attention: bool | None = None,
+    ):
+        """`wide_attention`: keep the static cache, and attend, in float32 whatever the model's dtype;
+        by default where forwards are padded alike (one bucket), see `taps.models.padded`."""
         self.model = model
         super().__init__(model.device, buckets, capture)
         self.exact_rows = self.buckets[0] if len(self.buckets) == 1 else 0  # one bucket: padded alike
+        wide = bool(self.exact_rows) if wide_attention is None else wide_attention
+        self.cache_dtype = torch.float32 if wide else model.dtype
 
     def __getattr__(self, name: str):
         """Everything else (device, dtype, shape, logits, fingerprint, ...) is the model's."""
@@ -154,7 +164,7 @@ class GraphedTarget(_BucketGraphs):
 
     def _allocate(self, capacity: int) -> None:
         total = capacity + self.buckets[-1]
-        self.cache, self.capacity = self.model.new_cache(total), capacity
+        self.cache, self.capacity = self.model.new_cache(total, self.cache_dtype), capacity
         self._hold_rotary(self.model, total)
         self.inputs = {b: _Inputs(b, total, self.device) for b in self.buckets}
         self.graphs = {}

@@ -171,6 +171,10 @@ class KVCache:
     def device(self) -> torch.device:
         return self.keys[0].device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
     def reserve(self, total: int) -> None:
         if total <= self.capacity:
             return
@@ -212,15 +216,16 @@ class Attention(nn.Module):
         *lead, n, _ = x.shape
         q, k, v = self._project(x, cos, sin)
         if cache is not None and cache.slots is not None:  # static cache: whole capacity under the mask
-            cache.keys[layer].index_copy_(-2, cache.slots, k)
-            cache.values[layer].index_copy_(-2, cache.slots, v)
-            k, v = cache.keys[layer], cache.values[layer]
+            # a cache kept in a wider dtype than the model's attends in it (`taps.models.padded`)
+            cache.keys[layer].index_copy_(-2, cache.slots, k.to(cache.dtype))
+            cache.values[layer].index_copy_(-2, cache.slots, v.to(cache.dtype))
+            k, v, q = cache.keys[layer], cache.values[layer], q.to(cache.dtype)
         elif cache is not None:
             start = cache.length
             cache.keys[layer][..., start : start + n, :] = k
             cache.values[layer][..., start : start + n, :] = v
             k, v = cache.keys[layer][..., : start + n, :], cache.values[layer][..., : start + n, :]
-        out = _grouped_sdpa(q, k, v, mask)
+        out = _grouped_sdpa(q, k, v, mask).to(x.dtype)
         return self.o_proj(out.transpose(-2, -3).reshape(*lead, n, self.num_heads * self.head_dim))
 
     def _project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,6 +16,17 @@ steps, tree verification and their logits all run as exactly `rows` rows over th
 cache, and trees are capped at `rows - 1` nodes (`cap_tree`). The prompt runs unpadded: plain and
 speculative decoding share that prefill.
 
+Attention in float32 too: padding cannot make a tree round like plain decoding inside attention. A
+tree node's ancestors sit in other cache slots than the same tokens do when plain decoding commits
+them one by one, and a GPU attention kernel (on CUDA the explicit mask selects the memory-efficient
+one) works through the keys block by block, rounding in bf16 against each block's running maximum,
+so where the keys fall changes the rounding. On an H200 (2026-12-04, 64 rows, bf16 attention) 60% of
+eagle2-math's and 90% of ngram's outputs equalled plain decoding (`tests/gpu`). So a padded target
+keeps its static cache in float32 and attends in float32 (`GraphedTarget(wide_attention=...)`):
+different layouts then differ at float32 rounding, and the output is rounded to bf16 once. Float32
+attention has not yet run on a GPU (no device was lent to the session that made it): the CUDA test
+measures the share both ways.
+
 It is the default in bf16 on CUDA, where a 64-row graph replay costs little more than a 1-row one.
 On a CPU it is opt-in (`--pad-rows 8`): there padded plain decoding ran 1.26x slower than unpadded
 (39.8 against 50.2 tok/s in the same run), more than the drafters gained; float32 is exact without it.

@@ -47,9 +47,11 @@ class TargetModel(nn.Module):
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 
-    def new_cache(self, capacity: int = 512) -> KVCache:
+    def new_cache(self, capacity: int = 512, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache in the model's dtype, or in `dtype` (wider: the static path attends in it)."""
         s = self.shape
-        return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, capacity, device=self.device)
+        dtype = dtype or self.dtype
+        return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, dtype, capacity, device=self.device)
 
     @torch.inference_mode()
     def forward(

@@ -104,8 +104,14 @@ def curve_key(model) -> dict:
         "torch": torch.__version__,
         "packed": packing_available(),
         # the forward the loop calls: plain, padded to one row count, or CUDA graphs over buckets
-        "forward": f"{type(model).__name__}:{getattr(model, 'exact_rows', 0)}",
+        "forward": f"{type(model).__name__}:{getattr(model, 'exact_rows', 0)}" + _attention_note(model),
     }
+
+
+def _attention_note(model) -> str:
+    """Where the loop's forward attends in another dtype than the model's (`taps.models.padded`)."""
+    attends = getattr(model, "cache_dtype", model.dtype)
+    return "" if attends == model.dtype else f":attention {attends}"
 
 
 def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurve:
