@@ -25,10 +25,16 @@ Three measured quantities feed it:
 Two more decisions follow from the same numbers. A drafting level expands only the frontier nodes
 whose descendants could still pay for their drafting row and their verification, and drafting stops
 when none could. And when speculative steps are not expected to beat plain steps by SAFETY_MARGIN,
-drafting pauses: those steps are plain decoding (no draft, a 1-token verification); one probe step
-(verifying at least its best node, so that it teaches something) follows each pause, and the pause
-doubles while drafting keeps losing (up to MAX_PAUSE steps), so a drafter that cannot win costs at
-most a probe every MAX_PAUSE steps. Drafting that costs next to nothing (prompt lookup on a CPU:
+drafting pauses: those steps are plain decoding (no draft, a 1-token verification). A probe of
+PROBE_STEPS drafting steps (each verifying at least its best node, so that it teaches something)
+follows each pause, and is judged as a whole; the pause doubles while drafting keeps losing (up to
+MAX_PAUSE steps), so a drafter that cannot win costs at most a probe every MAX_PAUSE steps. A run's
+first drafting steps are judged the same way. One step is too little to judge by: a drafting step's
+worth swings with the drafter's confidence at that one position, and a probe judged alone locked
+drafting out at T = 1 (hass-mixed on the CI-class EPYC: after a hard stretch of MT-Bench text every
+probe landed on a position whose best node was worth ~0.1 tokens, each doubled the pause, and the
+drafter, 1.10-1.14x of plain decoding in a run where it never paused, decoded plain on 96% of its
+steps, `benchmarks/budget_trace.py`). Drafting that costs next to nothing (prompt lookup on a CPU:
 under MATERIAL_DRAFTING of a plain step) never pauses: a pause would save nothing, and the per-step
 choice alone keeps it from verifying nodes that do not pay.
 
@@ -62,6 +68,7 @@ FORGETTING = 0.99  # each verified step, the acceptance bins' counts shrink by t
 # trees, which teach nothing, and never recover; at 0.5 a confident node (p ~0.9) still gets verified.
 CALIBRATION_RANGE = (0.5, 2.0)
 MIN_PAUSE, MAX_PAUSE = 4, 64  # plain steps after a losing speculative step
+PROBE_STEPS = 4  # drafting steps judged together: a run's first ones, and each probe after a pause
 SAFETY_MARGIN = 0.05  # drafting must be expected to beat plain decoding by this fraction to go on
 MATERIAL_DRAFTING = 0.02  # drafting below this share of a plain step is never paused (it saves nothing)
 # A whole tree priced within this factor of a one-token forward: verification is nearly free in tree size
@@ -112,17 +119,22 @@ class AcceptanceModel:
 
 class RunningRatio:
     """A ratio over recent steps (tokens per ms, accepted per expected), as a ratio of running means:
-    robust to one slow step, and following the text as it changes."""
+    robust to one slow step, and following the text as it changes. With `warm_up`, the first
+    1 / SMOOTHING steps weigh alike (their plain mean), so that a fresh estimate is not its first step's
+    alone with the next ones nudging it; without, the first step sets it."""
 
-    def __init__(self, numerator: float = 0.0, denominator: float = 0.0) -> None:
+    def __init__(self, numerator: float = 0.0, denominator: float = 0.0, warm_up: bool = False) -> None:
         self.numerator, self.denominator = numerator, denominator
+        self.warm_up, self.count = warm_up, 0
 
     def add(self, numerator: float, denominator: float) -> None:
+        self.count += 1
         if self.denominator == 0.0:
             self.numerator, self.denominator = numerator, denominator
-        else:
-            self.numerator += SMOOTHING * (numerator - self.numerator)
-            self.denominator += SMOOTHING * (denominator - self.denominator)
+            return
+        weight = max(SMOOTHING, 1.0 / self.count) if self.warm_up else SMOOTHING
+        self.numerator += weight * (numerator - self.numerator)
+        self.denominator += weight * (denominator - self.denominator)
 
     @property
     def value(self) -> float | None:
@@ -180,7 +192,7 @@ class TreeBudget:
         self.acceptance = AcceptanceModel()
         self.costs = CostScales(self.cost)  # the curve corrected by this run's verifications
         self.overall = RunningRatio()
-        self.speculative = RunningRatio()
+        self.speculative = RunningRatio(warm_up=True)  # expected tokens per ms of drafting steps
         self.level_rows = RunningRatio()  # drafted rows per ms of a drafting level
         self.draft_ms = RunningRatio()  # ms of drafting per drafting step, recent steps
         # drafted tokens accepted / expected by the bins, recent steps; starts at 1 as if one step agreed
@@ -193,7 +205,8 @@ class TreeBudget:
         self._ingest_ms = 0.0  # drafting time spent this step taking in committed features
         self.steady_ingest = RunningRatio()  # ms of that per drafting step that followed a drafting step
         self._follows_draft = False  # the previous step of this sequence drafted
-        self._resumed = False  # this step is the probe after a pause
+        self._probe_left = PROBE_STEPS  # drafting steps before drafting is judged (the run's first)
+        self._probing = False  # a probe after a pause is under way
 
     @property
     def rate(self) -> float:
@@ -245,8 +258,11 @@ class TreeBudget:
         self._follows_draft = False
 
     def should_draft(self) -> bool:
-        """False during a pause: this step is plain decoding."""
-        self._resumed = not self.drafting and self.pause == 0
+        """False during a pause: this step is plain decoding. The first step after a pause starts a
+        probe: PROBE_STEPS drafting steps, judged afresh and together."""
+        if not self.drafting and self.pause == 0:
+            self.speculative = RunningRatio(warm_up=True)  # conditions may have changed since the pause
+            self._probe_left, self._probing = PROBE_STEPS, True
         self.drafting = self.pause == 0
         self.pause = max(0, self.pause - 1)
         return self.drafting
@@ -263,10 +279,10 @@ class TreeBudget:
         binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents)
         p = (binned * self.calibration_factor).clamp(max=1.0)  # scaling keeps p monotone down the tree
         order = _best_first(p, depth)[: self.max_nodes]
-        # A probe verifies at least its best node: one that verified nothing would teach the bins
-        # nothing, and a budget whose estimates had sunk below paying would stay paused for good (seen
-        # at T = 1: hass-math plain on whole GSM8K prompts it drafted at 1.2-1.3x before).
-        least = 1 if self._resumed else 0
+        # A probe's steps verify at least their best node: a probe that verified nothing would teach the
+        # bins nothing, and a budget whose estimates had sunk below paying would stay paused for good
+        # (seen at T = 1: hass-math plain on whole GSM8K prompts it drafted at 1.2-1.3x before).
+        least = 1 if self._probing else 0
         chosen = order[: max(least, _best_count(p[order], self.rate * self.costs.priced))]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
@@ -322,11 +338,12 @@ class TreeBudget:
         # `_own_draft_ms`); and by its verification priced on the curve, like the plain step it is
         # compared with.
         self.draft_ms.add(own_draft_ms, 1.0)
-        step_ms = own_draft_ms + self.priced_ms(tree_size + 1)
-        if self._resumed:  # a probe after a pause is fresh evidence: conditions may have changed
-            self.speculative = RunningRatio(self._expected, step_ms)
-        else:
-            self.speculative.add(self._expected, step_ms)
+        self.speculative.add(self._expected, own_draft_ms + self.priced_ms(tree_size + 1))
+        if self._probe_left:  # a probe is judged once all its steps are in
+            self._probe_left -= 1
+            if self._probe_left:
+                return
+            self._probing = False
         if not self.drafting_is_material():
             return
         if self.speculative.value < (1.0 + SAFETY_MARGIN) * self.plain_rate():
