@@ -1,14 +1,17 @@
 """The tree budget of an earlier commit against today's, side by side in one run.
 
     python benchmarks/budget_ab.py --old REV [--drafters hass-chat,hass-math]
-        [--benchmarks mt_bench,gsm8k] [--prompts 8] [--temperature 0] [--out FILE.json]
+        [--benchmarks mt_bench,gsm8k] [--prompts 8] [--temperature 0] [--ignore-eos] [--no-old-bins]
+        [--out FILE.json]
 
 Loads `src/taps/spec/budget.py` as it was at REV (`git show`) beside the installed one, and runs,
 round-robin prompt by prompt (the order reversing every prompt, as `benchmarks/engine.py` does):
 plain decoding, each drafter under the old budget, under today's, and under today's with the old
-acceptance bins (what today's other changes give without them), and plain decoding again as the
-run's noise yardstick. Prints tok/s over plain decoding per benchmark and how many outputs equal
-plain decoding. Speed-ups are ratios within this one run; nothing here is an assertion.
+acceptance bins (what today's other changes give without them; `--no-old-bins` leaves that row
+out), and plain decoding again as the run's noise yardstick. `--ignore-eos`: every output runs to
+--max-new-tokens (at T > 0, where each row samples its own text, as `benchmarks/engine.py` does).
+Prints tok/s over plain decoding per benchmark and how many outputs equal plain decoding. Speed-ups
+are ratios within this one run; nothing here is an assertion.
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ def old_budget_module(rev: str):
     return module
 
 
-def decoders(target, drafters: list[str], old) -> dict[str, SpeculativeGenerator]:
+def decoders(target, drafters: list[str], old, old_bins: bool = True) -> dict[str, SpeculativeGenerator]:
     rows = {"plain": SpeculativeGenerator(target.model)}
     for name in drafters:
         rows[f"{name} old"] = SpeculativeGenerator(target.model, _with_old_budget(target, name, old))
         rows[f"{name} new"] = SpeculativeGenerator(
             target.model, make_strategy("single", [name], target, AUTO_SHAPE)
         )
+        if not old_bins:
+            continue
         unforgetting = make_strategy("single", [name], target, AUTO_SHAPE)
         unforgetting.budget.acceptance = old.AcceptanceModel()
         rows[f"{name} new, old bins"] = SpeculativeGenerator(target.model, unforgetting)
@@ -72,17 +77,19 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per benchmark")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--ignore-eos", action="store_true", help="every output runs to --max-new-tokens")
+    ap.add_argument("--no-old-bins", action="store_true", help="leave out the 'new, old bins' rows")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     old = old_budget_module(args.old)
     ns = argparse.Namespace(target="smollm2-135m", device="cpu", dtype="float32", threads=1, pad_rows=None)
     target = load_target_from_args(ns)
-    rows = decoders(target, args.drafters.split(","), old)
+    rows = decoders(target, args.drafters.split(","), old, old_bins=not args.no_old_bins)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
-        eos_token_ids=tuple(target.eos_token_ids),
+        eos_token_ids=() if args.ignore_eos else tuple(target.eos_token_ids),
     )
     benchmarks = args.benchmarks.split(",")
     seconds = {name: dict.fromkeys(benchmarks, 0.0) for name in rows}
