@@ -1,5 +1,6 @@
 """A tiny end-to-end run: features -> training (EAGLE-2 and HASS) -> resume -> corrupt inputs."""
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -233,10 +234,13 @@ def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, t
     target, _ = features
     target = SimpleNamespace(**vars(target), path=tiny_dirs["llama"])
     convs = conversations(6)
+    convs[1][0]["content"] = "repeat " + " ".join(["abc"] * 20)  # a long prompt among short ones
     out = tmp_path / "regen.jsonl"
-    first = regenerate(target, convs, out, max_new_tokens=8, batch_size=4, limit=4)
-    assert len(out.read_text().splitlines()) == 4
-    again = regenerate(target, convs, out, max_new_tokens=8, batch_size=4)
+    first = regenerate(target, convs, out, max_new_tokens=8, batch_size=2, limit=4)
+    written = [json.loads(line)["index"] for line in out.read_text().splitlines()]
+    assert sorted(written) == [0, 1, 2, 3] and written[-1] == 1  # batched by prompt length, longest last
+    assert [c[0] for c in first] == [c[0] for c in convs[:4]]  # returned in corpus order
+    again = regenerate(target, convs, out, max_new_tokens=8, batch_size=2)
     assert len(out.read_text().splitlines()) == 6 and again[: len(first)] == first
     # the reply is the target's own greedy continuation (batched, left-padded generation agrees with ours)
     ids = target.tokenizer.apply_chat_template([convs[0][0]], add_generation_prompt=True)
@@ -244,6 +248,19 @@ def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, t
         ids, GenerationConfig(max_new_tokens=8, eos_token_ids=(1,)), target.tokenizer
     )
     assert again[0][1]["content"] == ours.text.strip()
+
+
+def test_regenerate_resumes_a_file_written_before_rows_had_an_index(features, tmp_path, tiny_dirs):
+    from taps.training.regenerate import regenerate
+
+    target, _ = features
+    target = SimpleNamespace(**vars(target), path=tiny_dirs["llama"])
+    convs = conversations(3)
+    old_row = [convs[0][0], {"role": "assistant", "content": "kept from before"}]
+    out = tmp_path / "regen.jsonl"
+    out.write_text(json.dumps({"messages": old_row}) + "\n")  # corpus order, no index
+    rows = regenerate(target, convs, out, max_new_tokens=4, batch_size=2)
+    assert rows[0] == old_row and len(out.read_text().splitlines()) == 3
 
 
 def test_online_features_equal_the_targets_own_forward(features):

@@ -34,17 +34,20 @@ def regenerate(
     from transformers import AutoModelForCausalLM
 
     out_file = Path(out_file)
-    done = _read(out_file)  # one row per source conversation, empty replies included, so resuming lines up
-    todo = conversations[len(done) : limit]
+    convs = conversations[:limit]
+    done = _read(out_file)  # source index -> 2-turn conversation, empty replies included
+    todo = [i for i in range(len(convs)) if i not in done]
     if not todo:
-        return [c for c in done[:limit] if c[1]["content"]]
+        return _replied(done, len(convs))
     device = target.model.device
     batch_size = batch_size or (512 if device.type == "cuda" else 16)
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
     pad = target.eos_token_ids[0]
+    prompts = {i: encode_chat(target.tokenizer, [convs[i][0]]) for i in todo}
+    todo.sort(key=lambda i: len(prompts[i]))
     bar = tqdm(
-        total=len(todo) + len(done),
-        initial=len(done),
+        total=len(convs),
+        initial=len(convs) - len(todo),
         unit="conv",
         desc="regenerate",
         dynamic_ncols=True,
@@ -53,10 +56,9 @@ def regenerate(
     began, generated = time.perf_counter(), 0
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        prompts = [encode_chat(target.tokenizer, [c[0]]) for c in batch]
-        width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids.to(device),
@@ -66,13 +68,13 @@ def regenerate(
                 eos_token_id=list(target.eos_token_ids),
                 pad_token_id=pad,
             )
-        rows = []
-        for conv, seq in zip(batch, out[:, width:].tolist()):
+        rows = {}
+        for i, seq in zip(batch, out[:, width:].tolist()):
             generated += sum(t != pad for t in seq)
             text = target.tokenizer.decode(seq, skip_special_tokens=True).strip()
-            rows.append([conv[0], {"role": "assistant", "content": text}])
+            rows[i] = [convs[i][0], {"role": "assistant", "content": text}]
         _append(out_file, rows)
-        done += rows
+        done.update(rows)
         bar.update(len(batch))
     bar.close()
     seconds = time.perf_counter() - began
@@ -81,18 +83,25 @@ def regenerate(
         f"batches of {batch_size} on {device})",
         flush=True,
     )
-    return [c for c in done if c[1]["content"]]
+    return _replied(done, len(convs))
 
 
-def _read(path: Path) -> list:
+def _replied(done: dict, count: int) -> list:
+    """The first `count` source conversations' regenerations, in corpus order, empty replies dropped."""
+    return [done[i] for i in range(count) if i in done and done[i][1]["content"]]
+
+
+def _read(path: Path) -> dict:
+    """Rows written so far by source index (files from before the index field are in corpus order)."""
     if not path.is_file():
-        return []
-    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r.get("index", n): r["messages"] for n, r in enumerate(rows)}
 
 
-def _append(path: Path, rows: list) -> None:
+def _append(path: Path, rows: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+        f.write("".join(json.dumps({"index": i, "messages": r}) + "\n" for i, r in rows.items()))
         f.flush()
         os.fsync(f.fileno())
