@@ -12,9 +12,10 @@ Prints, and writes as JSON with `--out`:
    `--compile`; compiling can take minutes), taps plain decoding (through CUDA graphs and eagerly,
    on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`), the n-gram
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
-   under the auto tree budget and the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to
-   taps plain, drafting / verification ms per step, verified nodes per step, and how many outputs
-   equal taps plain decoding token for token (with the first divergence where one does not).
+   under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
+   the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to taps plain, drafting /
+   verification ms per step, verified nodes per step, and how many outputs equal taps plain
+   decoding token for token (with the first divergence where one does not).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.

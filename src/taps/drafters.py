@@ -65,12 +65,13 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
     route:confidence / route:entropy: verify the best member's tree.
     merged: all members' trees as one trie. merged:cut: the same, cut to `shape.total_tokens` nodes.
     With `shape.budget == "auto"` the proposer runs under a TreeBudget for this target and machine,
-    except on a GPU where the fixed tree verifies nearly free: there it drafts the fixed default tree
-    (`taps.spec.budget.fixed_tree_beats_budget` says why).
+    except on a GPU where a fixed tree verifies nearly free: there it drafts that fixed tree
+    (`taps.spec.budget.flat_tree_shape` says why), each merged member a share of its nodes, so that
+    the merged tree fits the rows priced flat too.
     Where the target's forwards are padded to one row count (bf16, `taps.models.padded`), trees are
     capped to fit it.
     """
-    from taps.spec.budget import BudgetedProposer, TreeBudget, fixed_tree_beats_budget
+    from taps.spec.budget import BudgetedProposer, TreeBudget, flat_tree_shape
     from taps.spec.costs import load_or_measure
 
     if names == ["none"]:
@@ -79,8 +80,10 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
     if shape.budget == "auto":
         # the costs the loop will see: through the CUDA graphs on a GPU (`accelerated`), else the model's
         curve = load_or_measure(accelerated(target.model))
-        if fixed_tree_beats_budget(curve, target.model.device):
-            shape = TreeShape()
+        flat = flat_tree_shape(curve, target.model.device)
+        if flat is not None:
+            share = len(names) if strategy == "merged" else 1
+            shape = dataclasses.replace(flat, total_tokens=flat.total_tokens // share)
     rows = invariant_rows(target.model)
     shape = dataclasses.replace(shape, total_tokens=cap_tree(shape.total_tokens, rows))
     proposer = _strategy(strategy, names, target, shape)

@@ -8,7 +8,7 @@ from taps.models.graphs import GraphedTarget
 from taps.models.target import TargetModel
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
-from taps.spec.propose import DrafterProposer, TreeDrafter, TreeShape
+from taps.spec.propose import FLAT_SHAPE, DrafterProposer, TreeDrafter, TreeShape
 from tests.conftest import random_drafter, require_default_target
 from tests.spec.test_lossless import PROMPTS
 
@@ -46,7 +46,8 @@ def test_captured_graphs_match_the_eager_static_path(cuda_target):
 
 def test_float32_speculation_on_cuda_equals_plain_greedy(cuda_target):
     drafter = random_drafter(cuda_target, seed=3).to(CUDA).attach(cuda_target)
-    proposers = [NgramProposer(), DrafterProposer(drafter, TreeShape(8, 5, 24))]
+    trees = [DrafterProposer(drafter, shape) for shape in (TreeShape(8, 5, 24), FLAT_SHAPE)]  # 63: bucket 64
+    proposers = [NgramProposer(), *trees]
     for proposer in proposers:
         gen = SpeculativeGenerator(cuda_target, proposer)
         for prompt in PROMPTS:

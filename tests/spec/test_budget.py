@@ -408,23 +408,53 @@ def test_a_pause_carries_over_to_the_next_generation():
     assert len(proposer.propose(tokens, torch.zeros(5, 4))) == 0 and not budget.drafting
 
 
-def test_auto_drafts_the_fixed_tree_only_on_a_gpu_whose_curve_is_flat(tiny_target, monkeypatch):
-    """On an H200 the fixed tree beat the budget in every cell; CPUs keep the budget, flat curve or not."""
+def test_auto_drafts_a_fixed_tree_only_on_a_gpu_whose_curve_is_flat():
+    """On an H200 the fixed tree beat the budget in every cell; CPUs keep the budget, flat curve or not.
+    The tree fills what verification prices flat: 63 nodes, else the default 24."""
+    from taps.spec.budget import flat_tree_shape
+    from taps.spec.propose import FLAT_SHAPE
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    flat_to_25 = CostCurve((1, 25, 64), (10.0, 12.0, 40.0))  # 24 nodes within 1.5x of one token, 63 not
+    assert flat_tree_shape(FLAT, cuda) == FLAT_SHAPE and FLAT_SHAPE.total_tokens == 63
+    assert flat_tree_shape(flat_to_25, cuda) == TreeShape()
+    assert flat_tree_shape(STEEP, cuda) is None
+    assert flat_tree_shape(FLAT, cpu) is None
+
+
+def test_auto_on_a_flat_gpu_drafts_the_fixed_tree_and_merged_members_share_it(
+    tiny_target, tmp_path, monkeypatch
+):
+    """Under the budget on a CPU; on a flat GPU the fixed FLAT_SHAPE tree with no budget, each merged
+    member drafting its share of the nodes, so that the merged tree fits the flat-priced rows too."""
     import taps.spec.budget
     import taps.spec.costs
     from taps.drafters import make_strategy
-    from taps.spec.budget import BudgetedProposer, fixed_tree_beats_budget
-    from taps.spec.ngram import NgramProposer
-    from taps.spec.propose import AUTO_SHAPE
+    from taps.models.checkpoint import save_drafter
+    from taps.spec.budget import BudgetedProposer
+    from taps.spec.combine import MergedProposer, RoutedProposer
+    from taps.spec.propose import AUTO_SHAPE, FLAT_SHAPE
 
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert fixed_tree_beats_budget(FLAT, cuda) and not fixed_tree_beats_budget(STEEP, cuda)
-    assert not fixed_tree_beats_budget(FLAT, cpu)
+    target = _Loaded(tiny_target)
     monkeypatch.setattr(taps.spec.costs, "load_or_measure", lambda model, **kw: FLAT)
-    assert isinstance(make_strategy("single", ["ngram"], _Loaded(tiny_target), AUTO_SHAPE), BudgetedProposer)
-    assert make_strategy("single", ["none"], _Loaded(tiny_target), AUTO_SHAPE) is None
-    monkeypatch.setattr(taps.spec.budget, "fixed_tree_beats_budget", lambda curve, device: True)  # a GPU
-    assert isinstance(make_strategy("single", ["ngram"], _Loaded(tiny_target), AUTO_SHAPE), NgramProposer)
+    assert isinstance(make_strategy("single", ["ngram"], target, AUTO_SHAPE), BudgetedProposer)
+    assert make_strategy("single", ["none"], target, AUTO_SHAPE) is None
+    monkeypatch.setattr(taps.spec.budget, "flat_tree_shape", lambda curve, device: FLAT_SHAPE)  # a GPU
+    assert isinstance(make_strategy("single", ["ngram"], target, AUTO_SHAPE), NgramProposer)
+    names = []
+    for seed in (0, 1):
+        names.append(str(tmp_path / f"d{seed}"))
+        save_drafter(random_drafter(tiny_target, seed=seed), names[-1], tiny_target.fingerprint())
+    single = make_strategy("single", names[:1], target, AUTO_SHAPE)
+    assert isinstance(single, DrafterProposer) and single.shape == FLAT_SHAPE
+    routed = make_strategy("route:confidence", names, target, AUTO_SHAPE)
+    assert isinstance(routed, RoutedProposer) and all(m.shape == FLAT_SHAPE for m in routed.members)
+    merged = make_strategy("merged", names, target, AUTO_SHAPE)
+    assert isinstance(merged, MergedProposer)
+    assert [m.shape.total_tokens for m in merged.members] == [31, 31]
+    prompt = torch.tensor(PROMPTS[0])
+    tree = merged.propose(prompt, torch.zeros(len(prompt), tiny_target.shape.hidden_size))
+    assert 0 < len(tree) <= FLAT_SHAPE.total_tokens
 
 
 class _Loaded:

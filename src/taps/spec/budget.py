@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from taps.spec.costs import CostCurve
-from taps.spec.propose import Proposer, TreeShape
+from taps.spec.propose import FLAT_SHAPE, Proposer, TreeShape
 from taps.spec.tree import DraftTree
 
 CONFIDENCE_EDGES = torch.tensor(
@@ -77,15 +77,23 @@ MATERIAL_DRAFTING = 0.02  # drafting below this share of a plain step is never p
 FLAT_TREE = 1.5
 
 
-def fixed_tree_beats_budget(curve: CostCurve, device: torch.device, shape: TreeShape = TreeShape()) -> bool:
-    """Whether `--tree auto` should draft the fixed `shape` with no budget: on a GPU whose curve prices
-    that whole tree within FLAT_TREE of one token. Measured on an H200 (2026-12-04, bf16, 3 GSM8K + 3
-    MT-Bench prompts, `benchmarks/results/nvidia-h200-bfloat16.json`): the fixed 8/5/24 tree ran ahead
-    of the budget in all 18 cells (9 proposers x 2 benchmarks; 1.24-1.61x of plain decoding against
-    1.04-1.51x), the budget paying for a deeper shape, a host round trip to choose nodes each step,
-    and pauses where drafting still paid. CPUs keep the budget: there verification grows with the tree
-    (24 tokens cost 2.1x one on the CI-class EPYC), and it is what keeps drafting from losing."""
-    return device.type == "cuda" and curve(shape.total_tokens + 1) <= FLAT_TREE * curve(1)
+def flat_tree_shape(curve: CostCurve, device: torch.device) -> TreeShape | None:
+    """The fixed tree `--tree auto` drafts with no budget on a GPU whose curve prices it within
+    FLAT_TREE of one token: FLAT_SHAPE (63 nodes) where that fits, else the default 8/5/24; None on
+    CPUs and steeper curves, which keep the budget.
+
+    Why no budget there: on an H200 (2026-12-04, bf16, 3 GSM8K + 3 MT-Bench prompts,
+    `benchmarks/results/nvidia-h200-bfloat16.json`) the fixed 8/5/24 tree ran ahead of the budget in
+    all 18 cells (9 proposers x 2 benchmarks; 1.24-1.61x of plain decoding against 1.04-1.51x), the
+    budget paying for a deeper shape, a host round trip to choose nodes each step, and pauses where
+    drafting still paid. Why 63 nodes: that GPU verified 64 tokens in 1.25x one token's time (and in
+    bf16 every forward is padded to 64 rows anyway), while the same five drafting levels with 63 nodes
+    kept raised tau ~8% (see FLAT_SHAPE). CPUs keep the budget: there verification grows with the
+    tree (24 tokens cost 2.1x one on the CI-class EPYC), and it is what keeps drafting from losing."""
+    if device.type != "cuda":
+        return None
+    fits = (s for s in (FLAT_SHAPE, TreeShape()) if curve(s.total_tokens + 1) <= FLAT_TREE * curve(1))
+    return next(fits, None)
 
 
 class AcceptanceModel:

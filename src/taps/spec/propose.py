@@ -60,6 +60,13 @@ class TreeShape:
 
 
 AUTO_SHAPE = TreeShape(top_k=8, depth=6, total_tokens=48, budget="auto")  # limits for the auto budget
+# The fixed tree `--tree auto` drafts on a GPU that verifies 64 tokens for about the price of one
+# (`taps.spec.budget.flat_tree_shape`): the default tree's levels, 63 nodes kept (64 rows with the root,
+# the largest graph bucket, and the rows every bf16 forward is padded to anyway). On 10 prompts at T = 0
+# (CI-class EPYC, float32, `taps eval --tree fixed --total-tokens 63`) it raised tau over 8/5/24 from
+# 2.49 to 2.68 (eagle2-chat, MT-Bench) and from 3.41 to 3.72 (eagle2-math, GSM8K); a sixth level or
+# 10 children per node added nothing.
+FLAT_SHAPE = TreeShape(top_k=8, depth=5, total_tokens=63)
 
 
 class DrafterProposer(Proposer):
