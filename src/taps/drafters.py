@@ -55,7 +55,13 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
     if name == "ngram":
         return NgramProposer(source=source)
     drafter = load_drafter(drafter_path(name, target.name), target.model, dtype=drafter_dtype(target))
-    return DrafterProposer(drafter, shape, source=source, name=name)
+    return DrafterProposer(for_device(drafter, target), shape, source=source, name=name)
+
+
+def for_device(drafter, target):
+    """On a GPU, the drafter scores the target's whole vocabulary (`Drafter.widen_vocabulary`: a few
+    points of tau for microseconds there); on a CPU, only the vocabulary it was trained over."""
+    return drafter.widen_vocabulary(target.model) if target.model.device.type == "cuda" else drafter
 
 
 def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = TreeShape()) -> Proposer | None:
@@ -119,7 +125,7 @@ def _strategy(strategy: str, names: list[str], target, shape: TreeShape) -> Prop
             .eval()
             .attach(target.model)
         )
-        return DrafterProposer(drafter, shape, name="average=" + ",".join(names))
+        return DrafterProposer(for_device(drafter, target), shape, name="average=" + ",".join(names))
     members = [make_proposer(n, target, shape, source=i) for i, n in enumerate(names)]
     if strategy.startswith("route:"):
         return RoutedProposer(members, strategy.split(":")[1])

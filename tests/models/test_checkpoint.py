@@ -83,3 +83,23 @@ def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
     save_drafter(random_drafter(qwen, seed=1, draft_vocab=30), tmp_path / "q", qwen.fingerprint())
     with pytest.raises(TapsError, match="another target"):
         average_drafters([tmp_path / "a", tmp_path / "q"])
+
+
+def test_a_widened_drafter_scores_its_old_vocabulary_as_before_and_every_other_token(tiny_target):
+    """The head is the target's own, so widening changes no score the drafter had, only adds the rest;
+    taps widens drafters on a GPU, never on a CPU."""
+    from types import SimpleNamespace
+
+    from taps.drafters import for_device
+
+    drafter = random_drafter(tiny_target, seed=4, draft_vocab=40)
+    old_d2t, hidden = drafter.d2t.clone(), torch.randn(3, tiny_target.shape.hidden_size)
+    before = drafter.draft_logits(hidden)
+    assert for_device(drafter, SimpleNamespace(model=tiny_target)).d2t.shape == (40,)  # a CPU
+    gpu = SimpleNamespace(model=SimpleNamespace(device=torch.device("cuda"), lm_head=tiny_target.lm_head))
+    wide = for_device(drafter, gpu)
+    after = wide.draft_logits(hidden)
+    assert after.shape == (3, tiny_target.shape.vocab_size) and wide.config.draft_vocab_size is None
+    assert torch.equal(wide.d2t, torch.arange(tiny_target.shape.vocab_size))
+    torch.testing.assert_close(after[:, old_d2t], before)
+    torch.testing.assert_close(after, hidden @ tiny_target.lm_head.weight.float().mT)

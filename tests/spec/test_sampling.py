@@ -90,12 +90,19 @@ def _sampling_target(folder):
     return target, prompt, p1 @ p2_given
 
 
-@pytest.mark.parametrize("duplicate", [False, True])
-def test_generated_tokens_follow_the_target_distribution(tmp_path, duplicate):
+@pytest.mark.parametrize("variant", ["drafter", "duplicate siblings", "widened vocabulary"])
+def test_generated_tokens_follow_the_target_distribution(tmp_path, variant):
+    """Also for a drafter trained over part of the vocabulary, widened to all of it (as on a GPU)."""
     target, prompt, p2 = _sampling_target(tmp_path)
     vocab = len(p2)
-    proposer = DrafterProposer(random_drafter(target, seed=2), TreeShape(top_k=3, depth=3, total_tokens=8))
-    gen = SpeculativeGenerator(target, _DuplicatingProposer(proposer) if duplicate else proposer)
+    if variant == "widened vocabulary":
+        drafter = random_drafter(target, seed=2, draft_vocab=vocab // 2).widen_vocabulary(target)
+    else:
+        drafter = random_drafter(target, seed=2)
+    proposer = DrafterProposer(drafter, TreeShape(top_k=3, depth=3, total_tokens=8))
+    gen = SpeculativeGenerator(
+        target, _DuplicatingProposer(proposer) if variant == "duplicate siblings" else proposer
+    )
     counts, accepted = np.zeros(vocab), 0
     for seed in range(3000):
         out = gen.generate(prompt, GenerationConfig(max_new_tokens=2, temperature=1.0, seed=seed))
