@@ -36,6 +36,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
     p.add_argument(
+        "--vocabulary",
+        choices=["auto", "trained", "whole"],
+        default="auto",
+        help="tokens a drafter scores: trained = its draft vocabulary; whole = the target's (no "
+        "training needed: the head is the target's own); auto = whole on a GPU, trained on a CPU, "
+        "where the larger head costs more than it gains (default: %(default)s)",
+    )
+    p.add_argument(
         "--total-tokens",
         type=int,
         default=None,
@@ -149,6 +157,7 @@ def _tree_shape(args):
         args.depth or base.depth,
         args.total_tokens or base.total_tokens,
         base.budget,
+        args.vocabulary,
     )
 
 

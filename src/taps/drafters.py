@@ -14,6 +14,7 @@ import torch
 from taps.device import fast_dtype
 from taps.errors import TapsError
 from taps.models.checkpoint import check_fingerprint, load_drafter
+from taps.models.drafter import Drafter
 from taps.models.graphs import accelerated
 from taps.models.padded import cap_tree, invariant_rows
 from taps.spec.ngram import NgramProposer
@@ -55,13 +56,15 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
     if name == "ngram":
         return NgramProposer(source=source)
     drafter = load_drafter(drafter_path(name, target.name), target.model, dtype=drafter_dtype(target))
-    return DrafterProposer(for_device(drafter, target), shape, source=source, name=name)
+    return DrafterProposer(scoring(drafter, target, shape.vocabulary), shape, source=source, name=name)
 
 
-def for_device(drafter, target):
-    """On a GPU, the drafter scores the target's whole vocabulary (`Drafter.widen_vocabulary`: a few
-    points of tau for microseconds there); on a CPU, only the vocabulary it was trained over."""
-    return drafter.widen_vocabulary(target.model) if target.model.device.type == "cuda" else drafter
+def scoring(drafter: Drafter, target, vocabulary: str = "auto") -> Drafter:
+    """The drafter scoring `vocabulary` (see `TreeShape`): auto is the target's whole vocabulary on a
+    GPU (`Drafter.widen_vocabulary`: a few points of tau for microseconds there) and the vocabulary
+    the drafter was trained over on a CPU, where the larger head costs more than it gains."""
+    whole = vocabulary == "whole" or (vocabulary == "auto" and target.model.device.type == "cuda")
+    return drafter.widen_vocabulary(target.model) if whole else drafter
 
 
 def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = TreeShape()) -> Proposer | None:
@@ -89,7 +92,9 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
         flat = flat_tree_shape(curve, target.model.device)
         if flat is not None:
             share = len(names) if strategy == "merged" else 1
-            shape = dataclasses.replace(flat, total_tokens=flat.total_tokens // share)
+            shape = dataclasses.replace(
+                flat, total_tokens=flat.total_tokens // share, vocabulary=shape.vocabulary
+            )
     rows = invariant_rows(target.model)
     shape = dataclasses.replace(shape, total_tokens=cap_tree(shape.total_tokens, rows))
     proposer = _strategy(strategy, names, target, shape)
@@ -125,7 +130,9 @@ def _strategy(strategy: str, names: list[str], target, shape: TreeShape) -> Prop
             .eval()
             .attach(target.model)
         )
-        return DrafterProposer(for_device(drafter, target), shape, name="average=" + ",".join(names))
+        return DrafterProposer(
+            scoring(drafter, target, shape.vocabulary), shape, name="average=" + ",".join(names)
+        )
     members = [make_proposer(n, target, shape, source=i) for i, n in enumerate(names)]
     if strategy.startswith("route:"):
         return RoutedProposer(members, strategy.split(":")[1])

@@ -87,19 +87,37 @@ def test_average_is_the_mean_and_rejects_mismatches(tiny_dirs, tmp_path):
 
 def test_a_widened_drafter_scores_its_old_vocabulary_as_before_and_every_other_token(tiny_target):
     """The head is the target's own, so widening changes no score the drafter had, only adds the rest;
-    taps widens drafters on a GPU, never on a CPU."""
+    by default taps widens drafters on a GPU, not on a CPU (`--vocabulary` chooses)."""
     from types import SimpleNamespace
 
-    from taps.drafters import for_device
+    from taps.drafters import scoring
 
     drafter = random_drafter(tiny_target, seed=4, draft_vocab=40)
     old_d2t, hidden = drafter.d2t.clone(), torch.randn(3, tiny_target.shape.hidden_size)
     before = drafter.draft_logits(hidden)
-    assert for_device(drafter, SimpleNamespace(model=tiny_target)).d2t.shape == (40,)  # a CPU
+    assert scoring(drafter, SimpleNamespace(model=tiny_target)).d2t.shape == (40,)  # a CPU
     gpu = SimpleNamespace(model=SimpleNamespace(device=torch.device("cuda"), lm_head=tiny_target.lm_head))
-    wide = for_device(drafter, gpu)
+    assert scoring(drafter, gpu, "trained").d2t.shape == (40,)  # asked for: kept on a GPU too
+    wide = scoring(drafter, gpu)
     after = wide.draft_logits(hidden)
     assert after.shape == (3, tiny_target.shape.vocab_size) and wide.config.draft_vocab_size is None
     assert torch.equal(wide.d2t, torch.arange(tiny_target.shape.vocab_size))
     torch.testing.assert_close(after[:, old_d2t], before)
     torch.testing.assert_close(after, hidden @ tiny_target.lm_head.weight.float().mT)
+
+
+def test_whole_vocabulary_on_a_cpu_is_asked_for_through_the_tree_shape(tiny_target, tmp_path):
+    from types import SimpleNamespace
+
+    from taps.drafters import make_proposer
+    from taps.spec.propose import TreeShape
+
+    save_drafter(
+        random_drafter(tiny_target, seed=4, draft_vocab=40), tmp_path / "d", tiny_target.fingerprint()
+    )
+    target = SimpleNamespace(model=tiny_target, name="tiny")
+    assert make_proposer(str(tmp_path / "d"), target, TreeShape()).drafter.d2t.shape == (40,)
+    whole = make_proposer(str(tmp_path / "d"), target, TreeShape(vocabulary="whole")).drafter
+    assert whole.d2t.shape == (tiny_target.shape.vocab_size,)
+    with pytest.raises(ValueError, match="vocabulary"):
+        TreeShape(vocabulary="all")

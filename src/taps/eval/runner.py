@@ -274,6 +274,8 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
     old.setdefault("device", "cpu")  # runs from before --device ran on the CPU
     for key in ("dtype", "pad_rows"):  # runs from before these were recorded: not comparable, trusted
         old.setdefault(key, meta[key])
+    if isinstance(old_grid.get("shape"), dict):  # runs from before --vocabulary scored the trained one
+        old_grid["shape"].setdefault("vocabulary", "auto")
     changed = [
         f"{k} {old.get(k)} -> {meta[k]}"
         for k in ("target", "threads", "device", "dtype", "pad_rows")

@@ -45,18 +45,25 @@ class TreeShape:
 
     `budget="auto"` makes these limits: a TreeBudget (`taps.spec.budget`) then decides every step,
     from this machine's measured costs, how many of the nodes to verify (none at all when drafting
-    does not pay) and whether to draft deeper; "fixed" verifies `total_tokens` nodes every step."""
+    does not pay) and whether to draft deeper; "fixed" verifies `total_tokens` nodes every step.
+    `vocabulary`: the tokens a drafter scores at each node: "trained" (its draft vocabulary), "whole"
+    (the target's; `Drafter.widen_vocabulary`), or "auto" (whole on a GPU, trained on a CPU)."""
 
     top_k: int = 8
     depth: int = 5
     total_tokens: int = 24
     budget: str = "fixed"
+    vocabulary: str = "auto"
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.depth < 1 or self.total_tokens < 1:
             raise ValueError(f"tree shape needs top_k, depth, total_tokens >= 1, got {self}")
         if self.budget not in ("auto", "fixed"):
             raise ValueError(f"tree budget must be 'auto' or 'fixed', got {self.budget!r}")
+        if self.vocabulary not in ("auto", "trained", "whole"):
+            raise ValueError(
+                f"draft vocabulary must be 'auto', 'trained' or 'whole', got {self.vocabulary!r}"
+            )
 
 
 AUTO_SHAPE = TreeShape(top_k=8, depth=6, total_tokens=48, budget="auto")  # limits for the auto budget
