@@ -41,7 +41,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="tokens a drafter scores: trained = its draft vocabulary; whole = the target's (no "
         "training needed: the head is the target's own); auto = whole on a GPU, trained on a CPU, "
-        "where the larger head costs more than it gains (default: %(default)s)",
+        "where the head already dominates a drafting step (default: %(default)s)",
     )
     p.add_argument(
         "--total-tokens",

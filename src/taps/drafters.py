@@ -61,8 +61,8 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
 
 def scoring(drafter: Drafter, target, vocabulary: str = "auto") -> Drafter:
     """The drafter scoring `vocabulary` (see `TreeShape`): auto is the target's whole vocabulary on a
-    GPU (`Drafter.widen_vocabulary`: a few points of tau for microseconds there) and the vocabulary
-    the drafter was trained over on a CPU, where the larger head costs more than it gains."""
+    GPU (`Drafter.widen_vocabulary`: a few points of tau for one more small matmul a level there) and
+    the vocabulary the drafter was trained over on a CPU, where the head already dominates drafting."""
     whole = vocabulary == "whole" or (vocabulary == "auto" and target.model.device.type == "cuda")
     return drafter.widen_vocabulary(target.model) if whole else drafter
 
