@@ -71,7 +71,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="pad every decoding forward to N rows, so that plain steps and tree verification round "
         "alike and bf16 output equals plain decoding (8 on a CPU); trees then hold at most N - 1 nodes; "
         "0 = off (default: 64 on CUDA in bf16; else off: float32 is exact already, and on a CPU padding "
-        "costs bf16 plain steps more than drafting gains, see README)",
+        "costs bf16 plain steps more than drafting gains, see docs/speed-cpu.md)",
     )
 
 
@@ -95,7 +95,7 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None
         choices=["target", "corpus"],
         default="target",
         help="train on the target's own greedy replies to the corpus prompts (regenerated first; "
-        "measured to give the higher tau, see README) or on the corpus's replies (much cheaper) "
+        "measured to give the higher tau, see docs/drafters.md) or on the corpus's replies (much cheaper) "
         "(default: %(default)s)",
     )
     p.add_argument(
@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick preset: seeded prompts per benchmark (default: %(default)s)",
     )
     p.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s)")
-    # The quick preset must finish in about 15 minutes on 2 CPU cores without native bf16 (README).
+    # The quick preset must finish in about 15 minutes on 2 CPU cores without native bf16
+    # (docs/paper-comparisons.md has its timings).
     _add_eval_common(p, max_new_help="per turn (default: 32 for the quick preset, 64 with --full)")
     p.set_defaults(max_new_tokens=None)
     # A batch job: use every core by default (speed-ups are ratios measured at the same thread count).
