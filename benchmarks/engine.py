@@ -13,7 +13,8 @@ Prints, and writes as JSON with `--out`:
    on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`), the n-gram
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
-   the fixed 8/5/24 tree: tok/s, tau, ratio to HF generate and to taps plain, drafting /
+   the fixed 8/5/24 tree (at T > 0, each single drafter also with sampled drafts under the budget,
+   `[sampled]`): tok/s, tau, ratio to HF generate and to taps plain, drafting /
    verification ms per step, verified nodes per step, and how many outputs equal taps plain
    decoding token for token (with the first divergence where one does not).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
@@ -35,6 +36,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,11 +59,12 @@ PAIR = "eagle2-math,eagle2-chat"
 
 
 def decoder_rows(
-    target, graphs: bool, compile_hf: bool, extra: tuple[str, ...] = ()
+    target, graphs: bool, compile_hf: bool, extra: tuple[str, ...] = (), sampled: bool = False
 ) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
     drafter folders (say, one just trained) measured beside the shipped ones, each row named by its
-    folder's name (by its whole path where that name is a shipped drafter's)."""
+    folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): each
+    single drafter also drafts sampled chains under the budget (`--drafts sampled`), row `[sampled]`."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
     if compile_hf:
         rows.append(("hf static cache + compile", "hf-compile", "", None))
@@ -80,6 +83,8 @@ def decoder_rows(
             (f"{label} [auto]", strategy, names, AUTO_SHAPE),
             (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
         ]
+        if sampled and strategy == "single" and names != "ngram":
+            rows.append((f"{label} [sampled]", strategy, names, replace(AUTO_SHAPE, drafts="sampled")))
     # plain decoding again, at the other end of each prompt's round from "taps plain" (the order
     # reverses every prompt): identical to it, so its ratio is the run's own noise (on a shared 2-core
     # VM, +-10% per cell was seen), the yardstick for every other ratio in the table
@@ -353,7 +358,8 @@ def main() -> None:
     prompts = [encode_first_turn(target.tokenizer, p) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
     decoders, failed = {}, {}
-    for name, strategy, names, shape in decoder_rows(target, graphs, args.compile, extra):
+    rows = decoder_rows(target, graphs, args.compile, extra, sampled=args.temperature > 0)
+    for name, strategy, names, shape in rows:
         if wanted and not any(w in name for w in wanted) and not strategy.startswith(("hf", "plain")):
             continue
         try:

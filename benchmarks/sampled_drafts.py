@@ -9,9 +9,9 @@ p is the target's distribution of the next-but-one token and q the drafter's fir
 
 Columns: `top-1` (a chain's child, as verified today), `top-8` (all eight children of a level),
 `sampled` (one sampled child), `sampled + top-7` (a sampled child first, then the top 7 others on the
-residual), `target max` (the target's own most likely token). A study, not the engine: sampled drafts
-are exact only where the tree's structure does not depend on the sampled tokens themselves, which
-EAGLE-2's dynamic tree and taps' budget do not guarantee (see docs/paper-comparisons.md).
+residual), `target max` (the target's own most likely token). The engine drafts the one-child case
+with `--drafts sampled` (a chain: `TreeDrafter._sample_chain`); sampled children beside top-k siblings
+are not built (docs/paper-comparisons.md says why).
 
     TAPS_DATA_DIR=../shared/data python benchmarks/sampled_drafts.py --drafter eagle2-math --benchmark gsm8k
 """

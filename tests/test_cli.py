@@ -36,7 +36,7 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_features_train_on_the_targets_own_replies_by_default():
-    """Regenerated replies gave the higher tau at equal budget (README, budget curve): the default."""
+    """Regenerated replies gave the higher tau at equal budget (docs/drafters.md): the default."""
     args = build_parser().parse_args(["features", "--corpus", "math", "--out", "x"])
     assert args.replies == "target"
 
@@ -49,3 +49,18 @@ def test_reproduce_rows_cover_every_combination_of_each_family():
         for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut"):
             assert f"{strategy}={family}-math,{family}-chat" in rows
     assert rows[:2] == ["plain", "ngram"] and default_rows("no-such-target") == ["plain", "ngram"]
+
+
+def test_sampled_drafts_reach_the_tree_shape_and_bad_values_are_refused(capsys):
+    from taps.cli import _tree_shape
+    from taps.spec.propose import TreeShape
+
+    parser = build_parser()
+    args = parser.parse_args(["generate", "hi", "--temperature", "1", "--drafts", "sampled"])
+    assert _tree_shape(args).drafts == "sampled"
+    assert _tree_shape(parser.parse_args(["generate", "hi"])).drafts == "top-k"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "hi", "--drafts", "random"])
+    assert "invalid choice: 'random'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="drafts must be"):
+        TreeShape(drafts="random")

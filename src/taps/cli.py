@@ -44,6 +44,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "where the head already dominates a drafting step (default: %(default)s)",
     )
     p.add_argument(
+        "--drafts",
+        choices=["top-k", "sampled"],
+        default="top-k",
+        help="top-k = each node's children are the drafter's best tokens (EAGLE-2); sampled = at "
+        "temperature > 0 a lone drafter drafts a chain of tokens drawn from its own distribution, "
+        "verified by speculative sampling (more of them accepted; greedy decoding and combinations "
+        "keep top-k) (default: %(default)s)",
+    )
+    p.add_argument(
         "--total-tokens",
         type=int,
         default=None,
@@ -158,6 +167,7 @@ def _tree_shape(args):
         args.total_tokens or base.total_tokens,
         base.budget,
         args.vocabulary,
+        args.drafts,
     )
 
 

@@ -93,7 +93,10 @@ def make_strategy(strategy: str, names: list[str], target, shape: TreeShape = Tr
         if flat is not None:
             share = len(names) if strategy == "merged" else 1
             shape = dataclasses.replace(
-                flat, total_tokens=flat.total_tokens // share, vocabulary=shape.vocabulary
+                flat,
+                total_tokens=flat.total_tokens // share,
+                vocabulary=shape.vocabulary,
+                drafts=shape.drafts,
             )
     rows = invariant_rows(target.model)
     shape = dataclasses.replace(shape, total_tokens=cap_tree(shape.total_tokens, rows))

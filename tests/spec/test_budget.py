@@ -16,6 +16,8 @@ from taps.spec.budget import (
     BudgetedProposer,
     CostScales,
     TreeBudget,
+    _best_count,
+    _leading_count,
 )
 from taps.spec.costs import CostCurve, load_or_measure, non_decreasing
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -382,11 +384,13 @@ def test_frontier_expands_only_the_nodes_that_can_pay():
     assert TreeBudget(STEEP).frontier_width(scores, depth, scores, level=1) == 0
 
 
-def test_budgeted_sampling_follows_the_target_distribution(tmp_path):
+@pytest.mark.parametrize("drafts", ["top-k", "sampled"])
+def test_budgeted_sampling_follows_the_target_distribution(tmp_path, drafts):
     from tests.spec.test_sampling import _chi2_ok, _sampling_target
 
     target, prompt, p2 = _sampling_target(tmp_path)
-    inner = DrafterProposer(random_drafter(target, seed=2), TreeShape(top_k=3, depth=3, total_tokens=8))
+    shape = TreeShape(top_k=3, depth=3, total_tokens=8, drafts=drafts)
+    inner = DrafterProposer(random_drafter(target, seed=2), shape)
     gen = SpeculativeGenerator(target, BudgetedProposer(inner, _Scripted(FLAT, [True, True, False])))
     counts, accepted = np.zeros(len(p2)), 0
     for seed in range(3000):
@@ -395,6 +399,16 @@ def test_budgeted_sampling_follows_the_target_distribution(tmp_path):
         accepted += out.steps[0].accepted
     assert accepted > 200
     assert _chi2_ok(counts, p2.numpy())
+
+
+def test_sampled_chains_are_kept_node_by_node_without_look_ahead():
+    """Whether a sampled node is verified must not hang on its descendants (they depend on its drawn
+    token), so the budget keeps a sampled tree's leading nodes that each pay for themselves."""
+    price = torch.tensor([0.0, 0.0, 0.5, 0.6, 0.7], dtype=torch.float64)  # the first node dear, then cheap
+    p = torch.tensor([0.4, 0.35, 0.3])
+    assert _best_count(p, price) == 3  # looking ahead, the cheap later nodes pay for the first
+    assert _leading_count(p, price) == 0  # node by node, the first does not pay for itself
+    assert _leading_count(torch.tensor([0.6, 0.35, 0.05]), price) == 2
 
 
 def test_a_pause_carries_over_to_the_next_generation():

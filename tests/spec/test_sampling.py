@@ -52,6 +52,41 @@ def test_verifier_emits_target_distribution_with_duplicate_siblings(temperature,
     assert _chi2_ok(second_after_2, p[1])  # row of node 0: the target's distribution after token 2
 
 
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.0, 0.8)])
+def test_verifier_emits_target_distribution_for_sampled_chains(temperature, top_p):
+    """A chain of tokens drawn from proposal distributions q (over part of the vocabulary, as a drafter's
+    draft vocabulary), verified by speculative sampling: every emitted token follows the target."""
+    vocab = 6
+    gen_logits = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, vocab, generator=gen_logits) * 1.5
+    ids = torch.tensor([0, 2, 3, 5])  # the proposals' support: tokens 1 and 4 are never drafted
+    q = torch.softmax(torch.randn(2, len(ids), generator=gen_logits), -1)
+    gen = torch.Generator().manual_seed(1)
+    first, second = np.zeros(vocab), np.zeros(vocab)
+    accepted = 0
+    for _ in range(20000):
+        draws = [int(ids[torch.multinomial(q[i], 1, generator=gen)]) for i in range(2)]
+        tree = DraftTree(
+            tokens=torch.tensor(draws),
+            parents=torch.tensor([-1, 0]),
+            scores=torch.zeros(2),
+            entropies=torch.zeros(2),
+            sources=torch.zeros(2, dtype=torch.long),
+            proposals=q,
+            proposal_ids=ids,
+        )
+        v = verify_sampling(tree, logits, temperature, gen, top_p)
+        emitted = tree.tokens[v.accepted].tolist() + [v.bonus]
+        first[emitted[0]] += 1
+        if v.accepted:  # after the first node the target's row is logits[1], whatever was drawn here
+            second[emitted[1]] += 1
+            accepted += 1
+    p = target_probs(logits, temperature, top_p).numpy()
+    assert accepted > 5000
+    assert _chi2_ok(first, p[0])
+    assert _chi2_ok(second, p[1])
+
+
 class _DuplicatingProposer(Proposer):
     """Wraps a proposer and repeats its root children, so the verifier sees duplicate siblings."""
 
@@ -90,16 +125,22 @@ def _sampling_target(folder):
     return target, prompt, p1 @ p2_given
 
 
-@pytest.mark.parametrize("variant", ["drafter", "duplicate siblings", "widened vocabulary"])
+@pytest.mark.parametrize(
+    "variant", ["drafter", "duplicate siblings", "widened vocabulary", "sampled", "sampled, draft vocabulary"]
+)
 def test_generated_tokens_follow_the_target_distribution(tmp_path, variant):
-    """Also for a drafter trained over part of the vocabulary, widened to all of it (as on a GPU)."""
+    """Also for a drafter trained over part of the vocabulary, widened to all of it (as on a GPU), and
+    for sampled drafts (`--drafts sampled`), over the whole vocabulary or a draft vocabulary."""
     target, prompt, p2 = _sampling_target(tmp_path)
     vocab = len(p2)
     if variant == "widened vocabulary":
         drafter = random_drafter(target, seed=2, draft_vocab=vocab // 2).widen_vocabulary(target)
+    elif variant == "sampled, draft vocabulary":
+        drafter = random_drafter(target, seed=2, draft_vocab=vocab // 2)
     else:
         drafter = random_drafter(target, seed=2)
-    proposer = DrafterProposer(drafter, TreeShape(top_k=3, depth=3, total_tokens=8))
+    drafts = "sampled" if variant.startswith("sampled") else "top-k"
+    proposer = DrafterProposer(drafter, TreeShape(top_k=3, depth=3, total_tokens=8, drafts=drafts))
     gen = SpeculativeGenerator(
         target, _DuplicatingProposer(proposer) if variant == "duplicate siblings" else proposer
     )
@@ -109,4 +150,31 @@ def test_generated_tokens_follow_the_target_distribution(tmp_path, variant):
         counts[out.tokens[1]] += 1
         accepted += out.steps[0].accepted
     assert accepted > 300  # the drafts really are being accepted, so the tree path is exercised
+    assert (proposer.trees.sampling is not None) == (drafts == "sampled")  # it really drafted by sampling
     assert _chi2_ok(counts, p2.numpy())
+
+
+def test_a_sampled_chain_is_shaped_by_its_ancestors_alone(tiny_target):
+    """Exactness needs whether a sampled node is drafted and verified not to depend on its own token:
+    a node scores its parent's score plus the log of its proposal's largest probability, whatever was
+    drawn, and without a budget the chain always runs the shape's depth."""
+    drafter = random_drafter(tiny_target, seed=2, draft_vocab=40)
+    proposer = DrafterProposer(drafter, TreeShape(3, 4, 8, drafts="sampled"))
+    features = torch.randn(5, tiny_target.shape.hidden_size, generator=torch.Generator().manual_seed(0))
+    tokens = torch.tensor([3, 9, 4, 7, 1, 2])
+    first_scores, first_tokens = set(), set()
+    for seed in range(12):
+        proposer.reset()
+        proposer.sample_drafts(1.0, torch.Generator().manual_seed(seed))
+        tree = proposer.propose(tokens, features)
+        assert tree.sampled and len(tree) == 4 and tree.parents.tolist() == [-1, 0, 1, 2]
+        parent_scores = torch.cat([torch.zeros(1), tree.scores[:-1]])
+        assert torch.allclose(tree.scores, parent_scores + tree.proposals.max(-1).values.log())
+        drawn = (tree.proposal_ids[None] == tree.tokens[:, None]).float().argmax(-1)
+        assert bool((tree.proposals.gather(1, drawn[:, None]) > 0).all())  # each token from its proposal
+        first_scores.add(round(float(tree.scores[0]), 6))
+        first_tokens.add(int(tree.tokens[0]))
+    assert len(first_tokens) > 1 and len(first_scores) == 1  # drawn tokens vary; the first score does not
+    proposer.sample_drafts(0.0, torch.Generator())  # greedy: the top-k tree
+    proposer.reset()
+    assert not proposer.propose(tokens, features).sampled

@@ -276,6 +276,7 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
         old.setdefault(key, meta[key])
     if isinstance(old_grid.get("shape"), dict):  # runs from before --vocabulary scored the trained one
         old_grid["shape"].setdefault("vocabulary", "auto")
+        old_grid["shape"].setdefault("drafts", "top-k")  # and before --drafts sampled
     changed = [
         f"{k} {old.get(k)} -> {meta[k]}"
         for k in ("target", "threads", "device", "dtype", "pad_rows")

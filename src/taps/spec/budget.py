@@ -291,7 +291,8 @@ class TreeBudget:
         # bins nothing, and a budget whose estimates had sunk below paying would stay paused for good
         # (seen at T = 1: hass-math plain on whole GSM8K prompts it drafted at 1.2-1.3x before).
         least = 1 if self._probing else 0
-        chosen = order[: max(least, _best_count(p[order], self.rate * self.costs.priced))]
+        count = _leading_count if tree.sampled else _best_count  # sampled: no look-ahead (exactness)
+        chosen = order[: max(least, count(p[order], self.rate * self.costs.priced))]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
         self._binned = float(binned[keep].sum())
@@ -387,6 +388,15 @@ def _best_count(p_sorted: torch.Tensor, price: torch.Tensor) -> int:
     return int(gain.argmax())
 
 
+def _leading_count(p_sorted: torch.Tensor, price: torch.Tensor) -> int:
+    """The leading nodes each of which adds more than it costs (p[j] > price[j + 2] - price[j + 1]),
+    decided node by node without looking further down: a sampled node's descendants depend on its
+    drawn token, so letting them decide whether it is verified would bias what it is accepted as."""
+    n = torch.arange(1, len(p_sorted) + 1)
+    losing = (p_sorted.double() <= price[n + 1] - price[n]).nonzero()
+    return int(losing[0]) if len(losing) else len(p_sorted)
+
+
 def _monotone(p: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
     """A child is never likelier than its parent (it needs the parent accepted first)."""
     # One pass in topological order (parents precede children), in Python: a tree holds a few dozen
@@ -444,6 +454,9 @@ class BudgetedProposer(Proposer):
         if self.history is not None:
             self.history.append(self.inner.history[-1])
         return self.budget.choose(tree)
+
+    def sample_drafts(self, temperature: float, generator: torch.Generator) -> None:
+        self.inner.sample_drafts(temperature, generator)
 
     def observe(self, record) -> None:
         self.budget.observe(

@@ -5,6 +5,10 @@ token, a parent (-1 for the root, otherwise an earlier node: the order is topolo
 (sum of draft log-probs along its path, so exp(score) is its cumulative confidence), the draft
 entropy of the distribution it was drawn from, and a bit mask of the proposers that drafted it
 (bit i = member i of a combination; a lone proposer is member 0).
+
+A sampled tree (`proposals` set) holds nodes drawn from the drafter's distribution rather than picked
+as its top-k: row i of `proposals` is the distribution node i was drawn from (over the draft
+vocabulary `proposal_ids`), which the verifier needs for its acceptance rule (`taps.spec.verify`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,17 @@ class DraftTree:
     scores: torch.Tensor  # [m] float, cumulative draft log-prob
     entropies: torch.Tensor  # [m] float, entropy of the draft distribution at the parent (nan if none)
     sources: torch.Tensor  # [m] long, bit mask of the proposers that drafted the node
+    proposals: torch.Tensor | None = None  # [m, v] float: the distribution each node was sampled from
+    proposal_ids: torch.Tensor | None = None  # [v] long: the target token id of each proposal column
 
     def __post_init__(self) -> None:
         m = self.tokens.shape[0]
         if any(t.shape != (m,) for t in (self.parents, self.scores, self.entropies, self.sources)):
             raise ValueError("DraftTree fields must all have shape [m]")
+        if (self.proposals is None) != (self.proposal_ids is None) or (
+            self.proposals is not None and self.proposals.shape != (m, *self.proposal_ids.shape)
+        ):
+            raise ValueError("a sampled DraftTree needs proposals [m, v] and proposal_ids [v]")
         if m and bool((self.parents >= torch.arange(m, device=self.parents.device)).any()):
             raise ValueError("DraftTree parents must precede their children")
 
@@ -70,12 +80,17 @@ class DraftTree:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    @property
+    def sampled(self) -> bool:
+        """Whether the nodes were drawn from `proposals` (verified by speculative sampling)."""
+        return self.proposals is not None
+
     def to(self, device: torch.device | str) -> DraftTree:
         if self.tokens.device == torch.device(device):
             return self
-        return DraftTree(
-            *(t.to(device) for t in (self.tokens, self.parents, self.scores, self.entropies, self.sources))
-        )
+        fields = (self.tokens, self.parents, self.scores, self.entropies, self.sources)
+        extra = (self.proposals, self.proposal_ids)
+        return DraftTree(*(t.to(device) for t in fields), *(t if t is None else t.to(device) for t in extra))
 
     def subtree(self, keep: torch.Tensor) -> DraftTree:
         """The nodes `keep` (ascending indices, closed under parents), renumbered in their order."""
@@ -84,7 +99,13 @@ class DraftTree:
         parents = self.parents[keep]
         parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], -1)
         return DraftTree(
-            self.tokens[keep], parents, self.scores[keep], self.entropies[keep], self.sources[keep]
+            self.tokens[keep],
+            parents,
+            self.scores[keep],
+            self.entropies[keep],
+            self.sources[keep],
+            None if self.proposals is None else self.proposals[keep],
+            self.proposal_ids,
         )
 
     def best(self, count: int) -> DraftTree:

@@ -1,8 +1,11 @@
 """Tree verification: which drafted nodes the target accepts, and the bonus token after them.
 
 Both rules are lossless: greedy reproduces the target's argmax path exactly, and the sampling rule
-(for deterministic drafts, such as top-k trees) makes each emitted token follow the target's own
-distribution. `logits[0]` belongs to the root, `logits[i + 1]` to node i.
+makes each emitted token follow the target's own distribution: for deterministic drafts (top-k
+trees) a child x is accepted with the residual probability p(x); a child drawn from the drafter's
+distribution q (a sampled tree) with probability min(1, p(x) / q(x)), and after a rejection the
+residual is (p - q)+, renormalised (speculative sampling). `logits[0]` belongs to the root,
+`logits[i + 1]` to node i.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
 def verify_sampling(
     tree: DraftTree, logits: torch.Tensor, temperature: float, generator: torch.Generator, top_p: float = 1.0
 ) -> Verdict:
-    """Try children in order: accept token x with the residual probability p(x); on rejection zero
-    p(x) and renormalise; if no child is accepted, the bonus token is drawn from the residual."""
+    """Try children in order: accept token x with the residual probability p(x) (a sampled child:
+    min(1, p(x) / q(x))); on rejection zero p(x) (subtract q) and renormalise; if no child is
+    accepted, the bonus token is drawn from the residual. A sampled tree holds one child per node."""
     probs = target_probs(logits, temperature, top_p).cpu()  # the generator and the walk live on the host
     children = tree.children()
     tokens = tree.tokens.tolist()
@@ -63,13 +67,20 @@ def verify_sampling(
         nxt = None
         for c in children[row]:
             x = tokens[c]
-            px = float(p[x])
-            if px > 0.0 and float(torch.rand((), generator=generator)) < px:
-                nxt = c
-                break
-            p[x] = 0.0
+            if tree.sampled:
+                q = torch.zeros_like(p).index_put_((tree.proposal_ids,), tree.proposals[c].float())
+                if float(torch.rand((), generator=generator)) * float(q[x]) < float(p[x]):
+                    nxt = c
+                    break
+                p = (p - q).clamp_(min=0.0)
+            else:
+                px = float(p[x])
+                if px > 0.0 and float(torch.rand((), generator=generator)) < px:
+                    nxt = c
+                    break
+                p[x] = 0.0
             total = float(p.sum())
-            if total <= 0.0:  # x held all the mass; only float rounding can reject it
+            if total <= 0.0:  # x held all the mass (or q covered p): only float rounding rejects it
                 nxt = c
                 break
             p /= total
