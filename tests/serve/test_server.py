@@ -195,6 +195,7 @@ BAD_REQUESTS = [
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "max_tokens": 10_000}, 400, "context"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "n": 2}, 400, "n"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "top_p": 0}, 400, "top_p"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "seed": 1 << 70}, 400, "seed"),
     (
         "chat/completions",
         {"model": "tiny", "messages": MESSAGES, "taps": {"strategy": "vote"}},

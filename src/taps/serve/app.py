@@ -47,7 +47,7 @@ class SamplingRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=1 << 63)  # what a torch generator takes
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1

@@ -131,7 +131,8 @@ class SpeculativeGenerator:
         if self.proposer is not None:
             self.proposer.reset()
             # a generator of its own for sampled drafts (`TreeShape.drafts`), apart from verification's
-            self.proposer.sample_drafts(config.temperature, torch.Generator().manual_seed(config.seed + 1))
+            draft_seed = (config.seed + 1) % (1 << 64)
+            self.proposer.sample_drafts(config.temperature, torch.Generator().manual_seed(draft_seed))
         tokens = list(prompt_ids)
         hidden = target(torch.tensor(tokens, device=device), cache)
         root = sample_token(target.logits(hidden[-1]), config.temperature, generator, config.top_p)
