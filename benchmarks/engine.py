@@ -13,10 +13,10 @@ Prints, and writes as JSON with `--out`:
    on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`), the n-gram
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
-   the fixed 8/5/24 tree (at T > 0, each single drafter also with sampled drafts under the budget,
-   `[sampled]`): tok/s, tau, ratio to HF generate and to taps plain, drafting /
-   verification ms per step, verified nodes per step, and how many outputs equal taps plain
-   decoding token for token (with the first divergence where one does not).
+   the fixed 8/5/24 tree (at T > 0 the `[auto]` rows of single drafters draft sampled chains on a
+   CPU, `--drafts auto`; each also runs with top-k trees, `[auto top-k]`): tok/s, tau, ratio to HF
+   generate and to taps plain, drafting / verification ms per step, verified nodes per step, and how
+   many outputs equal taps plain decoding token for token (with the first divergence where one does not).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.
@@ -63,8 +63,9 @@ def decoder_rows(
 ) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
     drafter folders (say, one just trained) measured beside the shipped ones, each row named by its
-    folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): each
-    single drafter also drafts sampled chains under the budget (`--drafts sampled`), row `[sampled]`."""
+    folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): the
+    `[auto]` rows of single drafters draft sampled chains on a CPU (`--drafts auto`), so each also
+    runs with top-k trees, row `[auto top-k]`."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
     if compile_hf:
         rows.append(("hf static cache + compile", "hf-compile", "", None))
@@ -83,8 +84,8 @@ def decoder_rows(
             (f"{label} [auto]", strategy, names, AUTO_SHAPE),
             (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
         ]
-        if sampled and strategy == "single" and names != "ngram":
-            rows.append((f"{label} [sampled]", strategy, names, replace(AUTO_SHAPE, drafts="sampled")))
+        if sampled and strategy == "single" and names != "ngram":  # what `--drafts auto` samples against
+            rows.append((f"{label} [auto top-k]", strategy, names, replace(AUTO_SHAPE, drafts="top-k")))
     # plain decoding again, at the other end of each prompt's round from "taps plain" (the order
     # reverses every prompt): identical to it, so its ratio is the run's own noise (on a shared 2-core
     # VM, +-10% per cell was seen), the yardstick for every other ratio in the table

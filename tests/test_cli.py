@@ -58,7 +58,7 @@ def test_sampled_drafts_reach_the_tree_shape_and_bad_values_are_refused(capsys):
     parser = build_parser()
     args = parser.parse_args(["generate", "hi", "--temperature", "1", "--drafts", "sampled"])
     assert _tree_shape(args).drafts == "sampled"
-    assert _tree_shape(parser.parse_args(["generate", "hi"])).drafts == "top-k"
+    assert _tree_shape(parser.parse_args(["generate", "hi"])).drafts == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "hi", "--drafts", "random"])
     assert "invalid choice: 'random'" in capsys.readouterr().err

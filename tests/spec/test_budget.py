@@ -384,8 +384,9 @@ def test_frontier_expands_only_the_nodes_that_can_pay():
     assert TreeBudget(STEEP).frontier_width(scores, depth, scores, level=1) == 0
 
 
-@pytest.mark.parametrize("drafts", ["top-k", "sampled"])
+@pytest.mark.parametrize("drafts", ["top-k", "auto"])
 def test_budgeted_sampling_follows_the_target_distribution(tmp_path, drafts):
+    """`--drafts auto` drafts sampled chains under a budget that decides level by level."""
     from tests.spec.test_sampling import _chi2_ok, _sampling_target
 
     target, prompt, p2 = _sampling_target(tmp_path)
@@ -399,6 +400,7 @@ def test_budgeted_sampling_follows_the_target_distribution(tmp_path, drafts):
         accepted += out.steps[0].accepted
     assert accepted > 200
     assert _chi2_ok(counts, p2.numpy())
+    assert (inner.trees.sampling is not None) == (drafts == "auto")
 
 
 def test_sampled_chains_are_kept_node_by_node_without_look_ahead():

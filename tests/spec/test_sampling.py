@@ -178,3 +178,6 @@ def test_a_sampled_chain_is_shaped_by_its_ancestors_alone(tiny_target):
     proposer.sample_drafts(0.0, torch.Generator())  # greedy: the top-k tree
     proposer.reset()
     assert not proposer.propose(tokens, features).sampled
+    auto = DrafterProposer(drafter, TreeShape(3, 4, 8))  # `--drafts auto` without a budget: top-k
+    auto.sample_drafts(1.0, torch.Generator())
+    assert auto.trees.sampling is None

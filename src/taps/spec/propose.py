@@ -54,14 +54,16 @@ class TreeShape:
     (the target's; `Drafter.widen_vocabulary`), or "auto" (whole on a GPU, trained on a CPU).
     `drafts`: "top-k" (each node's children are the drafter's best tokens), or "sampled": at T > 0 a
     lone drafter drafts a chain, each token drawn from its distribution at that temperature
-    (`TreeDrafter._sample_chain`); at T = 0, and in combinations, the top-k tree."""
+    (`TreeDrafter._sample_chain`); at T = 0, and in combinations, the top-k tree. "auto": sampled where
+    a budget drafts level by level (a CPU under `--tree auto`, where trees are a few nodes and a drawn
+    token is accepted more often than a top-1 one), top-k where whole trees are verified."""
 
     top_k: int = 8
     depth: int = 5
     total_tokens: int = 24
     budget: str = "fixed"
     vocabulary: str = "auto"
-    drafts: str = "top-k"
+    drafts: str = "auto"
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.depth < 1 or self.total_tokens < 1:
@@ -72,8 +74,8 @@ class TreeShape:
             raise ValueError(
                 f"draft vocabulary must be 'auto', 'trained' or 'whole', got {self.vocabulary!r}"
             )
-        if self.drafts not in ("top-k", "sampled"):
-            raise ValueError(f"drafts must be 'top-k' or 'sampled', got {self.drafts!r}")
+        if self.drafts not in ("auto", "top-k", "sampled"):
+            raise ValueError(f"drafts must be 'auto', 'top-k' or 'sampled', got {self.drafts!r}")
 
 
 AUTO_SHAPE = TreeShape(top_k=8, depth=6, total_tokens=48, budget="auto")  # limits for the auto budget
@@ -113,8 +115,8 @@ class DrafterProposer(Proposer):
         self.trees.reset()
 
     def sample_drafts(self, temperature: float, generator: torch.Generator) -> None:
-        sampled = self.shape.drafts == "sampled" and temperature > 0
-        self.trees.sampling = (temperature, generator) if sampled else None
+        wanted = self.shape.drafts == "sampled" or (self.shape.drafts == "auto" and self.budget is not None)
+        self.trees.sampling = (temperature, generator) if wanted and temperature > 0 else None
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
         return self.trees.propose_all(tokens, features)[0]
