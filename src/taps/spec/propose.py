@@ -255,8 +255,9 @@ class TreeDrafter:
         return pool
 
     def _sample_chain(self, root_hidden: torch.Tensor, source: int) -> DraftTree:
-        """At T > 0 (`TreeShape.drafts == "sampled"`): a chain, each token drawn from the drafter's
-        distribution q at the sampling temperature. Verified by speculative sampling, a drawn token is
+        """At T > 0 (`TreeShape.drafts`: sampled, or auto under a budget): a chain, each token drawn
+        from the drafter's distribution q at the sampling temperature. Verified by speculative
+        sampling, a drawn token is
         accepted with probability 1 - TV(p, q), a top-1 token with p(top-1) only: on the target's own
         T = 1 text, 0.565 against 0.432 per level for eagle2-math on GSM8K, 0.437 against 0.359 for
         eagle2-chat on MT-Bench (`benchmarks/sampled_drafts.py`). That is exact only if whether a node
