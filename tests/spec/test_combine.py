@@ -1,5 +1,7 @@
 """Combination strategies: trie merge, routing, and losslessness for N >= 2 drafters."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from taps.spec.combine import (
     tree_entropy,
 )
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
-from taps.spec.propose import DrafterProposer, TreeShape
+from taps.spec.propose import DrafterProposer, Proposer, TreeShape
 from taps.spec.tree import DraftTree
 from tests.conftest import random_drafter
 from tests.spec.test_lossless import PROMPTS, OracleProposer, greedy
@@ -60,6 +62,53 @@ def test_router_picks_by_signal():
     assert tree_confidence(confident) > tree_confidence(unsure)
     assert tree_entropy(confident) < tree_entropy(unsure)
     assert tree_confidence(DraftTree.empty()) == 0 and tree_entropy(DraftTree.empty()) == float("inf")
+
+
+class _Scripted(Proposer):
+    """Hands out the given trees, one a step."""
+
+    def __init__(self, trees):
+        self.trees, self.step = trees, 0
+
+    def propose(self, tokens, features):
+        self.step += 1
+        return self.trees[self.step - 1]
+
+
+def _confident(p: float) -> DraftTree:
+    return _tree([[1]], [float(np.log(p))], 0)
+
+
+def test_router_smooths_its_signal_over_a_generation():
+    # member 0 is far ahead at step 1, member 1 a little ahead from step 2 on
+    script = [[_confident(0.9)] + [_confident(0.6)] * 9, [_confident(0.5)] + [_confident(0.7)] * 9]
+
+    def choices(smoothing):
+        router = RoutedProposer([_Scripted(t) for t in script], "confidence", smoothing=smoothing)
+        for _ in range(10):
+            router.propose(torch.zeros(1, dtype=torch.long), torch.zeros(1, 4))
+        return router.choices
+
+    assert choices(0.0) == [0] + [1] * 9  # step by step
+    smoothed = choices(0.8)  # 0.9 vs 0.5 decays by 0.8 a step toward 0.6 vs 0.7
+    assert smoothed[:2] == [0, 0] and smoothed[-1] == 1
+    with pytest.raises(ValueError, match="smoothing"):
+        RoutedProposer([_Scripted([]), _Scripted([])], smoothing=1.0)
+
+
+def test_router_smoothing_restarts_with_each_generation_and_skips_empty_trees():
+    sure, empty = _tree([[1]], [-0.1], 0), DraftTree.empty()
+    unsure = _tree([[2]], [-1.0], 0)
+    router = RoutedProposer(
+        [_Scripted([sure, empty, unsure]), _Scripted([unsure, unsure, sure])], "entropy", smoothing=0.8
+    )
+    step = lambda: router.propose(torch.zeros(1, dtype=torch.long), torch.zeros(1, 4))  # noqa: E731
+    step()
+    step()  # member 0's empty tree (inf entropy) is not chosen and leaves its average alone
+    assert router.choices == [0, 1] and math.isfinite(router._smoothed[0])
+    router.reset()
+    step()  # a new generation starts from this step's signal alone
+    assert router.choices == [1]
 
 
 def _members(target, n, shape, oracle_ref=None, seed=0):

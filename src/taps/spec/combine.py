@@ -90,19 +90,34 @@ def tree_entropy(tree: DraftTree) -> float:
 
 class RoutedProposer(Proposer):
     """Verify only the tree of the member with the best score: highest mean confidence, or lowest
-    mean entropy. `choices` and `history` (per step since reset) let evaluation study the router."""
+    mean entropy, each smoothed over the steps of a generation (an exponential moving average with
+    weight `smoothing` on the past; 0 = this step alone). One step's signal swings with the drafters'
+    certainty at that one position, while which member suits a reply is mostly a property of the
+    reply (its domain). Smoothed, confidence routing sent 98-100% of GSM8K and SVAMP steps to the math
+    drafter (75-83% step by step) and gained 1.6% tau at T = 0 for the EAGLE-2 pair, level for the
+    HASS pair (`docs/paper-comparisons.md`, "Smoothed routing"). `choices` and `history` (per step
+    since reset) let evaluation study the router."""
 
-    def __init__(self, members: list[Proposer], signal: str = "confidence", batched: bool = True):
+    def __init__(
+        self,
+        members: list[Proposer],
+        signal: str = "confidence",
+        batched: bool = True,
+        smoothing: float = 0.8,
+    ):
         if len(members) < 2 or signal not in ("confidence", "entropy"):
             raise ValueError("routing needs >= 2 members and signal 'confidence' or 'entropy'")
-        self.members, self.signal = members, signal
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"router smoothing must be in [0, 1), got {smoothing}")
+        self.members, self.signal, self.smoothing = members, signal, smoothing
         self.committee = Committee(members, batched)
         self.name = f"route:{signal}"
         self.choices: list[int] = []
         self.history: list[list[DraftTree]] = []  # every member's tree, per step since reset
+        self._smoothed: list[float | None] | None = None
 
     def reset(self) -> None:
-        self.choices, self.history = [], []
+        self.choices, self.history, self._smoothed = [], [], None
         self.committee.reset()
 
     def attach_budget(self, budget) -> None:
@@ -111,12 +126,26 @@ class RoutedProposer(Proposer):
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
         trees = self.committee.propose(tokens, features)
         self.history.append(trees)
-        if self.signal == "confidence":
-            scores = [tree_confidence(t) for t in trees]
-        else:
-            scores = [-tree_entropy(t) for t in trees]
+        scores = self._smooth([self.score(t) for t in trees])
         self.choices.append(max(range(len(scores)), key=lambda i: scores[i]))
         return trees[self.choices[-1]]
+
+    def score(self, tree: DraftTree) -> float:
+        """This step's signal for one member's tree: higher is better."""
+        return tree_confidence(tree) if self.signal == "confidence" else -tree_entropy(tree)
+
+    def _smooth(self, scores: list[float]) -> list[float]:
+        """The moving average of each member's signal; a step without a signal (an empty tree's
+        -inf entropy) neither counts nor wins."""
+        if self._smoothed is None:
+            self._smoothed = [s if math.isfinite(s) else None for s in scores]
+        else:
+            w = self.smoothing
+            self._smoothed = [
+                old if not math.isfinite(s) else s if old is None else w * old + (1 - w) * s
+                for old, s in zip(self._smoothed, scores)
+            ]
+        return [old if old is not None and math.isfinite(s) else s for old, s in zip(self._smoothed, scores)]
 
 
 def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
