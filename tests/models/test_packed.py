@@ -5,7 +5,7 @@ import torch
 
 import taps.device
 from taps.models import packed
-from taps.models.packed import INT8, ONEDNN, PackedLinear, PackedMembers, drafting_kernel
+from taps.models.packed import INT8, ONEDNN, PackedLinear, PackedMatmul, PackedMembers, drafting_kernel
 from taps.models.stacked import stack_drafters
 from taps.models.target import TargetModel
 from tests.conftest import random_drafter
@@ -38,17 +38,37 @@ def test_packed_target_matches_plain_forward(tiny_dirs):
 
 
 @pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (576, 1536), (960, 576), (3072, 576)])
-def test_onednn_rows_are_bit_identical_whatever_the_row_count(shape):
+def test_packed_rows_are_bit_identical_whatever_the_row_count(shape):
     """(The default target's projections; the last two are its fused q/k/v and gate/up.)
     Float32 losslessness rests on this: a row's result must not depend on how many rows share the
     matmul (1 in plain decoding, a tree's node count in verification). MKL's F.linear breaks it, and so
-    does a oneDNN weight packed with a 1-row hint; a torch upgrade that changed the kernel would show here."""
+    does a oneDNN weight packed with a 1-row hint; oneDNN itself computes a lone row apart on some CPUs
+    (a Zen 4 EPYC, 1536 inputs), which the packed layers detect and route around. A torch upgrade that
+    changed the kernel would show here."""
     _require(ONEDNN)
     weight, x = torch.randn(*shape) * 0.02, torch.randn(16, shape[1])
+    linear = torch.nn.Linear(shape[1], shape[0], bias=False)
+    linear.weight.data.copy_(weight)
+    layer, fused = PackedLinear(linear, ONEDNN), PackedMatmul.of(weight, ONEDNN)
+    raw = ONEDNN.matmul(x, layer.packed, None)
+    apart = not torch.equal(ONEDNN.matmul(x[:1], layer.packed, None), raw[:1])
+    assert layer.widen_single == fused.widen_single == apart
+    for run in (layer, fused):
+        full = run(x)
+        for rows in (1, 2, 3, 5, 8, 13):
+            assert torch.equal(run(x[:rows]), full[:rows]), rows
+        assert torch.equal(run(x[:1].view(1, 1, -1)), full[:1].view(1, 1, -1))  # [batch, tokens, in] too
+
+
+def test_a_lone_row_runs_as_two_where_the_kernel_computes_it_apart():
+    _require(ONEDNN)
+    weight, x = torch.randn(8, 1536) * 0.02, torch.randn(1, 1536)
     packed_weight = ONEDNN.pack(weight)
-    full = ONEDNN.matmul(x, packed_weight, None)
-    for rows in (1, 2, 3, 5, 8, 13):
-        assert torch.equal(ONEDNN.matmul(x[:rows], packed_weight, None), full[:rows]), rows
+    two = ONEDNN.matmul(x.repeat(2, 1), packed_weight, None)[:1]
+    assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, True), two)
+    alone = ONEDNN.matmul(x, packed_weight, None)
+    assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, False), alone)
+    assert not packed.single_row_apart(INT8, None, 1536, torch.float32)  # int8 drafting is never widened
 
 
 @pytest.mark.parametrize("kernel", [ONEDNN, INT8], ids=lambda k: k.name)

@@ -11,6 +11,10 @@ with its weight packed once at load time:
   Its one price: for a single row MKL streams cold weights ~13% faster. Neither MKL nor oneDNN with
   a 1-row packing hint (`_reorder_linear_weight(w, 1)`, a gemv path for one row) gives a row the same
   bits whatever the row count, and exact verification needs that, so the target keeps this packing.
+  Even so, on some CPUs oneDNN computes a lone row by another path than two or more: on a Zen 4 EPYC
+  (AVX-512) every product with more than 1024 inputs (the target's down projection) gave 1 row other
+  bits than 2-64 rows, which agreed with each other. Each packed weight is probed once
+  (`single_row_apart`) and, where that happens, a lone row runs as two (same cost there: 68 us).
 - INT8, for drafters on CPUs without native bf16 (int8 weights per output channel, activations
   quantized per call; fbgemm). A drafting level is memory-bound there: in float32 the drafter's
   weights and its 8192-row head are ~36 MB read per level. In int8 the head's matmul ran ~10x
@@ -69,6 +73,23 @@ def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
         return False
 
 
+def single_row_apart(kernel: Kernel, packed: object, in_features: int, dtype: torch.dtype) -> bool:
+    """Whether `kernel` gives one row other bits alone than among others with this packed weight (a
+    plain decoding step against a tree's verification: float32 losslessness rests on them agreeing)."""
+    if kernel is not ONEDNN:  # int8 drafting is approximate anyway, and drafting never touches exactness
+        return False
+    x = torch.randn(4, in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
+    return not torch.equal(kernel.matmul(x[:1], packed, None), kernel.matmul(x, packed, None)[:1])
+
+
+def matmul_rows(kernel: Kernel, x: torch.Tensor, packed: object, bias, widen_single: bool) -> torch.Tensor:
+    """`kernel.matmul`, with a lone row run as two where `single_row_apart` found it computed apart."""
+    if widen_single and x.numel() == x.shape[-1]:
+        out = kernel.matmul(x.reshape(1, -1).repeat(2, 1), packed, bias)[:1]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+    return kernel.matmul(x, packed, bias)
+
+
 def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
@@ -121,9 +142,10 @@ class PackedLinear(nn.Module):
         self.weight, self.bias, self.kernel = linear.weight, linear.bias, kernel
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = kernel.pack(linear.weight)  # a plain attribute: not saved, not moved
+        self.widen_single = single_row_apart(kernel, self.packed, self.in_features, linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.kernel.matmul(x, self.packed, self.bias).to(x.dtype)
+        return matmul_rows(self.kernel, x, self.packed, self.bias, self.widen_single).to(x.dtype)
 
 
 class PackedMembers(nn.Module):
@@ -182,6 +204,7 @@ class PackedMatmul:
     members: list
     biases: list
     stacked: bool
+    widen_single: bool = False  # one weight only: see `single_row_apart`
 
     @classmethod
     def of(
@@ -191,12 +214,14 @@ class PackedMatmul:
             return None
         weights = weight.detach() if weight.dim() == 3 else weight.detach()[None]
         biases = [None] * len(weights) if bias is None else list(bias.detach().reshape(len(weights), -1))
-        return cls(kernel, [kernel.pack(w) for w in weights], biases, weight.dim() == 3)
+        members, stacked = [kernel.pack(w) for w in weights], weight.dim() == 3
+        apart = not stacked and single_row_apart(kernel, members[0], weight.shape[-1], weight.dtype)
+        return cls(kernel, members, biases, stacked, apart)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] (one weight) or [N, ..., in] (a stack) -> [..., out] / [N, ..., out], in x's dtype."""
         if not self.stacked:
-            return self.kernel.matmul(x, self.members[0], self.biases[0]).to(x.dtype)
+            return matmul_rows(self.kernel, x, self.members[0], self.biases[0], self.widen_single).to(x.dtype)
         pairs = zip(self.members, self.biases)
         return torch.stack([self.kernel.matmul(x[i], p, b) for i, (p, b) in enumerate(pairs)]).to(x.dtype)
 
