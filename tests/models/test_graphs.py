@@ -28,6 +28,23 @@ def test_padded_static_forward_matches_the_plain_one(tiny_target):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
 
 
+def test_the_first_token_is_chosen_over_the_whole_vocabulary(tiny_target):
+    """Regression: the LM head behind graphs and padding took one hidden vector [H] for H rows and
+    returned only the first H logits, so the prefill's first token was chosen among the first
+    `hidden_size` tokens of the vocabulary, wherever the target ran padded or through graphs."""
+    graphed = GraphedTarget(tiny_target, buckets=(1, 4), capture=False)
+    vector = torch.randn(tiny_target.shape.hidden_size)
+    assert graphed.logits(vector).shape == (tiny_target.shape.vocab_size,)
+    torch.testing.assert_close(graphed.logits(vector), tiny_target.logits(vector))
+    late = [p for p in ([0, t, 3 * t % 90 + 2] for t in range(2, 80)) if greedy(tiny_target, p, 1)[0] >= 64]
+    assert len(late) >= 3  # prompts whose first token lies beyond the first hidden_size (64) tokens
+    for graphs, rows in ((True, None), (False, 4)):  # CUDA's graph path (eager here), and padded rows
+        gen = SpeculativeGenerator(tiny_target, graphs=graphs, pad_rows=rows)
+        for prompt in late[:3]:
+            out = gen.generate(prompt, GenerationConfig(max_new_tokens=8)).tokens
+            assert out == greedy(tiny_target, prompt, 8)
+
+
 def test_a_tree_mask_over_drafted_slots_leaves_the_context_visible():
     """A drafting level's rows see the committed context and their tree over the last w slots (drafted
     ancestors still in the cache, then the new rows): the eager mask and the static buffer agree."""

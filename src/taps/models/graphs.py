@@ -189,8 +189,10 @@ class GraphedTarget(_BucketGraphs):
         return hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head on the bucket's row count too, so that its rounding depends on the bucket only."""
-        return padded_logits(self.model, hidden, self._bucket(hidden.shape[0]) or 0)
+        """The LM head on the bucket's row count too, so that its rounding depends on the bucket only;
+        `hidden` [n, H], or one vector [H] (one row)."""
+        rows = 1 if hidden.dim() == 1 else hidden.shape[0]
+        return padded_logits(self.model, hidden, self._bucket(rows) or 0)
 
     def _layers(self, inputs: _Inputs) -> torch.Tensor:
         return self.model.run_layers(

@@ -63,6 +63,11 @@ def pad_to(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def padded_logits(model, hidden: torch.Tensor, rows: int) -> torch.Tensor:
-    """The LM head run on `rows` rows (more: unpadded) whatever the number of real ones."""
+    """The LM head run on `rows` rows (more: unpadded) whatever the number of real ones. `hidden` is
+    [n, H]; one vector [H] is one row (until 2026-12-05 its H entries were taken for rows here, and
+    only the first H logits came back: the prefill's first token was chosen among the first 576 of
+    SmolLM2's 49152 tokens wherever the target ran padded or through CUDA graphs)."""
+    if hidden.dim() == 1:
+        return padded_logits(model, hidden[None], rows)[0]
     n = hidden.shape[0]
     return model.logits(hidden if n >= rows else pad_to(hidden, rows))[:n]

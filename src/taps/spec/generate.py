@@ -135,7 +135,7 @@ class SpeculativeGenerator:
             self.proposer.sample_drafts(config.temperature, torch.Generator().manual_seed(draft_seed))
         tokens = list(prompt_ids)
         hidden = target(torch.tensor(tokens, device=device), cache)
-        root = sample_token(target.logits(hidden[-1]), config.temperature, generator, config.top_p)
+        root = sample_token(target.logits(hidden[-1:])[0], config.temperature, generator, config.top_p)
         tokens.append(root)
         yield [root], None
         produced, features = 1, hidden
