@@ -6,7 +6,9 @@ greedy decoding sees (the lossless tests hold token for token); in bf16 it does 
 step and a 5-node tree verification of the same token round differently, near-tied logits flip, and
 the outputs part. Measured on an avx512_bf16 EPYC (2026-11-28, bf16, T = 0, 4 GSM8K + 4 MT-Bench
 prompts of 64 tokens, `benchmarks/engine.py`): 1 of 8 eagle2-math outputs equalled plain decoding;
-with every forward padded to 8 rows over a static cache, 8 of 8 on every drafter row. Both halves
+with every forward padded to 8 rows over a static cache, 8 of 8 on every drafter row. On a Zen 4
+EPYC on 2026-12-05 (16 prompts, the budget's larger trees): 5-8 of 16 unpadded, 13-16 of 16 padded
+(prompt lookup's chains 16 of 16; see the slot layout below). Both halves
 matter: padding fixes the matmuls' row count, and the static cache fixes how many keys attention
 sums over (over a growing cache that count still differs between a plain step and a tree).
 
