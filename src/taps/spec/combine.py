@@ -138,14 +138,12 @@ class RoutedProposer(Proposer):
         """The moving average of each member's signal; a step without a signal (an empty tree's
         -inf entropy) neither counts nor wins."""
         if self._smoothed is None:
-            self._smoothed = [s if math.isfinite(s) else None for s in scores]
-        else:
-            w = self.smoothing
-            self._smoothed = [
-                old if not math.isfinite(s) else s if old is None else w * old + (1 - w) * s
-                for old, s in zip(self._smoothed, scores)
-            ]
-        return [old if old is not None and math.isfinite(s) else s for old, s in zip(self._smoothed, scores)]
+            self._smoothed = [None] * len(scores)
+        for i, s in enumerate(scores):
+            if math.isfinite(s):
+                old = self._smoothed[i]
+                self._smoothed[i] = s if old is None else self.smoothing * old + (1 - self.smoothing) * s
+        return [m if math.isfinite(s) else s for m, s in zip(self._smoothed, scores)]
 
 
 def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
