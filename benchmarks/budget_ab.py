@@ -83,7 +83,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     old = old_budget_module(args.old)
-    ns = argparse.Namespace(target="smollm2-135m", device="cpu", dtype="float32", threads=1, pad_rows=None)
+    ns = argparse.Namespace(
+        target="smollm2-135m", device="cpu", dtype="float32", threads=1, pad_rows=None, attention="auto"
+    )
     target = load_target_from_args(ns)
     rows = decoders(target, args.drafters.split(","), old, old_bins=not args.no_old_bins)
     config = GenerationConfig(

@@ -73,7 +73,9 @@ def main() -> None:
         from engine import emulate_avx2
 
         emulate_avx2()
-    ns = argparse.Namespace(target=args.target, device="cpu", dtype="float32", threads=1, pad_rows=None)
+    ns = argparse.Namespace(
+        target=args.target, device="cpu", dtype="float32", threads=1, pad_rows=None, attention="auto"
+    )
     target = load_target_from_args(ns)
     proposer = make_strategy(args.strategy, args.drafters.split(","), target, AUTO_SHAPE)
     budget = TracedBudget(proposer.budget.curve, proposer.budget.max_nodes)

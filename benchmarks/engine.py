@@ -2,7 +2,7 @@
 
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
         [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
-        [--emulate-avx2] [--pad-rows N] [--ignore-eos] [--out FILE.json]
+        [--emulate-avx2] [--pad-rows N] [--attention auto|model] [--ignore-eos] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
 1. the target's forward cost by token count (the curve the tree budget weighs; 1000 / the 1-token
@@ -10,7 +10,8 @@ Prints, and writes as JSON with `--out`:
 2. one drafting step of a shipped drafter on each CPU kernel (plain matmul, oneDNN-packed, int8);
 3. decoding: `transformers` generate, its prompt lookup, its static cache + torch.compile (with
    `--compile`; compiling can take minutes), taps plain decoding (through CUDA graphs and eagerly,
-   on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`), the n-gram
+   on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`; with and without
+   the row floor, where the cost curve chose one: `TargetModel.set_row_floor`), the n-gram
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
    the fixed 8/5/24 tree (at T > 0 the `[auto]` rows of single drafters draft sampled chains on a
@@ -74,6 +75,8 @@ def decoder_rows(
     rows.append(("taps plain", "plain", "", None))
     if invariant_rows(target.model) > 1:  # what padding every forward (bf16 exactness) costs plain decoding
         rows.append(("taps plain (unpadded)", "plain-unpadded", "", None))
+    if getattr(target.model, "row_floor", 1) > 1:  # what the row floor gains plain decoding
+        rows.append(("taps plain (no row floor)", "plain-no-floor", "", None))
     shipped = shipped_drafters(target.name)
     proposers = [("single", "ngram"), *(("single", d) for d in [*shipped, *extra])]
     if all(d in shipped for d in PAIR.split(",")):
@@ -149,7 +152,13 @@ def taps_decoder(
             temperature=temperature,
             eos_token_ids=() if ignore_eos else target.eos_token_ids,
         )
-        out = gen.generate(prompt, cfg)
+        floor = target.model.row_floor
+        if strategy == "plain-no-floor":
+            target.model.set_row_floor(1)
+        try:
+            out = gen.generate(prompt, cfg)
+        finally:
+            target.model.set_row_floor(floor)
         return out.tokens, out.wall_ms / 1000, out.steps
 
     return run
@@ -274,6 +283,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pad-rows", type=int, default=None, help="as `taps generate --pad-rows`")
+    ap.add_argument(
+        "--attention", default="auto", choices=["auto", "model"], help="as `taps generate --attention`"
+    )
     ap.add_argument("--prompts", type=int, default=4, help="prompts per benchmark")
     ap.add_argument("--benchmarks", default="gsm8k,mt_bench")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -316,6 +328,10 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": args.threads,
         "pad_rows": invariant_rows(target.model),
+        "attention": str(accelerated(target.model).attention_dtype),
+        "row_floor": getattr(
+            target.model, "row_floor", 1
+        ),  # `TargetModel.set_row_floor`  # `taps.models.padded.attention_dtype`
         "benchmarks": args.benchmarks,
         "prompts_per_benchmark": args.prompts,
         "max_new_tokens": args.max_new_tokens,
@@ -325,7 +341,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     print(
-        f"target {args.target} ({target.model.dtype}) on {meta['machine']}, torch {torch.__version__}, "
+        f"target {args.target} ({target.model.dtype}, attending in {meta['attention']}) on "
+        f"{meta['machine']}, torch {torch.__version__}, "
         f"{args.threads} thread(s)\n"
     )
 

@@ -79,9 +79,17 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="pad every decoding forward to N rows, so that plain steps and tree verification round "
-        "alike and bf16 output equals plain decoding (8 on a CPU); trees then hold at most N - 1 nodes; "
-        "0 = off (default: 64 on CUDA in bf16; else off: float32 is exact already, and on a CPU padding "
-        "costs bf16 plain steps more than drafting gains, see docs/speed-cpu.md)",
+        "alike and bf16 output equals plain decoding; trees then hold at most N - 1 nodes; 0 = off "
+        "(default: 64 on CUDA in bf16; else off: float32 is exact already, and on a CPU bf16 rounds "
+        "alike unpadded, see --attention)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=["auto", "model"],
+        default="auto",
+        help="the dtype a bf16 target attends in: auto = float64 on a CPU (bf16 output then equals plain "
+        "decoding; ~10%% of a step at a few hundred tokens of context, more on long ones) and float32 "
+        "on CUDA where padded; model = bf16 itself, faster, outputs part more often (default: %(default)s)",
     )
 
 
@@ -172,9 +180,11 @@ def _tree_shape(args):
     )
 
 
-def load_target_from_args(args):
-    """The target that `_add_engine_args` describe (--target, --threads, --dtype, --device, --pad-rows),
-    with torch's CPU threads pinned: what every model command (and benchmarks/engine.py) loads."""
+def load_target_from_args(args, decoding: bool = True):
+    """The target that `_add_engine_args` describe (--target, --threads, --dtype, --device, --pad-rows,
+    --attention), with torch's CPU threads pinned: what every model command (and benchmarks/engine.py)
+    loads. `decoding=False` (features, training, export, import) skips fitting the row floor to this
+    CPU, which only decoding's small forwards use."""
     import torch
 
     from taps.models.catalog import load_target
@@ -185,6 +195,8 @@ def load_target_from_args(args):
         dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
         device=args.device,
         pad_rows=args.pad_rows,
+        attention=args.attention,
+        row_floor=decoding,
     )
 
 
@@ -355,7 +367,7 @@ def _training_conversations(args, target, work_dir) -> tuple[list, str]:
 def cmd_features(args) -> None:
     from taps.training.features import extract_features
 
-    target = load_target_from_args(args)
+    target = load_target_from_args(args, decoding=False)
     train_part, corpus = _training_conversations(args, target, args.out)
     extract_features(
         target,
@@ -385,7 +397,7 @@ def cmd_train(args) -> None:
 
     if bool(args.features) == bool(args.online) or (args.online and not args.corpus):
         raise TapsError("taps train needs either --features DIR... (cached) or --online --corpus NAME")
-    target = load_target_from_args(args)
+    target = load_target_from_args(args, decoding=False)
     cfg = TrainConfig(
         method=args.method,
         epochs=args.epochs,
@@ -443,7 +455,7 @@ def cmd_export(args) -> None:
     from taps.drafters import drafter_path
     from taps.export import export_eagle
 
-    target = load_target_from_args(args)
+    target = load_target_from_args(args, decoding=False)
     out = export_eagle(drafter_path(args.drafter, target.name), target, args.out)
     print(f"[export] wrote {out} (EAGLE layout for vLLM / SGLang: config.json + model.safetensors)")
 
@@ -451,7 +463,7 @@ def cmd_export(args) -> None:
 def cmd_import(args) -> None:
     from taps.export import import_eagle
 
-    target = load_target_from_args(args)
+    target = load_target_from_args(args, decoding=False)
     out = import_eagle(args.source, target, args.out)
     print(f"[import] wrote taps drafter {out}; use it with --drafters {out}")
 

@@ -121,6 +121,33 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
         )
 
 
+def test_a_bf16_cpu_run_from_before_float64_attention_does_not_resume(tmp_path):
+    """Until 2026-12-05 a bf16 target attended in bf16 on a CPU: its outputs and speeds are not those
+    of today's float64 attention, so such a run folder is refused; a float32 one (its attention never
+    changed) resumes."""
+    import json
+
+    from taps.eval.runner import _resumable_meta
+
+    grid = {
+        "rows": ["plain"],
+        "benchmarks": ["gsm8k"],
+        "temperatures": [0.0],
+        "prompts": 1,
+        "max_new_tokens": 8,
+        "seed": 0,
+        "shape": {"vocabulary": "auto", "drafts": "top-k"},
+    }
+    now = {"target": "t", "threads": 1, "device": "cpu", "pad_rows": 0, "grid": grid}
+    old = now | {"dtype": "torch.bfloat16"}
+    (tmp_path / "meta.json").write_text(json.dumps(old))
+    with pytest.raises(TapsError, match="attention torch.bfloat16 -> torch.float64"):
+        _resumable_meta(tmp_path, now | {"dtype": "torch.bfloat16", "attention": "torch.float64"})
+    (tmp_path / "meta.json").write_text(json.dumps(old | {"dtype": "torch.float32"}))
+    resumed = _resumable_meta(tmp_path, now | {"dtype": "torch.float32", "attention": "torch.float32"})
+    assert resumed["grid"]["rows"] == ["plain"]
+
+
 def test_rows_take_turns_and_each_decoder_is_made_once(tiny, data_dir, tmp_path, monkeypatch):
     """Within a benchmark and temperature every row runs prompt by prompt in turn (speed side by side),
     and a row's decoder (its drafters, its cost curve) is made once for the whole grid."""

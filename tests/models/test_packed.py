@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import taps.device
+from taps.errors import TapsError
 from taps.models import packed
 from taps.models.packed import INT8, ONEDNN, PackedLinear, PackedMatmul, PackedMembers, drafting_kernel
 from taps.models.stacked import stack_drafters
@@ -58,6 +59,38 @@ def test_packed_rows_are_bit_identical_whatever_the_row_count(shape):
         for rows in (1, 2, 3, 5, 8, 13):
             assert torch.equal(run(x[:rows]), full[:rows]), rows
         assert torch.equal(run(x[:1].view(1, 1, -1)), full[:1].view(1, 1, -1))  # [batch, tokens, in] too
+
+
+def test_a_row_floor_pads_small_matmuls_and_changes_no_bits(tiny_dirs):
+    """`TargetModel.set_row_floor`: 1-3 rows run as 4 in every packed matmul (layers, fused q/k/v and
+    gate/up, the LM head), attention still on the real rows: the hidden states and logits are the
+    unpadded ones bit for bit."""
+    _require(ONEDNN)
+    model = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32).pack_for_cpu()
+    assert model.packed and model.row_floor == 1
+    tokens = torch.tensor([3, 9, 27, 81, 41, 11, 33])
+    tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+
+    def run():
+        cache = model.new_cache()
+        model(tokens[:4], cache)
+        one = model(tokens[4:5], cache)
+        return one, model.logits(one), model.logits(model(tokens[4:], cache, torch.tensor([5, 6, 6]), tree))
+
+    before = run()
+    seen = []  # the row count of every packed matmul, through a spy kernel
+    spy = packed.Kernel("spy", ONEDNN.pack, lambda x, w, b: seen.append(x.shape[0]) or ONEDNN.matmul(x, w, b))
+    for p in (m for m in model.modules() if isinstance(m, PackedLinear)):
+        p.kernel = spy
+    for layer in model.model.layers:
+        layer.self_attn.qkv.kernel = layer.mlp.gate_up.kernel = spy
+    model.set_row_floor(4)
+    after = run()
+    assert min(seen) == 4 and model.row_floor == 4
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    with pytest.raises(TapsError, match="row floor"):
+        model.set_row_floor(0)
 
 
 def test_a_lone_row_runs_as_two_where_the_kernel_computes_it_apart():

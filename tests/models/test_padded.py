@@ -1,4 +1,4 @@
-"""bf16 exactness by padding every decoding forward to one row count (`taps.models.padded`)."""
+"""bf16 exactness: attention in a wider dtype, and forwards padded to one row count (`taps.models.padded`)."""
 
 from types import SimpleNamespace
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from taps.models.graphs import GraphedTarget, accelerated
-from taps.models.padded import cap_tree, default_rows, invariant_rows, padded_logits
+from taps.models.padded import attention_dtype, cap_tree, default_rows, invariant_rows, padded_logits
 from taps.models.target import TargetModel
 from taps.spec.costs import curve_key
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -38,24 +38,47 @@ def test_rows_by_dtype_device_and_override(tiny_target, bf16_target):
     assert curve_key(padded)["forward"] != curve_key(bf16_target)["forward"]
 
 
-def test_padded_forwards_attend_in_float32(bf16_target, tiny_target):
-    """Padded alike, a bf16 target keeps its static cache, and attends, in float32 (see
-    `taps.models.padded`), and still hands bf16 hidden states on; float32 targets and the multi-bucket
-    graphs keep their own dtype, so that their curves stay cached under the same key."""
+def test_bf16_attends_wider_than_its_weights(bf16_target, tiny_target):
+    """A bf16 target keeps its KV cache, and attends, in float64 on a CPU, padded or not, and in
+    float32 on CUDA where padded (see `taps.models.padded`), and still hands bf16 hidden states on;
+    float32 targets keep their own dtype, so that their cost curves stay cached under the same key,
+    and a bf16 one's curve is not taken for one measured attending in bf16."""
+    assert bf16_target.attention_dtype == torch.float64
+    assert bf16_target.new_cache(32).keys[0].dtype == torch.float64
+    assert "attention torch.float64" in curve_key(bf16_target)["forward"]
     padded = accelerated(bf16_target)
     cache = padded.new_cache(32)
-    assert padded.cache_dtype == torch.float32 and cache.keys[0].dtype == torch.float32
+    assert padded.attention_dtype == torch.float64 and cache.keys[0].dtype == torch.float64
     hidden = padded(torch.tensor([1, 2, 3]), cache)
     assert hidden.dtype == torch.bfloat16 and cache.length == 3
     narrow = GraphedTarget(bf16_target, buckets=(8,), wide_attention=False)
     assert narrow.new_cache(32).keys[0].dtype == torch.bfloat16
     assert curve_key(narrow)["forward"] != curve_key(padded)["forward"]
-    assert GraphedTarget(bf16_target).cache_dtype == torch.bfloat16  # many buckets: the model's dtype
+    assert GraphedTarget(bf16_target).attention_dtype == torch.float64  # many buckets: on a CPU too
+    cuda = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
+    assert attention_dtype(cuda, padded=True) == torch.float32 and attention_dtype(cuda) == torch.bfloat16
     single = GraphedTarget(tiny_target, buckets=(8,))
-    assert single.cache_dtype == torch.float32 and "attention" not in curve_key(single)["forward"]
+    assert single.attention_dtype == torch.float32 and "attention" not in curve_key(single)["forward"]
+    assert tiny_target.new_cache(8).keys[0].dtype == torch.float32
     # the narrow cache's hidden states differ from the wide one's by bf16 rounding only
     other = narrow.new_cache(32)
     torch.testing.assert_close(narrow(torch.tensor([1, 2, 3]), other), hidden, atol=0.05, rtol=0.05)
+
+
+def test_attention_model_keeps_bf16_attention(tiny_dirs):
+    """`--attention model`: the speed of bf16 attention, for outputs that part from plain decoding more
+    often; a bad value fails before any weights load."""
+    from taps.errors import TapsError
+    from taps.models.catalog import load_target
+
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.bfloat16)
+    model.attention = "model"
+    assert model.new_cache(8).keys[0].dtype == torch.bfloat16
+    assert accelerated(model, rows=8).attention_dtype == torch.bfloat16
+    cuda = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0), attention="model")
+    assert attention_dtype(cuda, padded=True) == torch.bfloat16
+    with pytest.raises(TapsError, match="--attention must be auto or model"):
+        load_target("smollm2-135m", attention="fast")
 
 
 def test_pad_rows_set_at_load_wins(tiny_dirs):

@@ -23,6 +23,7 @@ from taps.device import machine_description
 from taps.errors import TapsError
 from taps.eval.baselines import HF_BASELINES, HFDecoder
 from taps.files import write_json_atomic, write_text_atomic
+from taps.models.graphs import accelerated
 from taps.models.padded import invariant_rows
 from taps.spec.combine import STRATEGIES, RoutedProposer, greedy_match
 from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
@@ -194,6 +195,8 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         "machine": machine_description(target.model.device),
         "dtype": str(target.model.dtype),
         "pad_rows": invariant_rows(target.model),
+        "attention": str(accelerated(target.model).attention_dtype),
+        "row_floor": getattr(target.model, "row_floor", 1),  # speed only: outputs do not change
         "grid": asdict(grid) | {"shape": asdict(grid.shape)},
     }
     meta = _resumable_meta(out_dir, meta)
@@ -274,12 +277,14 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
     old.setdefault("device", "cpu")  # runs from before --device ran on the CPU
     for key in ("dtype", "pad_rows"):  # runs from before these were recorded: not comparable, trusted
         old.setdefault(key, meta[key])
+    # before 2026-12-05 a bf16 target attended in bf16 on a CPU: those runs do not resume in float64
+    old.setdefault("attention", old["dtype"] if old["device"] == "cpu" else meta["attention"])
     if isinstance(old_grid.get("shape"), dict):  # runs from before --vocabulary scored the trained one
         old_grid["shape"].setdefault("vocabulary", "auto")
         old_grid["shape"].setdefault("drafts", "top-k")  # and before --drafts sampled
     changed = [
         f"{k} {old.get(k)} -> {meta[k]}"
-        for k in ("target", "threads", "device", "dtype", "pad_rows")
+        for k in ("target", "threads", "device", "dtype", "pad_rows", "attention")
         if old.get(k) != meta[k]
     ]
     changed += [

@@ -170,22 +170,37 @@ class LoadedTarget:
 
 
 def load_target(
-    spec: str = DEFAULT_TARGET, dtype=None, device="auto", pad_rows: int | None = None
+    spec: str = DEFAULT_TARGET,
+    dtype=None,
+    device="auto",
+    pad_rows: int | None = None,
+    attention: str = "auto",
+    row_floor: bool = True,
 ) -> LoadedTarget:
     """Resolve, load weights onto `device` (auto: CUDA when present) in `dtype` (by default the
     device's fast dtype, see `fast_dtype`), and the tokenizer. `pad_rows` overrides the row count
-    decoding forwards are padded to (`taps.models.padded`; 0 = none)."""
+    decoding forwards are padded to, `attention="model"` has a bf16 target attend in bf16 rather than
+    a wider dtype (`taps.models.padded`; pad_rows 0 = none). On a CPU the target's small forwards run
+    on the cheapest row count its measured cost curve shows (`taps.spec.costs.settle_row_floor`; the
+    curve is measured once per machine), unless `row_floor` is False."""
     from transformers import AutoTokenizer
 
     from taps.device import fast_dtype, resolve_device
+    from taps.models.padded import invariant_rows
     from taps.models.target import TargetModel
+    from taps.spec.costs import settle_row_floor
 
     if pad_rows is not None and pad_rows < 0:
         raise TapsError(f"--pad-rows must be 0 (no padding) or a row count, got {pad_rows}")
+    if attention not in ("auto", "model"):
+        raise TapsError(f"--attention must be auto or model, got {attention!r}")
     device = resolve_device(device)
     path = resolve_target(spec)
     model = TargetModel.from_dir(path, dtype=dtype or fast_dtype(device), device=device).pack_for_cpu()
     if pad_rows is not None:
         model.pad_rows = pad_rows
+    model.attention = attention
+    if row_floor and model.packed and invariant_rows(model) <= 1:  # padded forwards have rows enough
+        settle_row_floor(model)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedTarget(spec, path, model, tokenizer)

@@ -36,7 +36,7 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.layers import KVCache
-from taps.models.padded import invariant_rows, padded_logits
+from taps.models.padded import attention_dtype, invariant_rows, padded_logits
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 MIN_CAPACITY = 1024  # with graphs: growing the cache means capturing them again
@@ -134,13 +134,14 @@ class GraphedTarget(_BucketGraphs):
         capture: bool | None = None,
         wide_attention: bool | None = None,
     ):
-        """`wide_attention`: keep the static cache, and attend, in float32 whatever the model's dtype;
-        by default where forwards are padded alike (one bucket), see `taps.models.padded`."""
+        """`wide_attention`: keep the static cache, and attend, in a wider dtype than a bf16 model's
+        (`taps.models.padded.attention_dtype`: float32 on CUDA, float64 on a CPU); by default on a CPU,
+        and on CUDA where forwards are padded alike (one bucket). False: in the model's dtype."""
         self.model = model
         super().__init__(model.device, buckets, capture)
         self.exact_rows = self.buckets[0] if len(self.buckets) == 1 else 0  # one bucket: padded alike
-        wide = bool(self.exact_rows) if wide_attention is None else wide_attention
-        self.cache_dtype = torch.float32 if wide else model.dtype
+        padded = bool(self.exact_rows) if wide_attention is None else wide_attention
+        self.attention_dtype = attention_dtype(model, padded) if wide_attention is not False else model.dtype
 
     def __getattr__(self, name: str):
         """Everything else (device, dtype, shape, logits, fingerprint, ...) is the model's."""
@@ -164,7 +165,7 @@ class GraphedTarget(_BucketGraphs):
 
     def _allocate(self, capacity: int) -> None:
         total = capacity + self.buckets[-1]
-        self.cache, self.capacity = self.model.new_cache(total, self.cache_dtype), capacity
+        self.cache, self.capacity = self.model.new_cache(total, self.attention_dtype), capacity
         self._hold_rotary(self.model, total)
         self.inputs = {b: _Inputs(b, total, self.device) for b in self.buckets}
         self.graphs = {}

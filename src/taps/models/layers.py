@@ -216,16 +216,16 @@ class Attention(nn.Module):
         *lead, n, _ = x.shape
         q, k, v = self._project(x, cos, sin)
         if cache is not None and cache.slots is not None:  # static cache: whole capacity under the mask
-            # a cache kept in a wider dtype than the model's attends in it (`taps.models.padded`)
             cache.keys[layer].index_copy_(-2, cache.slots, k.to(cache.dtype))
             cache.values[layer].index_copy_(-2, cache.slots, v.to(cache.dtype))
-            k, v, q = cache.keys[layer], cache.values[layer], q.to(cache.dtype)
+            k, v = cache.keys[layer], cache.values[layer]
         elif cache is not None:
             start = cache.length
             cache.keys[layer][..., start : start + n, :] = k
             cache.values[layer][..., start : start + n, :] = v
             k, v = cache.keys[layer][..., : start + n, :], cache.values[layer][..., : start + n, :]
-        out = _grouped_sdpa(q, k, v, mask).to(x.dtype)
+        # a cache kept wider than the model's dtype attends in its own (`taps.models.padded.attention_dtype`)
+        out = _grouped_sdpa(q.to(k.dtype), k, v, mask).to(x.dtype)
         return self.o_proj(out.transpose(-2, -3).reshape(*lead, n, self.num_heads * self.head_dim))
 
     def _project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -73,21 +73,37 @@ def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
         return False
 
 
+# Rows probed alone against the same rows together. In bf16 the kernels' differing sums mostly round to
+# the same bits: on a Zen 4 EPYC the down projection gave 6 of 64 lone rows other bits, so a probe of
+# one row (as until 2026-12-05) missed it and bf16 plain decoding parted from verification there.
+PROBE_ROWS = 64
+
+
 def single_row_apart(kernel: Kernel, packed: object, in_features: int, dtype: torch.dtype) -> bool:
     """Whether `kernel` gives one row other bits alone than among others with this packed weight (a
-    plain decoding step against a tree's verification: float32 losslessness rests on them agreeing)."""
+    plain decoding step against a tree's verification: losslessness rests on them agreeing)."""
     if kernel is not ONEDNN:  # int8 drafting is approximate anyway, and drafting never touches exactness
         return False
-    x = torch.randn(4, in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
-    return not torch.equal(kernel.matmul(x[:1], packed, None), kernel.matmul(x, packed, None)[:1])
+    x = torch.randn(PROBE_ROWS, in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
+    together = kernel.matmul(x, packed, None)
+    return any(
+        not torch.equal(kernel.matmul(x[i : i + 1], packed, None), together[i : i + 1]) for i in range(len(x))
+    )
 
 
-def matmul_rows(kernel: Kernel, x: torch.Tensor, packed: object, bias, widen_single: bool) -> torch.Tensor:
-    """`kernel.matmul`, with a lone row run as two where `single_row_apart` found it computed apart."""
-    if widen_single and x.numel() == x.shape[-1]:
-        out = kernel.matmul(x.reshape(1, -1).repeat(2, 1), packed, bias)[:1]
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-    return kernel.matmul(x, packed, bias)
+def matmul_rows(
+    kernel: Kernel, x: torch.Tensor, packed: object, bias, widen_single: bool, min_rows: int = 1
+) -> torch.Tensor:
+    """`kernel.matmul`, with fewer rows than `min_rows` padded with zero rows (a row's bits do not
+    depend on the others: the target's kernel is probed for it), and a lone row run as two where
+    `single_row_apart` found it computed apart."""
+    rows, width = x.numel() // x.shape[-1], x.shape[-1]
+    floor = max(min_rows, 2 if widen_single else 1)
+    if rows >= floor:
+        return kernel.matmul(x, packed, bias)
+    flat = x.reshape(rows, width)
+    out = kernel.matmul(torch.cat([flat, flat.new_zeros(floor - rows, width)]), packed, bias)[:rows]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:
@@ -143,9 +159,11 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = kernel.pack(linear.weight)  # a plain attribute: not saved, not moved
         self.widen_single = single_row_apart(kernel, self.packed, self.in_features, linear.weight.dtype)
+        self.min_rows = 1  # the target's row floor (`TargetModel.set_row_floor`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return matmul_rows(self.kernel, x, self.packed, self.bias, self.widen_single).to(x.dtype)
+        rows = matmul_rows(self.kernel, x, self.packed, self.bias, self.widen_single, self.min_rows)
+        return rows.to(x.dtype)
 
 
 class PackedMembers(nn.Module):
@@ -205,6 +223,7 @@ class PackedMatmul:
     biases: list
     stacked: bool
     widen_single: bool = False  # one weight only: see `single_row_apart`
+    min_rows: int = 1  # one weight only: the target's row floor (`TargetModel.set_row_floor`)
 
     @classmethod
     def of(
@@ -221,7 +240,8 @@ class PackedMatmul:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] (one weight) or [N, ..., in] (a stack) -> [..., out] / [N, ..., out], in x's dtype."""
         if not self.stacked:
-            return matmul_rows(self.kernel, x, self.members[0], self.biases[0], self.widen_single).to(x.dtype)
+            member, bias = self.members[0], self.biases[0]
+            return matmul_rows(self.kernel, x, member, bias, self.widen_single, self.min_rows).to(x.dtype)
         pairs = zip(self.members, self.biases)
         return torch.stack([self.kernel.matmul(x[i], p, b) for i, (p, b) in enumerate(pairs)]).to(x.dtype)
 

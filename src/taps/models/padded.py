@@ -1,37 +1,40 @@
-"""Row-invariant decoding: every forward padded to one row count, so that bf16 rounds alike.
+"""bf16 that rounds alike: plain steps and tree verification give a token the same bits.
 
 A matmul kernel chooses its blocking, and with it the order in which it sums, by the number of rows;
-attention sums over however many keys it is given. In float32 that moves logits far below any gap
-greedy decoding sees (the lossless tests hold token for token); in bf16 it does not: a 1-token plain
-step and a 5-node tree verification of the same token round differently, near-tied logits flip, and
-the outputs part. Measured on an avx512_bf16 EPYC (2026-11-28, bf16, T = 0, 4 GSM8K + 4 MT-Bench
-prompts of 64 tokens, `benchmarks/engine.py`): 1 of 8 eagle2-math outputs equalled plain decoding;
-with every forward padded to 8 rows over a static cache, 8 of 8 on every drafter row. On a Zen 4
-EPYC on 2026-12-05 (16 prompts, the budget's larger trees): 5-8 of 16 unpadded, 13-16 of 16 padded
-(prompt lookup's chains 16 of 16; see the slot layout below). Both halves
-matter: padding fixes the matmuls' row count, and the static cache fixes how many keys attention
-sums over (over a growing cache that count still differs between a plain step and a tree).
+attention sums over however many keys it is given, in the order the cache slots hold them (a tree
+node's ancestors sit among its siblings' slots, a plain step's keys side by side). In float32 that
+moves logits far below any gap greedy decoding sees (the lossless tests hold token for token); in
+bf16 it does not: a 1-token plain step and a 5-node tree verification of the same token round
+differently, near-tied logits flip, and the outputs part. Measured on an avx512_bf16 EPYC
+(2026-11-28, 4 GSM8K + 4 MT-Bench prompts of 64 tokens, T = 0, `benchmarks/engine.py`): 1 of 8
+eagle2-math outputs equalled plain decoding; on a Zen 4 EPYC (2026-12-05, 16 prompts) 5-8 of 16.
 
-So with padding on, the loop runs the target through `GraphedTarget` with a single bucket of `rows`
-rows (`taps.models.graphs.accelerated`; replayed from a CUDA graph on a GPU, eager on a CPU): plain
-steps, tree verification and their logits all run as exactly `rows` rows over the whole static
-cache, and trees are capped at `rows - 1` nodes (`cap_tree`). The prompt runs unpadded: plain and
-speculative decoding share that prefill.
+On a CPU, unpadded (the default since 2026-12-05). Two causes, two fixes:
+- the packed matmuls (`taps.models.packed`) give a row the same bits whatever the row count: oneDNN
+  computes a lone row apart where a product has more than 1024 inputs (the down projection), and
+  that row runs as two. In bf16 the difference shows in few rows (6 of 64), which a probe of one row
+  had missed until 2026-12-05;
+- attention sums in float64 (`attention_dtype`): the cache holds the bf16 keys and values exactly,
+  their products with a bf16 query are exact, and sums taken in another order agree to ~1e-16, far
+  below the bf16 rounding of the result (in float32 they agree to ~1e-7, and 1 tree row in 8 still
+  rounded apart: `tests/models/test_attention.py`). It costs what attention costs twice over: on the
+  Zen 4 EPYC a 1-token forward of SmolLM2-135M took 33.7 ms against 30.8 ms in bf16 at 300 tokens
+  of context, 47.1 against 34.2 ms at 1000. `--attention model` keeps bf16 attention.
+With both, every row of `benchmarks/engine.py` gave 16 of 16 outputs equal to plain decoding there
+(docs/speed-cpu.md), unpadded.
 
-Attention in float32 too: padding cannot make a tree round like plain decoding inside attention. A
-tree node's ancestors sit in other cache slots than the same tokens do when plain decoding commits
-them one by one, and a GPU attention kernel (on CUDA the explicit mask selects the memory-efficient
-one) works through the keys block by block, rounding in bf16 against each block's running maximum,
-so where the keys fall changes the rounding. On an H200 (2026-12-04, 64 rows, bf16 attention) 60% of
-eagle2-math's and 90% of ngram's outputs equalled plain decoding (`tests/gpu`). So a padded target
-keeps its static cache in float32 and attends in float32 (`GraphedTarget(wide_attention=...)`):
-different layouts then differ at float32 rounding, and the output is rounded to bf16 once. Float32
-attention has not yet run on a GPU (no device was lent to the session that made it): the CUDA test
-measures the share both ways.
-
-It is the default in bf16 on CUDA, where a 64-row graph replay costs little more than a 1-row one.
-On a CPU it is opt-in (`--pad-rows 8`): there padded plain decoding ran 1.26x slower than unpadded
-(39.8 against 50.2 tok/s in the same run), more than the drafters gained; float32 is exact without it.
+Padded (`--pad-rows N`, and by default in bf16 on CUDA): the loop runs the target through
+`GraphedTarget` with a single bucket of `rows` rows (`taps.models.graphs.accelerated`; replayed from a
+CUDA graph on a GPU, eager on a CPU): plain steps, tree verification and their logits all run as
+exactly `rows` rows over the whole static cache, and trees are capped at `rows - 1` nodes
+(`cap_tree`). The prompt runs unpadded: plain and speculative decoding share that prefill. A GPU
+needs it: its matmuls round by the row count, and a 64-row graph replay costs little more than a
+1-row one. Attention there runs in float32, not bf16: a GPU attention kernel (on CUDA the explicit
+mask selects the memory-efficient one) works through the keys block by block, rounding in bf16
+against each block's running maximum, so where the keys fall changes the rounding. On an H200
+(2026-12-04, 64 rows, bf16 attention) 60% of eagle2-math's and 90% of ngram's outputs equalled plain
+decoding (`tests/gpu`). Float32 (or float64) attention has not yet run on a GPU (no device was lent to
+the sessions that made them): the CUDA test measures the share both ways.
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ def default_rows(model) -> int:
     """Rows every decoding forward is padded to by default: CUDA_ROWS in bf16 on CUDA, else 0 (none)."""
     exact = model.dtype in (torch.float32, torch.float64)
     return CUDA_ROWS if model.device.type == "cuda" and not exact else 0
+
+
+def attention_dtype(model, padded: bool = False) -> torch.dtype:
+    """The dtype a bf16/fp16 model's KV cache holds and its attention sums in: float64 on a CPU (see
+    above: bf16 rounds a plain step as verification then; its cost is there), float32 on CUDA
+    where forwards are `padded` alike (float64 attention has not run on a GPU here), else the model's
+    own dtype, as for float32 and float64 models everywhere and wherever `--attention model` was asked
+    (`model.attention`)."""
+    if model.dtype not in (torch.bfloat16, torch.float16) or getattr(model, "attention", "auto") == "model":
+        return model.dtype
+    if model.device.type == "cpu":
+        return torch.float64
+    return torch.float32 if padded else model.dtype
 
 
 def invariant_rows(model) -> int:

@@ -17,7 +17,7 @@ from torch import nn
 
 from taps.errors import TapsError
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, RMSNorm, Rotary, attention_mask
-from taps.models.packed import pack_linears
+from taps.models.packed import PackedLinear, pack_linears
 
 
 class _Backbone(nn.Module):
@@ -47,10 +47,17 @@ class TargetModel(nn.Module):
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 
+    @property
+    def attention_dtype(self) -> torch.dtype:
+        """The dtype the KV cache holds and attention sums in (`taps.models.padded.attention_dtype`)."""
+        from taps.models.padded import attention_dtype
+
+        return attention_dtype(self)
+
     def new_cache(self, capacity: int = 512, dtype: torch.dtype | None = None) -> KVCache:
-        """A cache in the model's dtype, or in `dtype` (wider: the static path attends in it)."""
+        """A cache in `attention_dtype`, or in `dtype` (the static path's own, `taps.models.graphs`)."""
         s = self.shape
-        dtype = dtype or self.dtype
+        dtype = dtype or self.attention_dtype
         return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, dtype, capacity, device=self.device)
 
     @torch.inference_mode()
@@ -97,6 +104,30 @@ class TargetModel(nn.Module):
         for layer in self.model.layers:
             layer.fuse()
         return self
+
+    @property
+    def packed(self) -> bool:
+        """Whether its linear layers run on packed CPU kernels (`pack_for_cpu` found one for its dtype)."""
+        return isinstance(self.lm_head, PackedLinear)
+
+    @property
+    def row_floor(self) -> int:
+        """The fewest rows the packed matmuls run (`set_row_floor`; 1: as many as given)."""
+        return self.__dict__.get("_row_floor", 1)
+
+    def set_row_floor(self, rows: int) -> None:
+        """Run every packed matmul of the target on at least `rows` rows, padding with zero rows.
+
+        Why: on some CPUs the matmul kernels stream weights more slowly for 1-2 rows than for 4-6
+        (a Zen 4 EPYC, oneDNN, float32: a 1-token forward 48.1 ms, 2 tokens 55.4, 4 tokens 39.4), so a
+        plain step costs less padded. A row's bits do not depend on the rows beside it (the packed
+        kernels are probed for that), so outputs do not change; attention still sees the real rows
+        only. `taps.spec.costs.row_floor` picks `rows` from the measured cost curve."""
+        if rows < 1:
+            raise TapsError(f"a row floor is a row count >= 1, got {rows}")
+        for packed in _packed_matmuls(self):
+            packed.min_rows = rows
+        self._row_floor = rows
 
     def fingerprint(self) -> dict:
         """What a drafter must match: architecture, sizes and a hash of the embedding it reuses."""
@@ -145,6 +176,13 @@ class TargetModel(nn.Module):
             model.lm_head.weight = model.model.embed_tokens.weight
         model.rotary = Rotary(shape)
         return model.eval()
+
+
+def _packed_matmuls(model: TargetModel) -> list:
+    """The target's packed matmuls: its packed linear layers and the fused q/k/v and gate/up."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    fused = [p for layer in model.model.layers for p in (layer.self_attn.qkv, layer.mlp.gate_up)]
+    return layers + [p for p in fused if p is not None]
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

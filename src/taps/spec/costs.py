@@ -13,6 +13,7 @@ import hashlib
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from taps.files import write_json_atomic
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)  # tree tokens incl. the root
 CONTEXT = 256  # committed tokens under the measured passes (a typical mid-reply cache)
 MAX_AGE_S = 7 * 24 * 3600
-FORMAT = "taps-costs/1"
+FORMAT = "taps-costs/2"  # 2: the raw medians are kept (the row floor reads them)
+FLOOR_LIMIT = 8  # the largest row count small forwards are padded to (`row_floor`)
+FLOOR_GAIN = 0.05  # ... where that forward is at least this much cheaper than a 1-token one
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,16 @@ class CostCurve:
             if n <= b:
                 return ca + (cb - ca) * (n - a) / (b - a)
         return self.ms[-1] * n / self.sizes[-1]  # past the largest size: proportional
+
+    def with_floor(self, rows: int) -> CostCurve:
+        """The curve once forwards of fewer than `rows` tokens run their matmuls on `rows` rows
+        (`TargetModel.set_row_floor`): they cost what `rows` tokens do, attention aside."""
+        if rows <= 1:
+            return self
+        raw = list(self.measured or self.ms)
+        floor_ms = CostCurve(self.sizes, tuple(raw))(rows)
+        raw = [min(ms, floor_ms) if n <= rows else ms for n, ms in zip(self.sizes, raw)]
+        return CostCurve(self.sizes, tuple(non_decreasing(raw)), tuple(raw))
 
     def table(self) -> list[float]:
         """cost(n) for n = 0..max_tokens (index 0 unused), for vectorised lookups."""
@@ -76,6 +89,23 @@ def measure_curve(model, sizes: tuple[int, ...] = SIZES, rounds: int = 5) -> Cos
                 times[n].append((time.perf_counter() - start) * 1000)
     medians = [statistics.median(times[n]) for n in sizes]
     return CostCurve(tuple(sizes), tuple(non_decreasing(medians)), tuple(medians))
+
+
+def row_floor(curve: CostCurve) -> int:
+    """The row count a target's small forwards should run their matmuls on: the measured size up to
+    FLOOR_LIMIT whose forward is cheapest, where it beats a 1-token forward by more than FLOOR_GAIN;
+    else 1 (no padding). Read from the raw medians: the fitted curve never decreases."""
+    raw = curve.measured or curve.ms
+    best_ms, best = min((ms, n) for n, ms in zip(curve.sizes, raw) if n <= FLOOR_LIMIT)
+    return best if best_ms < (1 - FLOOR_GAIN) * raw[0] else 1
+
+
+def settle_row_floor(model, cache_dir: Path | None = None, log=print) -> int:
+    """Pad a CPU target's small forwards to the cheapest row count its cost curve shows (measured
+    once per machine, see `load_or_measure`), and return that count."""
+    floor = row_floor(load_or_measure(model, cache_dir, log))
+    model.set_row_floor(floor)
+    return floor
 
 
 def non_decreasing(values: list[float]) -> list[float]:
@@ -110,28 +140,50 @@ def curve_key(model) -> dict:
 
 def _attention_note(model) -> str:
     """Where the loop's forward attends in another dtype than the model's (`taps.models.padded`)."""
-    attends = getattr(model, "cache_dtype", model.dtype)
+    attends = model.attention_dtype
     return "" if attends == model.dtype else f":attention {attends}"
 
 
 def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurve:
     """The cached curve for this model and machine, or a fresh measurement (a few seconds) saved
-    for next time."""
+    for next time; measured without the target's row floor, returned with it (`CostCurve.with_floor`)."""
     key = curve_key(model)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = (cache_dir or taps_home() / "costs") / f"{digest}.json"
+    floor = getattr(model, "row_floor", 1)
     try:
         saved = json.loads(path.read_text())
         if saved["key"] == key and time.time() - saved["measured_at"] < MAX_AGE_S:
-            return CostCurve(tuple(saved["sizes"]), tuple(saved["ms"]))
+            curve = CostCurve(tuple(saved["sizes"]), tuple(saved["ms"]), tuple(saved["measured"]))
+            return curve.with_floor(floor)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, stale or corrupt: measure again
     log(
         f"[taps] measuring the target's forward cost for 1..{SIZES[-1]} tree tokens on {key['device']} "
         f"(once per machine; cached in {path.parent})"
     )
-    curve = measure_curve(model)
+    with _without_row_floor(model, floor):
+        curve = measure_curve(model)
     write_json_atomic(
-        path, {"key": key, "measured_at": time.time(), "sizes": list(curve.sizes), "ms": list(curve.ms)}
+        path,
+        {
+            "key": key,
+            "measured_at": time.time(),
+            "sizes": list(curve.sizes),
+            "ms": list(curve.ms),
+            "measured": list(curve.measured),
+        },
     )
-    return curve
+    return curve.with_floor(floor)
+
+
+@contextmanager
+def _without_row_floor(model, floor: int):
+    """The model with its matmuls on as many rows as given, for the measurement's duration."""
+    if floor > 1:
+        model.set_row_floor(1)
+    try:
+        yield model
+    finally:
+        if floor > 1:
+            model.set_row_floor(floor)
