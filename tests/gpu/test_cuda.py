@@ -107,8 +107,10 @@ def test_bf16_outputs_mostly_equal_plain_decoding(default_target_cuda, data_dir)
     cfg = GenerationConfig(max_new_tokens=128, eos_token_ids=target.eos_token_ids)
     same = {}
     # one bucket for every forward, attending in float32 (the bf16 default: plain steps padded like
-    # trees), the same attending in bf16 (the default until 2026-12-04), and many buckets
-    for buckets, wide in (((64,), True), ((64,), False), ((1, 2, 4, 8, 16, 32, 64), False)):
+    # trees), in float64 (what makes bf16 on a CPU round alike, not yet run on a GPU), in bf16 (the
+    # default until 2026-12-04), and many buckets
+    variants = ((64,), True), ((64,), torch.float64), ((64,), False), ((1, 2, 4, 8, 16, 32, 64), False)
+    for buckets, wide in variants:
         graphed = GraphedTarget(target.model, buckets=buckets, wide_attention=wide)
         plain = [SpeculativeGenerator(graphed).generate(p, cfg).tokens for p in prompts]
         for name in ("ngram", "eagle2-math"):
@@ -116,7 +118,7 @@ def test_bf16_outputs_mostly_equal_plain_decoding(default_target_cuda, data_dir)
             outs = [gen.generate(p, cfg).tokens for p in prompts]
             same[(buckets, wide, name)] = sum(a == b for a, b in zip(outs, plain)) / len(prompts)
     print("bf16 share of outputs equal to plain decoding, by buckets, float32 attention, proposer:", same)
-    assert min(v for (buckets, wide, _), v in same.items() if wide) >= 0.9
+    assert min(v for (buckets, wide, _), v in same.items() if wide is True) >= 0.9
 
 
 def test_captured_drafting_graphs_draft_the_eager_trees(cuda_target):

@@ -55,6 +55,9 @@ def test_bf16_attends_wider_than_its_weights(bf16_target, tiny_target):
     assert narrow.new_cache(32).keys[0].dtype == torch.bfloat16
     assert curve_key(narrow)["forward"] != curve_key(padded)["forward"]
     assert GraphedTarget(bf16_target).attention_dtype == torch.float64  # many buckets: on a CPU too
+    assert (
+        GraphedTarget(bf16_target, wide_attention=torch.float32).new_cache(8).keys[0].dtype == torch.float32
+    )
     cuda = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
     assert attention_dtype(cuda, padded=True) == torch.float32 and attention_dtype(cuda) == torch.bfloat16
     single = GraphedTarget(tiny_target, buckets=(8,))

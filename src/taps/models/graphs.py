@@ -132,16 +132,22 @@ class GraphedTarget(_BucketGraphs):
         model,
         buckets: tuple[int, ...] = BUCKETS,
         capture: bool | None = None,
-        wide_attention: bool | None = None,
+        wide_attention: bool | torch.dtype | None = None,
     ):
         """`wide_attention`: keep the static cache, and attend, in a wider dtype than a bf16 model's
         (`taps.models.padded.attention_dtype`: float32 on CUDA, float64 on a CPU); by default on a CPU,
-        and on CUDA where forwards are padded alike (one bucket). False: in the model's dtype."""
+        and on CUDA where forwards are padded alike (one bucket). False: in the model's dtype; a dtype:
+        in that one."""
         self.model = model
         super().__init__(model.device, buckets, capture)
         self.exact_rows = self.buckets[0] if len(self.buckets) == 1 else 0  # one bucket: padded alike
-        padded = bool(self.exact_rows) if wide_attention is None else wide_attention
-        self.attention_dtype = attention_dtype(model, padded) if wide_attention is not False else model.dtype
+        if isinstance(wide_attention, torch.dtype):
+            self.attention_dtype = wide_attention
+        elif wide_attention is False:
+            self.attention_dtype = model.dtype
+        else:
+            padded = bool(self.exact_rows) if wide_attention is None else wide_attention
+            self.attention_dtype = attention_dtype(model, padded)
 
     def __getattr__(self, name: str):
         """Everything else (device, dtype, shape, logits, fingerprint, ...) is the model's."""
