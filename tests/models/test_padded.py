@@ -117,3 +117,25 @@ def test_bf16_speculative_output_equals_padded_plain_decoding(bf16_target, propo
         out = spec.generate(prompt, cfg)
         assert max(s.tree_size for s in out.steps) <= 7
         assert out.tokens == plain.generate(prompt, cfg).tokens
+
+
+def test_a_prompt_attends_in_the_model_dtype_and_each_step_after_it_wider(tiny_dirs, monkeypatch):
+    """Plain and speculative decoding share a prompt's prefill, so only the steps after it must round
+    alike: the prompt attends in bf16 (float64 took 1.55x as long at 1000 tokens on a CPU), each later
+    forward in float64, over the same cache."""
+    from taps.models import layers
+
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.bfloat16)
+    seen = []
+    real = layers._grouped_sdpa
+    monkeypatch.setattr(
+        layers, "_grouped_sdpa", lambda q, k, v, mask: seen.append(q.dtype) or real(q, k, v, mask)
+    )
+    cache = model.new_cache(16)
+    model(torch.tensor([1, 2, 3, 4]), cache)
+    prompt = set(seen)
+    seen.clear()
+    model(torch.tensor([5]), cache)
+    model(torch.tensor([6, 7]), cache, torch.tensor([5, 6]), torch.ones(2, 2, dtype=torch.bool).tril())
+    assert prompt == {torch.bfloat16} and set(seen) == {torch.float64}
+    assert cache.keys[0].dtype == torch.float64 and cache.length == 7
