@@ -101,7 +101,7 @@ def test_a_lone_row_runs_as_two_where_the_kernel_computes_it_apart():
     assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, True), two)
     alone = ONEDNN.matmul(x, packed_weight, None)
     assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, False), alone)
-    assert not packed.single_row_apart(INT8, None, 1536, torch.float32)  # int8 drafting is never widened
+    assert not packed.single_row_apart(INT8, 1536, 8, torch.float32)  # int8 drafting is never widened
 
 
 @pytest.mark.parametrize("kernel", [ONEDNN, INT8], ids=lambda k: k.name)

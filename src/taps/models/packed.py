@@ -73,18 +73,29 @@ def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
         return False
 
 
-# Rows probed alone against the same rows together. In bf16 the kernels' differing sums mostly round to
-# the same bits: on a Zen 4 EPYC the down projection gave 6 of 64 lone rows other bits, so a probe of
-# one row (as until 2026-12-05) missed it and bf16 plain decoding parted from verification there.
-PROBE_ROWS = 64
+# Outputs probed, lone rows against the same rows together. In bf16 the kernels' differing sums mostly
+# round to the same bits: on a Zen 4 EPYC the down projection (576 outputs a row) gave 6 of 64 lone rows
+# other bits, so a probe of one row (as until 2026-12-05) missed it and bf16 plain decoding parted from
+# verification there. Each output is a chance to see it: 64 rows of 576, fewer rows of wider weights.
+PROBE_OUTPUTS = 64 * 576
 
 
-def single_row_apart(kernel: Kernel, packed: object, in_features: int, dtype: torch.dtype) -> bool:
-    """Whether `kernel` gives one row other bits alone than among others with this packed weight (a
-    plain decoding step against a tree's verification: losslessness rests on them agreeing)."""
+def single_row_apart(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> bool:
+    """Whether `kernel` gives one row other bits alone than among others, for weights of this shape and
+    dtype (a plain decoding step against a tree's verification: losslessness rests on them agreeing).
+    Which path a kernel takes depends on shapes, not values: probed once per shape, on a random weight
+    (64 rows of each of a target's layers and of its LM head added ~4 s to each load)."""
     if kernel is not ONEDNN:  # int8 drafting is approximate anyway, and drafting never touches exactness
         return False
-    x = torch.randn(PROBE_ROWS, in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
+    return _probe_apart(kernel, in_features, out_features, dtype)
+
+
+@functools.cache
+def _probe_apart(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    packed = kernel.pack((torch.randn(out_features, in_features, generator=gen) * 0.02).to(dtype))
+    rows = min(64, max(4, -(-PROBE_OUTPUTS // out_features)))
+    x = torch.randn(rows, in_features, generator=gen).to(dtype)
     together = kernel.matmul(x, packed, None)
     return any(
         not torch.equal(kernel.matmul(x[i : i + 1], packed, None), together[i : i + 1]) for i in range(len(x))
@@ -158,7 +169,7 @@ class PackedLinear(nn.Module):
         self.weight, self.bias, self.kernel = linear.weight, linear.bias, kernel
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = kernel.pack(linear.weight)  # a plain attribute: not saved, not moved
-        self.widen_single = single_row_apart(kernel, self.packed, self.in_features, linear.weight.dtype)
+        self.widen_single = single_row_apart(kernel, self.in_features, self.out_features, linear.weight.dtype)
         self.min_rows = 1  # the target's row floor (`TargetModel.set_row_floor`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +245,7 @@ class PackedMatmul:
         weights = weight.detach() if weight.dim() == 3 else weight.detach()[None]
         biases = [None] * len(weights) if bias is None else list(bias.detach().reshape(len(weights), -1))
         members, stacked = [kernel.pack(w) for w in weights], weight.dim() == 3
-        apart = not stacked and single_row_apart(kernel, members[0], weight.shape[-1], weight.dtype)
+        apart = not stacked and single_row_apart(kernel, weight.shape[-1], weight.shape[-2], weight.dtype)
         return cls(kernel, members, biases, stacked, apart)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
