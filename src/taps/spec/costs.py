@@ -28,7 +28,7 @@ CONTEXT = 256  # committed tokens under the measured passes (a typical mid-reply
 MAX_AGE_S = 7 * 24 * 3600
 FORMAT = "taps-costs/2"  # 2: the raw medians are kept (the row floor reads them)
 FLOOR_LIMIT = 8  # the largest row count small forwards are padded to (`row_floor`)
-FLOOR_GAIN = 0.05  # ... where that forward is at least this much cheaper than a 1-token one
+FLOOR_GAIN = 0.10  # ... where that forward is at least this much cheaper than a 1-token one
 
 
 @dataclass(frozen=True)
