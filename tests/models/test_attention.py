@@ -48,8 +48,8 @@ def test_a_bf16_target_attends_so_that_a_tree_row_rounds_as_a_plain_step():
     """bf16 losslessness on a CPU (`taps.models.padded.attention_dtype`): a tree node attends over its
     ancestors among siblings' slots, under a mask, with other rows beside it; a plain step attends over
     the same keys packed together, alone. In bf16 or float32 attention the two sum in other orders and
-    the bf16 outputs part (here 20 and 22 of 180 rows); in the dtype a bf16 model on a CPU attends in,
-    they round alike."""
+    the bf16 outputs part (`benchmarks/attention_dtype.py` shows it on the default target); in the
+    dtype a bf16 model on a CPU attends in, they round alike."""
     from types import SimpleNamespace
 
     from taps.models.padded import attention_dtype

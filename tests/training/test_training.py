@@ -196,7 +196,7 @@ def test_train_checks_its_held_out_corpus_before_training(features, tmp_path, mo
 
     target, feats = features
     trained = []
-    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args: target)
+    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: target)
     monkeypatch.setattr(taps.training.trainer, "train", lambda *a, **k: trained.append(1))
     out = tmp_path / "drafter"
     assert taps.cli.main(["train", "--features", str(feats), "--out", str(out)]) == 2

@@ -227,7 +227,8 @@ class Attention(nn.Module):
             k, v = cache.keys[layer][..., : start + n, :], cache.values[layer][..., : start + n, :]
         if isinstance(mask, str):
             # causal over nothing cached (a prompt): in the model's dtype, since plain and speculative
-            # decoding share this prefill (a float64 one took 1.55x as long at 1000 tokens, bf16, CPU)
+            # decoding share this prefill (a float64 one took 1.55x as long at 1000 tokens, bf16, CPU,
+            # `benchmarks/attention_dtype.py`)
             out = _grouped_sdpa(q, own_k, own_v, mask)
         else:  # a cache kept wider than the model's dtype attends in its own (`padded.attention_dtype`)
             out = _grouped_sdpa(q.to(k.dtype), k, v, mask)

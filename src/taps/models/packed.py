@@ -74,9 +74,10 @@ def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
 
 
 # Outputs probed, lone rows against the same rows together. In bf16 the kernels' differing sums mostly
-# round to the same bits: on a Zen 4 EPYC the down projection (576 outputs a row) gave 6 of 64 lone rows
-# other bits, so a probe of one row (as until 2026-12-05) missed it and bf16 plain decoding parted from
-# verification there. Each output is a chance to see it: 64 rows of 576, fewer rows of wider weights.
+# round to the same bits: on a Zen 4 EPYC the down projection (576 outputs a row) gave 4 of 64 random
+# lone rows other bits (`benchmarks/attention_dtype.py`), so a probe of one row (as until 2026-12-05)
+# missed it and bf16 plain decoding parted from verification there. Each output is a chance to see it:
+# 64 rows of 576, fewer rows of wider weights.
 PROBE_OUTPUTS = 64 * 576
 
 

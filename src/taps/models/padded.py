@@ -12,16 +12,18 @@ eagle2-math outputs equalled plain decoding; on a Zen 4 EPYC (2026-12-05, 16 pro
 On a CPU, unpadded (the default since 2026-12-05). Two causes, two fixes:
 - the packed matmuls (`taps.models.packed`) give a row the same bits whatever the row count: oneDNN
   computes a lone row apart where a product has more than 1024 inputs (the down projection), and
-  that row runs as two. In bf16 the difference shows in few rows (6 of 64), which a probe of one row
-  had missed until 2026-12-05;
+  that row runs as two. In bf16 the difference shows in few rows (4 of 64 random ones), which a probe
+  of one row had missed until 2026-12-05;
 - attention sums in float64 (`attention_dtype`): the cache holds the bf16 keys and values exactly,
   their products with a bf16 query are exact, and sums taken in another order agree to ~1e-16, far
-  below the bf16 rounding of the result (in float32 they agree to ~1e-7, and 1 tree row in 8 still
-  rounded apart: `tests/models/test_attention.py`). It costs what attention costs twice over: on the
-  Zen 4 EPYC a 1-token forward of SmolLM2-135M took 33.7 ms against 30.8 ms in bf16 at 300 tokens
-  of context, 47.1 against 34.2 ms at 1000. `--attention model` keeps bf16 attention. A prompt's
-  prefill still attends in bf16 (plain and speculative decoding share it; in float64 a 1000-token
-  prompt took 2.77 s against 1.79 s), writing its keys and values into the float64 cache exactly.
+  below the bf16 rounding of the result (in float32 they agree to ~1e-7, which still flips bf16
+  roundings: on the Zen 4 EPYC none of 20 random 6-token chains gave every row a plain step's bits
+  attending in float32 or bf16, all 20 in float64, `benchmarks/attention_dtype.py`). It costs what
+  attention costs twice over: there a 1-token forward of SmolLM2-135M took 1.10x its bf16-attention
+  time at 300 tokens of context and 1.31x at 1000, a 6-token verification 1.19x and 1.50x.
+  `--attention model` keeps bf16 attention. A prompt's prefill attends in bf16 (plain and
+  speculative decoding share it; in float64 a 1000-token prompt took 2.76 s against 1.78 s), writing
+  its keys and values into the float64 cache exactly.
 With both, every row of `benchmarks/engine.py` gave 16 of 16 outputs equal to plain decoding there
 (docs/speed-cpu.md), unpadded.
 
