@@ -26,6 +26,7 @@ import time
 import torch
 
 from taps.models.catalog import load_target
+from taps.models.packed import rows_apart
 
 DTYPES = {"bf16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 CHAIN = 6
@@ -113,11 +114,7 @@ def lone_rows_apart(model) -> str:
     (in bf16 the difference survives rounding in few rows: why `single_row_apart` probes many)."""
     down = model.model.layers[0].mlp.down_proj
     x = torch.randn(64, down.in_features, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    together = down.kernel.matmul(x, down.packed, None)
-    apart = sum(
-        not torch.equal(down.kernel.matmul(x[i : i + 1], down.packed, None), together[i : i + 1])
-        for i in range(64)
-    )
+    apart = rows_apart(down.kernel, down.packed, x)
     return f"down projection ({down.in_features} inputs, {down.kernel.name}): {apart} of 64 lone rows apart"
 
 

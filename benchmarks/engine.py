@@ -75,7 +75,7 @@ def decoder_rows(
     rows.append(("taps plain", "plain", "", None))
     if invariant_rows(target.model) > 1:  # what padding every forward (bf16 exactness) costs plain decoding
         rows.append(("taps plain (unpadded)", "plain-unpadded", "", None))
-    if getattr(target.model, "row_floor", 1) > 1:  # what the row floor gains plain decoding
+    if target.model.row_floor > 1:  # what the row floor gains plain decoding
         rows.append(("taps plain (no row floor)", "plain-no-floor", "", None))
     shipped = shipped_drafters(target.name)
     proposers = [("single", "ngram"), *(("single", d) for d in [*shipped, *extra])]
@@ -328,10 +328,8 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": args.threads,
         "pad_rows": invariant_rows(target.model),
-        "attention": str(accelerated(target.model).attention_dtype),
-        "row_floor": getattr(
-            target.model, "row_floor", 1
-        ),  # `TargetModel.set_row_floor`  # `taps.models.padded.attention_dtype`
+        "attention": str(accelerated(target.model).attention_dtype),  # `taps.models.padded.attention_dtype`
+        "row_floor": target.model.row_floor,  # `TargetModel.set_row_floor`
         "benchmarks": args.benchmarks,
         "prompts_per_benchmark": args.prompts,
         "max_new_tokens": args.max_new_tokens,

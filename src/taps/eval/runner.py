@@ -196,7 +196,7 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         "dtype": str(target.model.dtype),
         "pad_rows": invariant_rows(target.model),
         "attention": str(accelerated(target.model).attention_dtype),
-        "row_floor": getattr(target.model, "row_floor", 1),  # speed only: outputs do not change
+        "row_floor": target.model.row_floor,  # speed only: outputs do not change
         "grid": asdict(grid) | {"shape": asdict(grid.shape)},
     }
     meta = _resumable_meta(out_dir, meta)

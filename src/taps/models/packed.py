@@ -96,9 +96,13 @@ def _probe_apart(kernel: Kernel, in_features: int, out_features: int, dtype: tor
     gen = torch.Generator().manual_seed(0)
     packed = kernel.pack((torch.randn(out_features, in_features, generator=gen) * 0.02).to(dtype))
     rows = min(64, max(4, -(-PROBE_OUTPUTS // out_features)))
-    x = torch.randn(rows, in_features, generator=gen).to(dtype)
+    return rows_apart(kernel, packed, torch.randn(rows, in_features, generator=gen).to(dtype)) > 0
+
+
+def rows_apart(kernel: Kernel, packed: object, x: torch.Tensor) -> int:
+    """How many rows of x [rows, in] `kernel` gives other bits alone than all together."""
     together = kernel.matmul(x, packed, None)
-    return any(
+    return sum(
         not torch.equal(kernel.matmul(x[i : i + 1], packed, None), together[i : i + 1]) for i in range(len(x))
     )
 
