@@ -31,6 +31,17 @@ def test_benchmark_counts_and_fields(data_dir):
     assert load_benchmark("gsm8k", data_dir)[0].reference == "18"
 
 
+def test_long_prompt_benchmark_puts_worked_train_examples_before_each_test_question(data_dir):
+    prompts = load_benchmark("gsm8k_8shot", data_dir)
+    plain = load_benchmark("gsm8k", data_dir)
+    assert len(prompts) == len(plain) and prompts[0].reference == plain[0].reference == "18"
+    text = prompts[0].turns[0]
+    assert text.count("Question: ") == 9 and text.count("The answer is ") == 8
+    assert text.endswith(f"Question: {plain[0].turns[0]}\nAnswer:")
+    assert "<<" not in text  # the calculator annotations of the train solutions are gone
+    assert len({p.turns[0].split("\n\nQuestion: ")[1] for p in prompts[:5]}) == 1  # the same shots
+
+
 def test_sampling_is_deterministic(data_dir):
     a = load_benchmark("svamp", data_dir, limit=5, seed=3)
     assert a == load_benchmark("svamp", data_dir, limit=5, seed=3)
