@@ -159,7 +159,7 @@ def taps_decoder(
             out = gen.generate(prompt, cfg)
         finally:
             target.model.set_row_floor(floor)
-        return out.tokens, out.wall_ms / 1000, out.steps
+        return out.tokens, out.wall_ms / 1000, out.steps, out.prefill_ms / 1000
 
     return run
 
@@ -198,11 +198,17 @@ def row_error(name: str, exc: Exception) -> dict:
 
 
 def summarize(done: list[tuple]) -> dict:
-    """(tokens, seconds[, steps]) per prompt -> one row of figures."""
+    """(tokens, seconds[, steps, prefill seconds]) per prompt -> one row of figures. `decode_tok_s`
+    leaves the prompt out: the tokens after the prefill's first one over the time after it, the part
+    speculation can speed up (on long prompts the prefill is a large share of the wall time)."""
     outputs, seconds = [d[0] for d in done], [d[1] for d in done]
     steps = [s for d in done if len(d) > 2 for s in d[2]]
     n_tokens = sum(map(len, outputs))
     row = {"tok_s": n_tokens / sum(seconds), "tokens": n_tokens, "seconds": seconds, "outputs": outputs}
+    if done and len(done[0]) > 3:
+        prefill = [d[3] for d in done]
+        after = sum(s - p for s, p in zip(seconds, prefill))
+        row |= {"prefill_s": prefill, "decode_tok_s": (n_tokens - len(done)) / after if after > 0 else 0.0}
     if steps:
         row |= {
             "tau": sum(s.accepted + 1 for s in steps) / len(steps),
@@ -407,12 +413,12 @@ def main() -> None:
     print(
         f"\n| decoder ({len(prompts)} prompts: {args.benchmarks}, {args.max_new_tokens} new tokens max) "
         "| tok/s | vs HF generate | vs taps plain | tau | nodes / step | plain steps | draft ms / step "
-        "| verify ms / step | output == taps plain |"
+        "| verify ms / step | prefill s | after the prompt: vs taps plain | output == taps plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in results.items():
         if "error" in row:
-            print(f"| {name} | did not run: {row['error']} | | | | | | | | |")
+            print(f"| {name} | did not run: {row['error']} | | | | | | | | | | |")
             continue
         if args.temperature == 0:  # samples (T > 0) are not expected to equal plain decoding's
             diverged = [first_divergence(a, b) for a, b in zip(row["outputs"], plain["outputs"])]
@@ -423,9 +429,14 @@ def main() -> None:
             f"{row[k]:.2f}" if k in row else "–"
             for k in ("tau", "nodes", "plain_steps", "draft_ms", "verify_ms")
         )
+        if "decode_tok_s" in row and plain.get("decode_tok_s"):
+            row["decode_vs_plain"] = row["decode_tok_s"] / plain["decode_tok_s"]
+            prefill = f"{statistics.mean(row['prefill_s']):.2f} | {row['decode_vs_plain']:.2f}x"
+        else:
+            prefill = "– | –"
         print(
             f"| {name} | {row['tok_s']:.1f} | {row['vs_hf']:.2f}x | {row['vs_plain']:.2f}x | {extra} | "
-            f"{same} |"
+            f"{prefill} | {same} |"
         )
     print_by_benchmark(results, [p.benchmark for p in items])
     if args.out:

@@ -13,7 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
-BENCH_NAMES = {"gsm8k": "GSM8K", "mt_bench": "MT-Bench", "math500": "MATH-500", "svamp": "SVAMP"}
+BENCH_NAMES = {
+    "gsm8k": "GSM8K",
+    "mt_bench": "MT-Bench",
+    "math500": "MATH-500",
+    "svamp": "SVAMP",
+    "gsm8k_8shot": "GSM8K 8-shot",
+}
 
 
 def load(path: str) -> dict:
@@ -53,9 +59,12 @@ def full_table(result: dict, t1: dict | None) -> str:
     benches = list(dict.fromkeys(benchmarks_of(result)))
     names = [BENCH_NAMES.get(b, b) for b in benches]
     t1_head = f" | T = 1: {' / '.join(names)}" if t1 else ""
+    # runs since 2026-12-05 time the prefill apart: the speed-up after the prompt, and what it cost
+    prefill = "decode_tok_s" in result["rows"]["taps plain"]
+    prefill_head = " | prefill s | after the prompt" if prefill else ""
     head = (
         f"| decoder | tok/s | {' | '.join(names)} | all{t1_head} | tau | nodes / step | draft ms "
-        "| verify ms | output == plain |"
+        f"| verify ms{prefill_head} | output == plain |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     n = len(benchmarks_of(result))
@@ -68,6 +77,9 @@ def full_table(result: dict, t1: dict | None) -> str:
             in_t1 = name in t1["rows"] and "error" not in t1["rows"][name]
             cells.append(" / ".join(fmt(ratio(t1, name, b) if in_t1 else None, "x") for b in benches))
         cells += [fmt(row.get(k)) for k in ("tau", "nodes", "draft_ms", "verify_ms")]
+        if prefill:
+            seconds = row.get("prefill_s")
+            cells += [fmt(seconds and sum(seconds) / len(seconds)), fmt(row.get("decode_vs_plain"), "x")]
         cells.append(f"{row['same_as_plain']}/{n}" if "same_as_plain" in row else "–")
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
