@@ -12,7 +12,8 @@
 # bf16 match rate), the engine benchmark as markdown and JSON (and its per-prompt partial JSON if
 # cut short), the CPU-side spec/model tests under this machine's torch (run beside the CUDA tests,
 # on other cores), and, with COMPILE=1 and time left, HF generate with a static cache + torch.compile.
-# PROMPTS: prompts per benchmark (default 4); TEST_CAP: seconds for the CUDA tests (default 150).
+# PROMPTS: prompts per benchmark (default 4); BENCHMARKS: the engine's (default gsm8k,mt_bench; add
+# gsm8k_8shot for ~1150-token prompts); TEST_CAP: seconds for the CUDA tests (default 150).
 set -uo pipefail
 out=${OUT:-gpu-out}
 budget=${BUDGET:-400}
@@ -33,7 +34,7 @@ timeout "$(cap "${TEST_CAP:-150}")" python3 -m pytest -q -s -p no:cacheprovider 
 wait
 tail -3 "$out/pytest-cpu.log"
 timeout "$(cap 300)" python3 benchmarks/engine.py --device cuda --prompts "${PROMPTS:-4}" --max-new-tokens 128 \
-    --out "$out/engine-cuda.json" 2>&1 | tee "$out/engine-cuda.md"
+    --benchmarks "${BENCHMARKS:-gsm8k,mt_bench}" --out "$out/engine-cuda.json" 2>&1 | tee "$out/engine-cuda.md"
 if [ -n "${COMPILE:-}" ] && [ "$(left)" -gt 90 ]; then  # compiling may take minutes: last, asked for
   timeout "$(cap 150)" python3 benchmarks/engine.py --device cuda --prompts 1 --max-new-tokens 128 --compile \
       --rows none --out "$out/engine-cuda-compile.json" 2>&1 | tee "$out/engine-cuda-compile.md"
