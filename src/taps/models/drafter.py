@@ -121,11 +121,13 @@ class Drafter(nn.Module):
         cache: KVCache | None = None,
         tree_mask: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
         """Predicted next features for pairs (features[i], tokens[i]).
 
         Decoding: 1-D inputs on top of `cache` (causal, or `tree_mask` over the last slots: see
-        `attention_mask`); a stack of drafters takes [members, n] inputs.
+        `attention_mask`); a stack of drafters takes [members, n] inputs. `keep`: predict for the
+        last `keep` pairs only (all of them still enter the cache).
         Training: batched inputs [B, n] / [B, n, H] with a full `mask` and no cache.
         """
         n = tokens.shape[-1]
@@ -135,21 +137,23 @@ class Drafter(nn.Module):
                 mask = attention_mask(n, cache.length, tree_mask, tokens.device)
         # positions never exceed the slots in use: the cache's plus the new ones (training: the sequence)
         bound = (cache.length if cache is not None else 0) + n
-        x = self.run_layers(tokens, features, positions, mask, cache, bound)
+        x = self.run_layers(tokens, features, positions, mask, cache, bound, keep)
         if cache is not None:
             cache.length += n
         return x
 
     def run_layers(
-        self, tokens, features, positions, mask, cache: KVCache | None, bound: int
+        self, tokens, features, positions, mask, cache: KVCache | None, bound: int, keep: int | None = None
     ) -> torch.Tensor:
         """fc and decoder layers with the mask already made and no cache bookkeeping (`bound`: every
         position is below it). A static cache (`cache.slots` set, see `taps.models.graphs`) takes the
-        keys/values at those slots and a mask over its whole capacity."""
+        keys/values at those slots and a mask over its whole capacity. `keep`: the last layer outputs
+        the last `keep` rows only (`DecoderLayer.forward`)."""
         x = self.fc(torch.cat([self.embed(tokens).to(self.dtype), features.to(self.dtype)], dim=-1))
         cos, sin = self.rotary(positions, self.dtype, bound)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, cos, sin, mask, cache, i, keep if i == last else None)
         return x
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:

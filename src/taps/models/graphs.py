@@ -290,8 +290,11 @@ class GraphedDrafter(_BucketGraphs):
         )
 
     @torch.inference_mode()
-    def __call__(self, tokens, features, positions, cache: KVCache, tree_mask=None) -> torch.Tensor:
-        """Drafter.forward on the static cache: tokens [N, n], features [N, n, H] -> hidden [N, n, H]."""
+    def __call__(
+        self, tokens, features, positions, cache: KVCache, tree_mask=None, keep: int | None = None
+    ) -> torch.Tensor:
+        """Drafter.forward on the static cache: tokens [N, n], features [N, n, H] -> hidden [N, n, H]
+        (the last `keep` rows with `keep`: computed whole here, a GPU's graphs have fixed shapes)."""
         if cache is not self.cache:
             raise TapsError("a GraphedDrafter runs on its own cache: get it from new_cache()")
         n, start = tokens.shape[-1], cache.length
@@ -305,7 +308,7 @@ class GraphedDrafter(_BucketGraphs):
             self.inputs[bucket].fill(tokens, features, positions, tree_mask, start, self.capacity)
             hidden = self._replay(bucket)[:, :n].clone()  # the graph's output is overwritten next replay
         cache.length = start + n
-        return hidden
+        return hidden if keep is None else hidden[:, -keep:]
 
     def _layers(self, inputs: _DraftInputs) -> torch.Tensor:
         return self.drafter.run_layers(

@@ -211,8 +211,12 @@ class Attention(nn.Module):
         """Project q, k and v in one packed matmul (a no-op unless all three are packed alike)."""
         self.qkv = fuse([self.q_proj, self.k_proj, self.v_proj])
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
-        """x: [n, H] (no batch) or [B, n, H] (training, no cache). mask: bool, True = may attend."""
+    def forward(
+        self, x, cos, sin, mask, cache: KVCache | None, layer: int, keep: int | None = None
+    ) -> torch.Tensor:
+        """x: [n, H] (no batch) or [B, n, H] (training, no cache). mask: bool, True = may attend.
+        `keep`: every row's keys and values go to the cache, but only the last `keep` rows attend and
+        come out (see `DecoderLayer.forward`)."""
         *lead, n, _ = x.shape
         q, k, v = self._project(x, cos, sin)
         own_k, own_v = k, v
@@ -225,6 +229,8 @@ class Attention(nn.Module):
             cache.keys[layer][..., start : start + n, :] = k
             cache.values[layer][..., start : start + n, :] = v
             k, v = cache.keys[layer][..., : start + n, :], cache.values[layer][..., : start + n, :]
+        if keep is not None and keep < n:
+            q, mask, n = q[..., -keep:, :], _last_rows(mask, keep, n, q.device), keep
         if isinstance(mask, str):
             # causal over nothing cached (a prompt): in the model's dtype, since plain and speculative
             # decoding share this prefill (a float64 one took 1.55x as long at 1000 tokens, bf16, CPU,
@@ -247,6 +253,15 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(*lead, n, kv, hd).transpose(-2, -3)
         v = self.v_proj(x).view(*lead, n, kv, hd).transpose(-2, -3)
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def _last_rows(mask, keep: int, n: int, device: torch.device) -> torch.Tensor | None:
+    """The attention mask of the last `keep` of `n` query rows (CAUSAL: over the n new keys alone)."""
+    if mask is None:
+        return None
+    if isinstance(mask, str):  # row n - keep + r sees the new keys up to its own
+        return None if keep == 1 else torch.ones(keep, n, dtype=torch.bool, device=device).tril_(n - keep)
+    return mask[..., -keep:, :]
 
 
 def _grouped_sdpa(q, k, v, mask) -> torch.Tensor:
@@ -332,8 +347,15 @@ class DecoderLayer(nn.Module):
         self.self_attn.fuse()
         self.mlp.fuse()
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(
+        self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0, keep: int | None = None
+    ) -> torch.Tensor:
+        """`keep`: the output of the last `keep` rows only; every row still writes its keys and values.
+        A drafter's last layer takes it when it reads in committed tokens: only the last one's output
+        is drafted from, the others are needed as keys and values alone, and attention, o_proj and the
+        MLP are ~3/4 of the layer (on a ~1150-token prompt its first step read it all in)."""
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, keep)
+        x = (x if keep is None else x[..., -keep:, :]) + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

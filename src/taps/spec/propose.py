@@ -161,8 +161,8 @@ class TreeDrafter:
         self.cache.length = self.pairs  # drop last step's drafted entries
         positions = torch.arange(self.pairs, self.pairs + m, device=features.device)
         start = time.perf_counter()
-        hidden = self.forward(
-            tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache
+        hidden = self.forward(  # only the last pair is drafted from: the others enter the cache alone
+            tokens[-m:].expand(n, m), features.expand(n, *features.shape), positions, self.cache, keep=1
         )
         self.pairs += m
         if self.budget is not None:
