@@ -64,3 +64,16 @@ def test_sampled_drafts_reach_the_tree_shape_and_bad_values_are_refused(capsys):
     assert "invalid choice: 'random'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="drafts must be"):
         TreeShape(drafts="random")
+
+
+def test_threads_default_to_torchs_count_of_cores_and_bad_counts_are_refused(capsys):
+    import torch
+
+    parser = build_parser()
+    assert parser.parse_args(["generate", "hi"]).threads == torch.get_num_threads()
+    assert parser.parse_args(["reproduce"]).threads == torch.get_num_threads()
+    assert parser.parse_args(["eval", "--rows", "plain", "--out", "x", "--threads", "3"]).threads == 3
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["generate", "hi", "--threads", bad])
+        assert "expected a positive count or auto" in capsys.readouterr().err

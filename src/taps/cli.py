@@ -13,6 +13,20 @@ from taps.errors import TapsError
 from taps.models.catalog import DEFAULT_TARGET, TARGETS
 
 
+def _threads(value: str) -> int:
+    """--threads: a positive count, or auto: torch's own default, the physical cores (on a 2-core Zen 4
+    EPYC plain decoding ran 1.27x as fast on 2 threads as on 1, side by side, and every drafter row
+    1.33-1.51x ahead of it: docs/speed-cpu.md, "Two threads")."""
+    if value == "auto":
+        import torch
+
+        return torch.get_num_threads()
+    count = int(value) if value.isdigit() else 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive count or auto, got {value!r}")
+    return count
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
@@ -60,7 +74,11 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="EAGLE-2: draft nodes verified per target forward (auto: at most)",
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads, pinned and reported (default: %(default)s)"
+        "--threads",
+        type=_threads,
+        default="auto",
+        help="torch CPU threads, pinned and reported: a count, or auto = the CPU's physical cores as torch "
+        "counts them (default: %(default)s)",
     )
     p.add_argument(
         "--dtype",
@@ -607,8 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     # (docs/paper-comparisons.md has its timings).
     _add_eval_common(p, max_new_help="per turn (default: 32 for the quick preset, 64 with --full)")
     p.set_defaults(max_new_tokens=None)
-    # A batch job: use every core by default (speed-ups are ratios measured at the same thread count).
-    p.set_defaults(func=cmd_reproduce, threads=os.cpu_count() or 1)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
         "average", help="checkpoint averaging: one drafter with the (weighted) mean weights of several"
