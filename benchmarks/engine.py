@@ -11,13 +11,15 @@ Prints, and writes as JSON with `--out`:
 3. decoding: `transformers` generate, its prompt lookup, its static cache + torch.compile (with
    `--compile`; compiling can take minutes), taps plain decoding (through CUDA graphs and eagerly,
    on CUDA; padded to one row count and unpadded, in bf16: `taps.models.padded`; with and without
-   the row floor, where the cost curve chose one: `TargetModel.set_row_floor`), the n-gram
+   the row floor, where the cost curve chose one: `TargetModel.set_row_floor`; on 1 thread, where
+   `--threads` is more), the n-gram
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
    the fixed 8/5/24 tree (at T > 0 the `[auto]` rows of single drafters draft sampled chains on a
    CPU, `--drafts auto`; each also runs with top-k trees, `[auto top-k]`): tok/s, tau, ratio to HF
    generate and to taps plain, drafting / verification ms per step, verified nodes per step, and how
-   many outputs equal taps plain decoding token for token (with the first divergence where one does not).
+   many outputs equal taps plain decoding token for token (with the first divergence where one does not),
+   and each taps row's prefill time and speed-up after the prompt (what speculation can shorten).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.
@@ -77,6 +79,8 @@ def decoder_rows(
         rows.append(("taps plain (unpadded)", "plain-unpadded", "", None))
     if target.model.row_floor > 1:  # what the row floor gains plain decoding
         rows.append(("taps plain (no row floor)", "plain-no-floor", "", None))
+    if target.model.device.type == "cpu" and torch.get_num_threads() > 1:  # what the threads gain it
+        rows.append(("taps plain (1 thread)", "plain-1-thread", "", None))
     shipped = shipped_drafters(target.name)
     proposers = [("single", "ngram"), *(("single", d) for d in [*shipped, *extra])]
     if all(d in shipped for d in PAIR.split(",")):
@@ -152,13 +156,16 @@ def taps_decoder(
             temperature=temperature,
             eos_token_ids=() if ignore_eos else target.eos_token_ids,
         )
-        floor = target.model.row_floor
+        floor, threads = target.model.row_floor, torch.get_num_threads()
         if strategy == "plain-no-floor":
             target.model.set_row_floor(1)
+        if strategy == "plain-1-thread":
+            torch.set_num_threads(1)
         try:
             out = gen.generate(prompt, cfg)
         finally:
             target.model.set_row_floor(floor)
+            torch.set_num_threads(threads)
         return out.tokens, out.wall_ms / 1000, out.steps, out.prefill_ms / 1000
 
     return run
