@@ -249,7 +249,7 @@ def cmd_generate(args) -> None:
     print(out.text)
     print(
         f"\n[{args.strategy} {args.drafters}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
-        f"({out.tokens_per_s:.1f} tok/s), "
+        f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens read in {out.prefill_ms / 1000:.2f} s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
         f"{args.threads}",
         file=sys.stderr,
