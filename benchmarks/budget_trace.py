@@ -1,7 +1,8 @@
 """Trace the tree budget's decisions, prompt by prompt: is drafting judged right?
 
     python benchmarks/budget_trace.py [--strategy single] [--drafters eagle2-math] [--temperature 1]
-        [--benchmarks gsm8k,mt_bench] [--prompts 4] [--max-new-tokens 64] [--emulate-avx2] [--out FILE.json]
+        [--benchmarks gsm8k,mt_bench] [--prompts 4] [--max-new-tokens 64] [--emulate-avx2]
+        [--dtype float32|bfloat16|auto] [--threads 1] [--out FILE.json]
 
 Runs one proposer under the auto budget on the prompts in order (the budget carries what it learned
 from one prompt to the next, as in `benchmarks/engine.py`), with plain decoding on the same prompt
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per benchmark")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--emulate-avx2", action="store_true", help="as `benchmarks/engine.py --emulate-avx2`")
+    ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="float32")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -74,7 +77,12 @@ def main() -> None:
 
         emulate_avx2()
     ns = argparse.Namespace(
-        target=args.target, device="cpu", dtype="float32", threads=1, pad_rows=None, attention="auto"
+        target=args.target,
+        device="cpu",
+        dtype=args.dtype,
+        threads=args.threads,
+        pad_rows=None,
+        attention="auto",
     )
     target = load_target_from_args(ns)
     proposer = make_strategy(args.strategy, args.drafters.split(","), target, AUTO_SHAPE)
