@@ -2,7 +2,8 @@
 
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
         [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
-        [--emulate-avx2] [--pad-rows N] [--attention auto|model] [--ignore-eos] [--out FILE.json]
+        [--emulate-avx2] [--pad-rows N] [--attention auto|model] [--ignore-eos] [--rows WORDS]
+        [--drafters FOLDERS] [--vocabularies trained,context,whole] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
 1. the target's forward cost by token count (the curve the tree budget weighs; 1000 / the 1-token
@@ -62,13 +63,19 @@ PAIR = "eagle2-math,eagle2-chat"
 
 
 def decoder_rows(
-    target, graphs: bool, compile_hf: bool, extra: tuple[str, ...] = (), sampled: bool = False
+    target,
+    graphs: bool,
+    compile_hf: bool,
+    extra: tuple[str, ...] = (),
+    sampled: bool = False,
+    vocabularies: tuple[str, ...] = (),
 ) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
     drafter folders (say, one just trained) measured beside the shipped ones, each row named by its
     folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): the
     `[auto]` rows of single drafters draft sampled chains on a CPU (`--drafts auto`), so each also
-    runs with top-k trees, row `[auto top-k]`."""
+    runs with top-k trees, row `[auto top-k]`. `vocabularies` (`TreeShape.vocabulary`): each learned
+    drafter's rows again with each of these draft vocabularies, rows `[auto, V vocabulary]`."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
     if compile_hf:
         rows.append(("hf static cache + compile", "hf-compile", "", None))
@@ -93,6 +100,21 @@ def decoder_rows(
         ]
         if sampled and strategy == "single" and names != "ngram":  # what `--drafts auto` samples against
             rows.append((f"{label} [auto top-k]", strategy, names, replace(AUTO_SHAPE, drafts="top-k")))
+        for vocabulary in vocabularies if names != "ngram" else ():
+            rows += [
+                (
+                    f"{label} [auto, {vocabulary} vocabulary]",
+                    strategy,
+                    names,
+                    replace(AUTO_SHAPE, vocabulary=vocabulary),
+                ),
+                (
+                    f"{label} [fixed 8/5/24, {vocabulary} vocabulary]",
+                    strategy,
+                    names,
+                    TreeShape(vocabulary=vocabulary),
+                ),
+            ]
     # plain decoding again, at the other end of each prompt's round from "taps plain" (the order
     # reverses every prompt): identical to it, so its ratio is the run's own noise (on a shared 2-core
     # VM, +-10% per cell was seen), the yardstick for every other ratio in the table
@@ -324,6 +346,12 @@ def main() -> None:
         help="drafter folders to measure beside the shipped drafters (comma-separated; a row is named "
         "by its folder, by its path where that name is a shipped drafter's)",
     )
+    ap.add_argument(
+        "--vocabularies",
+        default="",
+        help="also run each learned drafter's rows with these draft vocabularies (comma-separated: "
+        "trained, context, whole; as `taps generate --vocabulary`)",
+    )
     ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()
     if args.emulate_avx2:
@@ -387,7 +415,10 @@ def main() -> None:
     prompts = [encode_first_turn(target.tokenizer, p) for p in items]
     wanted = [w for w in args.rows.split(",") if w]
     decoders, failed = {}, {}
-    rows = decoder_rows(target, graphs, args.compile, extra, sampled=args.temperature > 0)
+    vocabularies = tuple(v for v in args.vocabularies.split(",") if v)
+    for vocabulary in vocabularies:  # a typo fails now, before anything is measured
+        TreeShape(vocabulary=vocabulary)
+    rows = decoder_rows(target, graphs, args.compile, extra, args.temperature > 0, vocabularies)
     for name, strategy, names, shape in rows:
         if wanted and not any(w in name for w in wanted) and not strategy.startswith(("hf", "plain")):
             continue

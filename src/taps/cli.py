@@ -51,11 +51,12 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
     p.add_argument(
         "--vocabulary",
-        choices=["auto", "trained", "whole"],
+        choices=["auto", "trained", "context", "whole"],
         default="auto",
-        help="tokens a drafter scores: trained = its draft vocabulary; whole = the target's (no "
-        "training needed: the head is the target's own); auto = whole on a GPU, trained on a CPU, "
-        "where the head already dominates a drafting step (default: %(default)s)",
+        help="tokens a drafter scores: trained = its draft vocabulary; context = that and every token "
+        "of the prompt and reply so far that it lacks (the words replies copy); whole = the target's "
+        "(no training needed: the head is the target's own); auto = whole on a GPU, context on a "
+        "CPU, where the whole head would dominate a drafting step (default: %(default)s)",
     )
     p.add_argument(
         "--drafts",

@@ -61,8 +61,9 @@ def make_proposer(name: str, target, shape: TreeShape = TreeShape(), source: int
 
 def scoring(drafter: Drafter, target, vocabulary: str = "auto") -> Drafter:
     """The drafter scoring `vocabulary` (see `TreeShape`): auto is the target's whole vocabulary on a
-    GPU (`Drafter.widen_vocabulary`: a few points of tau for one more small matmul a level there) and
-    the vocabulary the drafter was trained over on a CPU, where the head already dominates drafting."""
+    GPU (`Drafter.widen_vocabulary`: a few points of tau for one more small matmul a level there); on
+    a CPU, where the head already dominates drafting, the vocabulary the drafter was trained over,
+    which its tree drafter grows by the context's tokens (`taps.spec.vocabulary`)."""
     whole = vocabulary == "whole" or (vocabulary == "auto" and target.model.device.type == "cuda")
     return drafter.widen_vocabulary(target.model) if whole else drafter
 

@@ -179,10 +179,12 @@ def test_combined_sampling_follows_the_target(tiny_dirs, strategy):
     assert _chi2_ok(counts, p2.numpy())
 
 
-@pytest.mark.parametrize("vocab", [None, 40])
-def test_stacked_drafters_draft_the_trees_they_draft_alone(tiny_target, vocab):
-    """Batching N same-shape drafters into one forward per level must not change any member's tree."""
-    shape = TreeShape(3, 4, 10)
+@pytest.mark.parametrize("vocab, vocabulary", [(None, "trained"), (40, "trained"), (40, "context")])
+def test_stacked_drafters_draft_the_trees_they_draft_alone(tiny_target, vocab, vocabulary):
+    """Batching N same-shape drafters into one forward per level must not change any member's tree;
+    with a context vocabulary, nor does sharing the added tokens (each member's own draft vocabularies
+    differ here: a token one member has, another gets added)."""
+    shape = TreeShape(3, 4, 10, vocabulary=vocabulary)
     members = [
         DrafterProposer(random_drafter(tiny_target, seed=s, draft_vocab=vocab), shape, source=i)
         for i, s in enumerate([1, 2, 3])
@@ -227,9 +229,10 @@ def test_members_of_different_shapes_draft_apart(tiny_target):
         lambda m: MergedProposer(m, budget=10),
     ],
 )
-def test_stacked_members_are_lossless(tiny_target, make):
+@pytest.mark.parametrize("vocabulary", ["trained", "context"])
+def test_stacked_members_are_lossless(tiny_target, make, vocabulary):
     """Members that stack (same shape and draft vocabulary) draft in one batched forward per level."""
-    shape = TreeShape(4, 4, 12)
+    shape = TreeShape(4, 4, 12, vocabulary=vocabulary)
     for i, prompt in enumerate(PROMPTS):
         members = [
             DrafterProposer(random_drafter(tiny_target, seed=10 * i + j, draft_vocab=60), shape, source=j)

@@ -71,11 +71,16 @@ def test_drafter_trees_are_lossless(tiny_target, shape, draft_vocab):
         assert all(s.tree_size <= shape.total_tokens for s in out.steps)
 
 
-def test_a_widened_drafter_is_lossless(tiny_target):
-    """Widened to the target's whole vocabulary (as on a GPU), a drafter trained over 40 tokens still
-    gives the target's greedy output (its sampling: `test_sampling`)."""
-    drafter = random_drafter(tiny_target, seed=3, draft_vocab=40).widen_vocabulary(tiny_target)
-    gen = SpeculativeGenerator(tiny_target, DrafterProposer(drafter, TreeShape(8, 5, 24)))
+@pytest.mark.parametrize("vocabulary", ["whole", "context"])
+def test_a_drafter_scoring_more_than_its_vocabulary_is_lossless(tiny_target, vocabulary):
+    """Widened to the target's whole vocabulary (as on a GPU), or grown by the context's tokens, a
+    drafter trained over 40 tokens still gives the target's greedy output (its sampling:
+    `test_sampling`)."""
+    drafter = random_drafter(tiny_target, seed=3, draft_vocab=40)
+    if vocabulary == "whole":
+        drafter.widen_vocabulary(tiny_target)
+    shape = TreeShape(8, 5, 24, vocabulary=vocabulary)
+    gen = SpeculativeGenerator(tiny_target, DrafterProposer(drafter, shape))
     for prompt in PROMPTS:
         assert gen.generate(prompt, GenerationConfig(max_new_tokens=40)).tokens == greedy(tiny_target, prompt)
 

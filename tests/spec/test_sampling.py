@@ -126,21 +126,33 @@ def _sampling_target(folder):
 
 
 @pytest.mark.parametrize(
-    "variant", ["drafter", "duplicate siblings", "widened vocabulary", "sampled", "sampled, draft vocabulary"]
+    "variant",
+    [
+        "drafter",
+        "duplicate siblings",
+        "widened vocabulary",
+        "context vocabulary",
+        "sampled",
+        "sampled, draft vocabulary",
+        "sampled, context vocabulary",
+    ],
 )
 def test_generated_tokens_follow_the_target_distribution(tmp_path, variant):
-    """Also for a drafter trained over part of the vocabulary, widened to all of it (as on a GPU), and
-    for sampled drafts (`--drafts sampled`), over the whole vocabulary or a draft vocabulary."""
+    """Also for a drafter trained over part of the vocabulary, widened to all of it (as on a GPU) or
+    grown by the context's tokens, and for sampled drafts (`--drafts sampled`), over the whole
+    vocabulary, a draft vocabulary or a context vocabulary."""
     target, prompt, p2 = _sampling_target(tmp_path)
     vocab = len(p2)
     if variant == "widened vocabulary":
         drafter = random_drafter(target, seed=2, draft_vocab=vocab // 2).widen_vocabulary(target)
-    elif variant == "sampled, draft vocabulary":
+    elif "vocabulary" in variant:
         drafter = random_drafter(target, seed=2, draft_vocab=vocab // 2)
     else:
         drafter = random_drafter(target, seed=2)
     drafts = "sampled" if variant.startswith("sampled") else "top-k"
-    proposer = DrafterProposer(drafter, TreeShape(top_k=3, depth=3, total_tokens=8, drafts=drafts))
+    vocabulary = "context" if "context" in variant else "trained"
+    shape = TreeShape(top_k=3, depth=3, total_tokens=8, drafts=drafts, vocabulary=vocabulary)
+    proposer = DrafterProposer(drafter, shape)
     gen = SpeculativeGenerator(
         target, _DuplicatingProposer(proposer) if variant == "duplicate siblings" else proposer
     )
@@ -151,6 +163,8 @@ def test_generated_tokens_follow_the_target_distribution(tmp_path, variant):
         accepted += out.steps[0].accepted
     assert accepted > 300  # the drafts really are being accepted, so the tree path is exercised
     assert (proposer.trees.sampling is not None) == (drafts == "sampled")  # it really drafted by sampling
+    if vocabulary == "context":  # the prompt's tokens outside the draft vocabulary were added
+        assert len(proposer.trees.context) > 0
     assert _chi2_ok(counts, p2.numpy())
 
 

@@ -66,8 +66,11 @@ class Drafter(nn.Module):
         """Borrow the target's frozen embedding and LM-head rows (restricted to the draft vocabulary).
 
         Stored outside the module registry, so they are neither saved nor trained with the drafter.
+        The whole head stays at hand (`target_head`) for tokens added per sequence
+        (`taps.spec.vocabulary`).
         """
         self.__dict__["embed"] = target.model.embed_tokens
+        self.__dict__["target_head"] = target.lm_head.weight.detach()
         self.refresh_head(target)
         return self
 
@@ -86,7 +89,8 @@ class Drafter(nn.Module):
         prompts, T = 0): eagle2-chat MT-Bench / GSM8K 2.49 / 2.38 -> 2.55 / 2.50, eagle2-math
         3.41 / 1.96 -> 3.47 / 2.00 (GSM8K / MT-Bench); at T = 1 it was level. On a GPU the 6x
         larger head is one more small matmul a level; on a CPU the head already dominates a
-        drafting step, so there drafters keep their trained vocabulary by default."""
+        drafting step, so there drafters keep their trained vocabulary, grown by the context's
+        tokens (`taps.spec.vocabulary`), by default."""
         self.config = replace(self.config, draft_vocab_size=None)
         self.d2t = torch.arange(self.config.shape.vocab_size, device=self.d2t.device)
         self.packed_head = None

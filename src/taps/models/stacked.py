@@ -59,7 +59,7 @@ def stack_drafters(drafters: list[Drafter]) -> Drafter:
     first = drafters[0]
     if not all(stackable(first, d) for d in drafters):
         raise ValueError("only drafters of the same shape, draft vocabulary size and dtype can be stacked")
-    shared = {id(first.embed): first.embed, id(first.head_weight): first.head_weight}
+    shared = {id(t): t for t in (first.embed, first.head_weight, first.__dict__.get("target_head"))}
     stacked = copy.deepcopy(first, memo=shared)
     names = [name for name, module in first.named_modules() if isinstance(module, (nn.Linear, RMSNorm))]
     for name in names:

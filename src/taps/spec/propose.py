@@ -17,6 +17,9 @@ from taps.models.drafter import Drafter
 from taps.models.graphs import GraphedDrafter, capture
 from taps.models.stacked import stack_drafters
 from taps.spec.tree import DraftTree
+from taps.spec.vocabulary import context_vocabulary
+
+VOCABULARIES = ("auto", "trained", "context", "whole")
 
 
 class Proposer(ABC):
@@ -50,8 +53,9 @@ class TreeShape:
     `budget="auto"` makes these limits: a TreeBudget (`taps.spec.budget`) then decides every step,
     from this machine's measured costs, how many of the nodes to verify (none at all when drafting
     does not pay) and whether to draft deeper; "fixed" verifies `total_tokens` nodes every step.
-    `vocabulary`: the tokens a drafter scores at each node: "trained" (its draft vocabulary), "whole"
-    (the target's; `Drafter.widen_vocabulary`), or "auto" (whole on a GPU, trained on a CPU).
+    `vocabulary`: the tokens a drafter scores at each node: "trained" (its draft vocabulary),
+    "context" (that and every token of the context it lacks, `taps.spec.vocabulary`), "whole" (the
+    target's; `Drafter.widen_vocabulary`), or "auto" (whole on a GPU, context on a CPU).
     `drafts`: "top-k" (each node's children are the drafter's best tokens), or "sampled": at T > 0 a
     lone drafter drafts a chain, each token drawn from its distribution at that temperature
     (`TreeDrafter._sample_chain`); at T = 0, and in combinations, the top-k tree. "auto": sampled where
@@ -70,9 +74,9 @@ class TreeShape:
             raise ValueError(f"tree shape needs top_k, depth, total_tokens >= 1, got {self}")
         if self.budget not in ("auto", "fixed"):
             raise ValueError(f"tree budget must be 'auto' or 'fixed', got {self.budget!r}")
-        if self.vocabulary not in ("auto", "trained", "whole"):
+        if self.vocabulary not in VOCABULARIES:
             raise ValueError(
-                f"draft vocabulary must be 'auto', 'trained' or 'whole', got {self.vocabulary!r}"
+                f"draft vocabulary must be one of {', '.join(VOCABULARIES)}, got {self.vocabulary!r}"
             )
         if self.drafts not in ("auto", "top-k", "sampled"):
             raise ValueError(f"drafts must be 'auto', 'top-k' or 'sampled', got {self.drafts!r}")
@@ -144,6 +148,7 @@ class TreeDrafter:
         use_graphs = self.model.device.type == "cuda" if graphs is None else graphs
         self.forward = GraphedDrafter(self.model) if use_graphs else self.model
         self.budget = None  # a TreeBudget may stop the levels early (see `_expand`)
+        self.context = context_vocabulary(self.model, shape.vocabulary)  # tokens added per sequence
         self.sampling: tuple[float, torch.Generator] | None = None  # (T, generator): `_sample_chain`
         self.whole = False  # this step's expansion runs as one piece (`whole_expansion`, set per step)
         # the committed pairs as a device tensor: the whole-expansion path's offsets (`_expand_static`)
@@ -154,11 +159,15 @@ class TreeDrafter:
     def reset(self) -> None:
         self.cache = self.forward.new_cache()
         self.pairs = 0  # verified (feature, token) pairs in the cache
+        if self.context is not None:
+            self.context.reset()
 
     @torch.inference_mode()
     def propose_all(self, tokens: torch.Tensor, features: torch.Tensor) -> list[DraftTree]:
         n, m = len(self.sources), features.shape[0]
         self.cache.length = self.pairs  # drop last step's drafted entries
+        if self.context is not None:  # the newly committed tokens (the whole prompt at first)
+            self.context.add(tokens[-m:])
         positions = torch.arange(self.pairs, self.pairs + m, device=features.device)
         start = time.perf_counter()
         hidden = self.forward(  # only the last pair is drafted from: the others enter the cache alone
@@ -182,8 +191,8 @@ class TreeDrafter:
         """Whether a step's expansion runs as one piece on the static cache (one CUDA graph on CUDA):
         with graphs, and a fixed shape or a budget that prices the shape's whole tree near one forward
         (`TreeBudget.verifies_freely`). Otherwise a budget decides between levels, on the host."""
-        if not isinstance(self.forward, GraphedDrafter):
-            return False
+        if not isinstance(self.forward, GraphedDrafter) or self.context is not None:
+            return False  # (a context vocabulary changes the head's size as the sequence grows)
         return self.budget is None or self.budget.verifies_freely(self.shape.total_tokens)
 
     @property
@@ -280,7 +289,7 @@ class TreeDrafter:
                     break
                 start = time.perf_counter()
                 hidden, slot_anc = self._forward_level(parent, pool, hidden, slot_anc, level)
-            q = torch.softmax(self.model.draft_logits(hidden)[0, -1].float() / temperature, dim=-1)
+            q = torch.softmax(self._draft_logits(hidden)[0, -1] / temperature, dim=-1)
             draw = torch.multinomial(q.cpu(), 1, generator=generator).to(q.device)
             base = pool.scores[:, -1:] if level else torch.zeros(1, 1, device=pool.device)
             parent = pool.add(
@@ -300,7 +309,7 @@ class TreeDrafter:
             entropies=pool.entropies[0],
             sources=torch.full((m,), 1 << source, dtype=torch.long, device=pool.device),
             proposals=torch.stack(proposals),
-            proposal_ids=self.model.d2t[0],
+            proposal_ids=self._token_ids()[0],
         )
 
     def _forward_level(self, frontier, pool, parent_hidden, slot_anc, level):
@@ -330,13 +339,26 @@ class TreeDrafter:
         return hidden, grown
 
     def _log_probs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = torch.log_softmax(self.model.draft_logits(hidden), dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1)
+        logp = torch.log_softmax(self._draft_logits(hidden), dim=-1)
+        masked = self.context is not None and self.context.masked  # a member's -inf copies: 0 * -inf
+        finite = logp.clamp(min=-1e30) if masked else logp
+        entropy = -(logp.exp() * finite).sum(-1)
         return logp, entropy
 
+    def _draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores over the draft vocabulary, then over the tokens the context added (if any)."""
+        logits = self.model.draft_logits(hidden)
+        if self.context is None or not len(self.context):
+            return logits
+        return torch.cat([logits, self.context.logits(hidden)], dim=-1)
+
+    def _token_ids(self) -> torch.Tensor:
+        """Draft ids -> target ids [N, V (+ K)]: each member's own d2t (and the context's tokens)."""
+        return self.model.d2t if self.context is None else self.context.token_ids()
+
     def _target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
-        """Draft-vocabulary ids [N, ...] -> target token ids, through each member's own d2t."""
-        return self.model.d2t.gather(1, draft_ids.flatten(1)).view_as(draft_ids)
+        """Draft-vocabulary ids [N, ...] -> target token ids, through each member's own map."""
+        return self._token_ids().gather(1, draft_ids.flatten(1)).view_as(draft_ids)
 
 
 class _Pool:
