@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taps.errors import TapsError
-from taps.eval.report import auroc, summarise, write_report
+from taps.eval.report import auroc, summarise, timing_table, write_report
 from taps.eval.runner import GridConfig, load_records, parse_row, run_grid
 from taps.models.checkpoint import save_drafter
 from taps.models.target import TargetModel
@@ -68,6 +68,7 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
     by_row = {r["row"]: r for r in records if r["benchmark"] == "mt_bench"}
     assert len(by_row["d-math"]["text"]) == 2  # both MT-Bench turns were asked
     assert by_row["plain"]["tau"] == 1.0 and by_row["hf"]["tau"] is None
+    assert by_row["plain"]["prefill_ms"] > 0 and by_row["hf"]["prefill_ms"] == 0  # hf: not timed apart
     assert all(
         len(s["confidence"]) == len(s["node_accepted"]) for s in by_row["merged=d-math,d-chat"]["steps"]
     )
@@ -93,6 +94,7 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
         and "gsm8k T=0" in report
         and "AUROC" in report
         and "router accuracy" in report
+        and "prefill ms / turn" in report
     )
     for png in ("tau.png", "speedup.png", "accept_hist.png", "confidence_vs_entropy.png"):
         assert (tmp_path / png).stat().st_size > 10_000
@@ -207,3 +209,10 @@ def test_auroc_on_hand_made_data():
     assert auroc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
     # one of four positive/negative pairs is mis-ordered
     assert auroc(np.array([0.9, 0.3, 0.4, 0.1]), np.array([1, 1, 0, 0])) == 0.75
+
+
+def test_the_timing_table_reads_records_from_before_prefill_was_kept():
+    step = dict(target_steps=5, draft_ms=10.0, verify_ms=40.0, text=["one turn"])
+    table = timing_table([dict(row="new", prefill_ms=30.0, **step), dict(row="old", **step)])
+    assert "| new | 2.5 | 10.0 | 20% | 30 |" in table  # 4 steps: the prefill forward is not one
+    assert "| old | 2.5 | 10.0 | 20% | – |" in table

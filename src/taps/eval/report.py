@@ -90,26 +90,32 @@ def tables(summary: dict) -> tuple[str, list[list]]:
 
 def timing_table(records: list[dict]) -> str:
     """Where a step's time goes per row (all benchmarks and temperatures): drafting (N drafters cost
-    N drafting passes) vs the verifying target forward, against plain decoding's forward."""
-    per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # draft ms, verify ms, steps
+    N drafting passes) vs the verifying target forward, against plain decoding's forward; and the
+    prompt's read-in per turn, which speculation cannot shorten (records from before it was kept
+    show none)."""
+    # per row: draft ms, verify ms, steps, prefill ms, turns with a prefill kept
+    per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0, 0.0, 0])
     for r in records:
         if r["row"].startswith("hf") or not r["target_steps"]:
             continue
         d = per[r["row"]]
         d[0], d[1] = d[0] + r["draft_ms"], d[1] + r["verify_ms"]
         d[2] += r["target_steps"] - len(r["text"])  # the prefill forward of each turn is not a step
+        if "prefill_ms" in r:
+            d[3], d[4] = d[3] + r["prefill_ms"], d[4] + len(r["text"])
     lines = [
         "**Time per target step** (ms; draft = all drafters of the row, verify = target forward + "
-        "acceptance)",
+        "acceptance; prefill = the prompt's read-in and first token, per turn)",
         "",
-        "| row | draft ms / step | verify ms / step | draft share |",
-        "|---|---|---|---|",
+        "| row | draft ms / step | verify ms / step | draft share | prefill ms / turn |",
+        "|---|---|---|---|---|",
     ]
-    for row, (draft, verify, steps) in per.items():
+    for row, (draft, verify, steps, prefill, turns) in per.items():
         if steps:
+            per_turn = _fmt(prefill / turns if turns else float("nan"), ".0f")
             lines.append(
                 f"| {row} | {draft / steps:.1f} | {verify / steps:.1f} | "
-                f"{draft / max(1e-9, draft + verify):.0%} |"
+                f"{draft / max(1e-9, draft + verify):.0%} | {per_turn} |"
             )
     return "\n".join(lines) if len(lines) > 4 else ""
 

@@ -72,6 +72,7 @@ class PromptRecord:
     wall_ms: float = 0.0
     draft_ms: float = 0.0
     verify_ms: float = 0.0
+    prefill_ms: float = 0.0  # each turn's prompt read-in and first token (taps rows), summed over turns
     accept_lengths: list[int] = field(default_factory=list)
     router_choices: list[int] = field(default_factory=list)
     # T = 0, combined rows: each member's would-be accepts per step
@@ -140,6 +141,7 @@ def run_prompt(decoder: Decoder, prompt, config: GenerationConfig, keep_steps: b
             rec.target_steps += len(out.steps) + 1  # + the prefill forward
             rec.draft_ms += sum(s.draft_ms for s in out.steps)
             rec.verify_ms += sum(s.verify_ms for s in out.steps)
+            rec.prefill_ms += out.prefill_ms
             if decoder.proposer is not None:
                 rec.accept_lengths += [s.accepted for s in out.steps]
                 if keep_steps:
