@@ -35,7 +35,7 @@ class ContextVocabulary:
         self.missing = ~self.known.all(0)  # tokens some member cannot draft and not yet added
         self.ids = torch.zeros(0, dtype=torch.long, device=self.d2t.device)
         # float32: a few hundred rows, where an unpacked bf16 matmul costs more on a CPU than the
-        # float32 one (~40 us a call against a few)
+        # float32 one (~40 us a call against ~13, Zen 4 EPYC)
         self.weight = torch.zeros(0, self.head.shape[1], device=self.d2t.device)
         self.bias = torch.zeros(self.d2t.shape[0], 0, device=self.d2t.device)
         self.masked = False  # whether any member scores an added token at -inf (a stack only)
