@@ -3,7 +3,7 @@
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
         [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
         [--emulate-avx2] [--pad-rows N] [--attention auto|model] [--ignore-eos] [--rows WORDS]
-        [--drafters FOLDERS] [--vocabularies trained,context,whole] [--out FILE.json]
+        [--drafters FOLDERS] [--vocabularies trained,context,whole] [--lookup] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
 1. the target's forward cost by token count (the curve the tree budget weighs; 1000 / the 1-token
@@ -17,10 +17,12 @@ Prints, and writes as JSON with `--out`:
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
    the fixed 8/5/24 tree (at T > 0 the `[auto]` rows of single drafters draft sampled chains on a
-   CPU, `--drafts auto`; each also runs with top-k trees, `[auto top-k]`): tok/s, tau, ratio to HF
-   generate and to taps plain, drafting / verification ms per step, verified nodes per step, and how
-   many outputs equal taps plain decoding token for token (with the first divergence where one does not),
-   and each taps row's prefill time and speed-up after the prompt (what speculation can shorten).
+   CPU, `--drafts auto`; each also runs with top-k trees, `[auto top-k]`; with `--lookup` each
+   learned proposer's auto row runs again with prompt lookup merged into its tree, `[auto + lookup]`):
+   tok/s, tau, ratio to HF generate and to taps plain, drafting / verification ms per step, verified
+   nodes per step, and how many outputs equal taps plain decoding token for token (with the first
+   divergence where one does not), and each taps row's prefill time and speed-up after the prompt
+   (what speculation can shorten).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
 caches, memory bandwidth and clocks stay this machine's.
@@ -60,6 +62,7 @@ from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import AUTO_SHAPE, TreeDrafter, TreeShape
 
 PAIR = "eagle2-math,eagle2-chat"
+LOOKUP = "+lookup"  # a strategy with this suffix has prompt lookup merged in (`--lookup on`)
 
 
 def decoder_rows(
@@ -69,13 +72,16 @@ def decoder_rows(
     extra: tuple[str, ...] = (),
     sampled: bool = False,
     vocabularies: tuple[str, ...] = (),
+    lookup: bool = False,
 ) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
     drafter folders (say, one just trained) measured beside the shipped ones, each row named by its
     folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): the
     `[auto]` rows of single drafters draft sampled chains on a CPU (`--drafts auto`), so each also
-    runs with top-k trees, row `[auto top-k]`. `vocabularies` (`TreeShape.vocabulary`): each learned
-    drafter's rows again with each of these draft vocabularies, rows `[auto, V vocabulary]`."""
+    runs with top-k trees, row `[auto top-k]`. `lookup`: each learned proposer also with prompt
+    lookup merged into its tree (`taps generate --lookup on`), rows `[auto + lookup]`. `vocabularies`
+    (`TreeShape.vocabulary`): each learned drafter's rows again with each of these draft
+    vocabularies, rows `[auto, V vocabulary]`."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
     if compile_hf:
         rows.append(("hf static cache + compile", "hf-compile", "", None))
@@ -100,6 +106,8 @@ def decoder_rows(
         ]
         if sampled and strategy == "single" and names != "ngram":  # what `--drafts auto` samples against
             rows.append((f"{label} [auto top-k]", strategy, names, replace(AUTO_SHAPE, drafts="top-k")))
+        if lookup and names != "ngram":
+            rows.append((f"{label} [auto + lookup]", strategy + LOOKUP, names, AUTO_SHAPE))
         for vocabulary in vocabularies if names != "ngram" else ():
             rows += [
                 (
@@ -165,8 +173,12 @@ def taps_decoder(
     temperature: float,
     ignore_eos: bool = False,
 ):
+    lookup = "on" if strategy.endswith(LOOKUP) else "off"  # rows `[auto + lookup]`: `--lookup on`
+    strategy = strategy.removesuffix(LOOKUP)
     proposer = (
-        None if strategy.startswith("plain") else make_strategy(strategy, names.split(","), target, shape)
+        None
+        if strategy.startswith("plain")
+        else make_strategy(strategy, names.split(","), target, shape, lookup=lookup)
     )
     gen = SpeculativeGenerator(
         target.model, proposer, graphs=graphs, pad_rows=0 if strategy == "plain-unpadded" else None
@@ -352,6 +364,12 @@ def main() -> None:
         help="also run each learned drafter's rows with these draft vocabularies (comma-separated: "
         "trained, context, whole; as `taps generate --vocabulary`)",
     )
+    ap.add_argument(
+        "--lookup",
+        action="store_true",
+        help="also run each learned proposer with prompt lookup merged in (`--lookup on`), rows "
+        "`[auto + lookup]`",
+    )
     ap.add_argument("--out", default=None, help="write the figures (and every output) as JSON here")
     args = ap.parse_args()
     if args.emulate_avx2:
@@ -418,7 +436,7 @@ def main() -> None:
     vocabularies = tuple(v for v in args.vocabularies.split(",") if v)
     for vocabulary in vocabularies:  # a typo fails now, before anything is measured
         TreeShape(vocabulary=vocabulary)
-    rows = decoder_rows(target, graphs, args.compile, extra, args.temperature > 0, vocabularies)
+    rows = decoder_rows(target, graphs, args.compile, extra, args.temperature > 0, vocabularies, args.lookup)
     for name, strategy, names, shape in rows:
         if wanted and not any(w in name for w in wanted) and not strategy.startswith(("hf", "plain")):
             continue

@@ -163,6 +163,14 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
         "(union trie of all trees), merged:cut (union cut to --total-tokens); e.g. "
         "--strategy merged --drafters eagle2-math,eagle2-chat (default: %(default)s)",
     )
+    p.add_argument(
+        "--lookup",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="merge prompt lookup (the ngram proposer) into the learned drafters' tree: it drafts the "
+        "spans a reply copies from its context at next to no cost; auto = on a CPU under --tree auto, "
+        "where it was measured faster than either alone (default: %(default)s)",
+    )
 
 
 def _add_eval_common(
@@ -241,15 +249,18 @@ def cmd_generate(args) -> None:
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
     target = load_target_from_args(args)
-    proposer = make_strategy(args.strategy, args.drafters.split(","), target, _tree_shape(args))
+    proposer = make_strategy(
+        args.strategy, args.drafters.split(","), target, _tree_shape(args), lookup=args.lookup
+    )
     config = GenerationConfig(
         args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
     )
+    lookup = " + prompt lookup" if proposer is not None and proposer.name.endswith("+ngram") else ""
     ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
     out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
     print(out.text)
     print(
-        f"\n[{args.strategy} {args.drafters}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
+        f"\n[{args.strategy} {args.drafters}{lookup}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
         f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens read in {out.prefill_ms / 1000:.2f} s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
         f"{args.threads}",
@@ -501,6 +512,7 @@ def cmd_serve(args) -> None:
         _tree_shape(args),
         max_queue=args.max_queue,
         extra_drafters=extra,
+        lookup=args.lookup,
     )
     print(
         f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} on "
@@ -579,8 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rows",
         required=True,
         help="semicolon-separated rows: plain; hf; hf-prompt-lookup; hf-assisted; ngram; "
-        "a drafter; STRATEGY=d1,d2 (route:confidence, route:entropy, merged, merged:cut), "
-        "e.g. 'plain;eagle2-math;merged=eagle2-math,eagle2-chat'",
+        "a drafter; STRATEGY=d1,d2 (route:confidence, route:entropy, merged, merged:cut); a drafter "
+        "row + the suffix +lookup merges prompt lookup into its tree (as --lookup on); e.g. "
+        "'plain;eagle2-math;eagle2-math+lookup;merged=eagle2-math,eagle2-chat'",
     )
     p.add_argument(
         "--benchmarks",

@@ -9,7 +9,7 @@ import torch
 
 from taps.errors import TapsError
 from taps.eval.report import auroc, summarise, timing_table, write_report
-from taps.eval.runner import GridConfig, load_records, parse_row, run_grid
+from taps.eval.runner import GridConfig, Row, load_records, parse_row, run_grid
 from taps.models.checkpoint import save_drafter
 from taps.models.target import TargetModel
 from taps.spec.propose import TreeShape
@@ -181,6 +181,11 @@ def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
         parse_row("blend=a,b")
     with pytest.raises(TapsError, match="fewer than two"):
         parse_row("merged=a")
+    looked = parse_row("route:entropy=a,b+lookup")
+    assert looked == Row("route:entropy=a,b+lookup", "route:entropy", ("a", "b"), lookup=True)
+    for spec in ("plain+lookup", "ngram+lookup", "merged=ngram,a+lookup"):
+        with pytest.raises(TapsError, match="joins learned drafters"):
+            parse_row(spec)
     with pytest.raises(TapsError, match="unknown benchmark"):
         run_grid(
             tiny,

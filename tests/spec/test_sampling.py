@@ -108,7 +108,7 @@ class _DuplicatingProposer(Proposer):
         )
 
 
-def _sampling_target(folder):
+def _sampling_target(folder, prompt: tuple[int, ...] = (0, 3, 7)):
     """A tiny target with flat output distributions, a prompt, and the exact marginal of its second
     generated token."""
     vocab = 12
@@ -117,7 +117,7 @@ def _sampling_target(folder):
         hf.lm_head.weight.mul_(0.4)  # flatter distributions: many tokens get mass
     hf.save_pretrained(str(folder))
     target = TargetModel.from_dir(folder, dtype=torch.float32)
-    prompt = [0, 3, 7]
+    prompt = list(prompt)
     with torch.no_grad():
         p1 = torch.softmax(hf(torch.tensor([prompt])).logits[0, -1], -1)
         seqs = torch.tensor([prompt + [a] for a in range(vocab)])

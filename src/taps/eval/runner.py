@@ -35,16 +35,29 @@ class Row:
     spec: str  # as given on the command line; also the row's name in tables
     kind: str  # "plain" | an HF baseline | a strategy from STRATEGIES
     drafters: tuple[str, ...] = ()
+    lookup: bool = False  # prompt lookup merged into the drafters' tree (`--lookup on`)
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec)
 
 
+LOOKUP_SUFFIX = "+lookup"
+
+
 def parse_row(spec: str) -> Row:
+    """`plain`, an HF baseline, a drafter name, or STRATEGY=a,b; a drafter row with the suffix
+    `+lookup` has prompt lookup merged into its tree (`taps generate --lookup on`)."""
     spec = spec.strip()
     if not spec:
         raise TapsError("empty row name in --rows")
+    if spec.endswith(LOOKUP_SUFFIX):
+        row = parse_row(spec.removesuffix(LOOKUP_SUFFIX))
+        if row.kind == "plain" or row.kind in HF_BASELINES or "ngram" in row.drafters:
+            raise TapsError(
+                f"{spec!r}: {LOOKUP_SUFFIX} joins learned drafters; {row.spec!r} has none to join"
+            )
+        return Row(spec, row.kind, row.drafters, lookup=True)
     if spec == "plain" or spec in HF_BASELINES:
         return Row(spec, spec)
     if "=" in spec:
@@ -100,7 +113,8 @@ class Decoder:
         if row.kind in HF_BASELINES:
             self.hf = HFDecoder(row.kind, target, assistant)
         elif row.kind != "plain":
-            self.proposer = make_strategy(row.kind, list(row.drafters), target, shape)
+            lookup = "on" if row.lookup else "off"
+            self.proposer = make_strategy(row.kind, list(row.drafters), target, shape, lookup=lookup)
         self.engine = SpeculativeGenerator(target.model, self.proposer)
         self.tokenizer = target.tokenizer
 

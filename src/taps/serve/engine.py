@@ -95,10 +95,11 @@ class Engine:
         max_queue: int = 64,
         max_proposers: int = 8,
         extra_drafters: tuple[str, ...] = (),
+        lookup: str = "auto",
     ):
         from taps.drafters import shipped_drafters
 
-        self.target, self.default, self.shape = target, default, shape
+        self.target, self.default, self.shape, self.lookup = target, default, shape, lookup
         # Requests may name these only: never an arbitrary path on the server's disk.
         self.allowed = {"ngram", "none", *shipped_drafters(target.name), *default.drafters, *extra_drafters}
         self.max_queue, self.max_proposers = max_queue, max_proposers
@@ -126,7 +127,7 @@ class Engine:
             if route in self._proposers:
                 self._proposers.move_to_end(route)
                 return self._proposers[route]
-        made = make_strategy(route.strategy, list(route.drafters), self.target, self.shape)
+        made = make_strategy(route.strategy, list(route.drafters), self.target, self.shape, self.lookup)
         with self._lock:
             self._proposers[route] = made
             while len(self._proposers) > self.max_proposers:
