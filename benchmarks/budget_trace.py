@@ -1,7 +1,7 @@
 """Trace the tree budget's decisions, prompt by prompt: is drafting judged right?
 
-    python benchmarks/budget_trace.py [--strategy single] [--drafters eagle2-math] [--temperature 1]
-        [--benchmarks gsm8k,mt_bench] [--prompts 4] [--max-new-tokens 64] [--emulate-avx2]
+    python benchmarks/budget_trace.py [--strategy single] [--drafters eagle2-math] [--lookup on]
+        [--temperature 1] [--benchmarks gsm8k,mt_bench] [--prompts 4] [--max-new-tokens 64] [--emulate-avx2]
         [--dtype float32|bfloat16|auto] [--threads 1] [--out FILE.json]
 
 Runs one proposer under the auto budget on the prompts in order (the budget carries what it learned
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--emulate-avx2", action="store_true", help="as `benchmarks/engine.py --emulate-avx2`")
     ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="float32")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lookup", choices=["auto", "on", "off"], default="off", help="as `taps generate`'s")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -85,7 +86,7 @@ def main() -> None:
         attention="auto",
     )
     target = load_target_from_args(ns)
-    proposer = make_strategy(args.strategy, args.drafters.split(","), target, AUTO_SHAPE)
+    proposer = make_strategy(args.strategy, args.drafters.split(","), target, AUTO_SHAPE, lookup=args.lookup)
     budget = TracedBudget(proposer.budget.curve, proposer.budget.max_nodes)
     proposer.budget = budget
     proposer.inner.attach_budget(budget)

@@ -13,7 +13,9 @@
 # cut short), the CPU-side spec/model tests under this machine's torch (run beside the CUDA tests,
 # on other cores), and, with COMPILE=1 and time left, HF generate with a static cache + torch.compile.
 # PROMPTS: prompts per benchmark (default 4); BENCHMARKS: the engine's (default gsm8k,mt_bench; add
-# gsm8k_8shot for ~1150-token prompts); TEST_CAP: seconds for the CUDA tests (default 150).
+# gsm8k_8shot for ~1150-token prompts); TEST_CAP: seconds for the CUDA tests (default 150); LOOKUP=0
+# drops the engine's `[auto + lookup]` rows (prompt lookup merged into each learned proposer's tree,
+# the CPU default, not yet measured on a GPU).
 set -uo pipefail
 out=${OUT:-gpu-out}
 budget=${BUDGET:-400}
@@ -34,7 +36,8 @@ timeout "$(cap "${TEST_CAP:-150}")" python3 -m pytest -q -s -p no:cacheprovider 
 wait
 tail -3 "$out/pytest-cpu.log"
 timeout "$(cap 300)" python3 benchmarks/engine.py --device cuda --prompts "${PROMPTS:-4}" --max-new-tokens 128 \
-    --benchmarks "${BENCHMARKS:-gsm8k,mt_bench}" --out "$out/engine-cuda.json" 2>&1 | tee "$out/engine-cuda.md"
+    --benchmarks "${BENCHMARKS:-gsm8k,mt_bench}" $([ "${LOOKUP:-1}" = 0 ] || echo --lookup) \
+    --out "$out/engine-cuda.json" 2>&1 | tee "$out/engine-cuda.md"
 if [ -n "${COMPILE:-}" ] && [ "$(left)" -gt 90 ]; then  # compiling may take minutes: last, asked for
   timeout "$(cap 150)" python3 benchmarks/engine.py --device cuda --prompts 1 --max-new-tokens 128 --compile \
       --rows none --out "$out/engine-cuda-compile.json" 2>&1 | tee "$out/engine-cuda-compile.md"

@@ -245,7 +245,7 @@ def cmd_setup(args) -> None:
 
 def cmd_generate(args) -> None:
     from taps.data.chat import encode_chat
-    from taps.drafters import make_strategy
+    from taps.drafters import looks_up, make_strategy
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
     target = load_target_from_args(args)
@@ -255,7 +255,7 @@ def cmd_generate(args) -> None:
     config = GenerationConfig(
         args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
     )
-    lookup = " + prompt lookup" if proposer is not None and proposer.name.endswith("+ngram") else ""
+    lookup = " + prompt lookup" if looks_up(proposer) else ""
     ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
     out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
     print(out.text)
@@ -515,7 +515,8 @@ def cmd_serve(args) -> None:
         lookup=args.lookup,
     )
     print(
-        f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} on "
+        f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} "
+        f"(--lookup {args.lookup}) on "
         f"http://{args.host}:{args.port}/v1 ({args.threads} thread(s))",
         flush=True,
     )

@@ -69,6 +69,7 @@ def scoring(drafter: Drafter, target, vocabulary: str = "auto") -> Drafter:
 
 
 LOOKUPS = ("auto", "on", "off")
+LOOKUP_NAME = "+ngram"  # the suffix of a proposer's name once prompt lookup joins it
 
 
 def wants_lookup(lookup: str, names: list[str], target, shape: TreeShape) -> bool:
@@ -96,8 +97,13 @@ def with_lookup(proposer: Proposer, source: int, rows: int) -> Proposer:
     from taps.spec.combine import MergedProposer
 
     merged = MergedProposer([proposer, NgramProposer(source=source)], rows - 1 if rows > 1 else None)
-    merged.name = f"{proposer.name}+ngram"
+    merged.name = proposer.name + LOOKUP_NAME
     return merged
+
+
+def looks_up(proposer: Proposer | None) -> bool:
+    """Whether `with_lookup` merged prompt lookup into this proposer (a budget keeps its name)."""
+    return proposer is not None and proposer.name.endswith(LOOKUP_NAME)
 
 
 def make_strategy(

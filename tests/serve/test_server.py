@@ -172,6 +172,22 @@ def test_request_picks_strategy_and_drafters(server, tiny, drafter_dirs):
             assert set(stats["accepted_by_drafter"]) == set(taps["drafters"])
 
 
+def test_prompt_lookup_joins_the_served_drafter(tiny, drafter_dirs):
+    """`taps serve --lookup on`: the reply is still plain decoding's, and the stats count what prompt
+    lookup's nodes got accepted beside the drafter's."""
+    running = RunningServer(Engine(tiny, Route("single", (drafter_dirs[0],)), lookup="on"))
+    try:
+        looping = [{"role": "user", "content": "one two three one two three one two three one two"}]
+        reply = running.client().chat.completions.create(
+            model="tiny", messages=looping, max_tokens=24, temperature=0
+        )
+        assert reply.choices[0].message.content == reference(tiny, looping)
+        stats = reply.model_extra["taps"]
+        assert stats["lookup"] is True and set(stats["accepted_by_drafter"]) == {drafter_dirs[0], "ngram"}
+    finally:
+        running.stop()
+
+
 def test_sampling_is_seeded(server):
     client = server.client()
     replies = [

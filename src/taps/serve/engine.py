@@ -178,8 +178,12 @@ class Engine:
     def _generate(self, job: Job) -> str:
         if job.cancelled.is_set():
             return "cancelled"
-        generator = SpeculativeGenerator(self.target.model, self.proposer(job.route))
-        text, tally = TextStream(self.target.tokenizer, job.config.stop), _Tally(job.route)
+        from taps.drafters import looks_up
+
+        proposer = self.proposer(job.route)
+        generator = SpeculativeGenerator(self.target.model, proposer)
+        text = TextStream(self.target.tokenizer, job.config.stop)
+        tally = _Tally(job.route, looks_up(proposer))
         finish, stopped = "length", False
         for new, record in generator.stream(job.prompt_ids, job.config):
             if job.cancelled.is_set():
@@ -199,9 +203,11 @@ class Engine:
 class _Tally:
     """Per-request counts for `usage` and the `taps` extension field."""
 
-    def __init__(self, route: Route):
+    def __init__(self, route: Route, lookup: bool = False):
         self.route, self.tokens, self.steps, self.accepted = route, 0, 0, 0
-        self.by_drafter = [0] * len(route.drafters)
+        self.lookup = lookup  # prompt lookup joined the drafters (`--lookup`): source bit len(drafters)
+        self.sources = (*route.drafters, "ngram") if lookup else route.drafters
+        self.by_drafter = [0] * len(self.sources)
 
     def add(self, new: list[int], record) -> None:
         self.tokens += len(new)
@@ -219,7 +225,8 @@ class _Tally:
             "target_forwards": self.steps + 1,
             "strategy": self.route.strategy,
             "drafters": list(names),
-            "accepted_by_drafter": dict(zip(names, self.by_drafter)) if names != ("none",) else {},
+            "lookup": self.lookup,
+            "accepted_by_drafter": dict(zip(self.sources, self.by_drafter)) if names != ("none",) else {},
         }
 
 
