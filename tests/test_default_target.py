@@ -11,7 +11,7 @@ import torch
 
 from taps.data.benchmarks import BENCHMARKS, load_benchmark
 from taps.data.chat import encode_chat
-from taps.drafters import make_proposer, make_strategy, shipped_drafters
+from taps.drafters import looks_up, make_proposer, make_strategy, resolve_drafters, shipped_drafters
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import AUTO_SHAPE, DrafterProposer, TreeShape
@@ -97,6 +97,20 @@ def test_combined_shipped_drafters_equal_plain_greedy(default_target, prompts, r
         )
 
 
+def test_the_default_proposer_equals_plain_greedy(default_target, prompts, reference):
+    """What `taps generate` drafts with no options on a CPU: `--drafters auto` (eagle2-mixed) with
+    prompt lookup merged in (`--lookup auto`) under the tree budget (`--tree auto`)."""
+    names = resolve_drafters(["auto"], default_target.name)
+    if names == ["ngram"]:
+        pytest.skip("no default drafter is shipped")
+    proposer = make_strategy("single", names, default_target, AUTO_SHAPE, lookup="auto")
+    assert looks_up(proposer)
+    gen = SpeculativeGenerator(default_target.model, proposer)
+    cfg = GenerationConfig(max_new_tokens=64)
+    for i in _ONE_PER_KIND:
+        assert gen.generate(prompts[i], cfg).tokens == reference[i], f"diverged from greedy on prompt {i}"
+
+
 @pytest.fixture(scope="module", params=[0, 8], ids=["unpadded", "padded-8"])
 def bf16_target(request):
     from taps.device import native_bf16
@@ -129,11 +143,15 @@ BF16_CONFIG = GenerationConfig(max_new_tokens=48)
 
 
 @pytest.mark.parametrize(
-    "names,shape",
-    [(["eagle2-math"], TreeShape()), (["ngram"], AUTO_SHAPE)],  # padded: 24 fixed nodes asked, 7 verified
-    ids=["eagle2-math-fixed", "ngram-auto"],
+    "names,shape,lookup",
+    [
+        (["eagle2-math"], TreeShape(), "off"),  # padded: 24 fixed nodes asked, 7 verified
+        (["ngram"], AUTO_SHAPE, "off"),
+        (["eagle2-mixed"], AUTO_SHAPE, "on"),  # the merged tree cut to the padded rows
+    ],
+    ids=["eagle2-math-fixed", "ngram-auto", "eagle2-mixed-auto-lookup"],
 )
-def test_bf16_speculative_equals_plain(bf16_target, bf16_cases, names, shape):
+def test_bf16_speculative_equals_plain(bf16_target, bf16_cases, names, shape, lookup):
     """bf16 on a CPU attends in float64 (`taps.models.padded.attention_dtype`) and its packed matmuls
     give a row the same bits whatever the row count: so each tree row rounds as it would in a plain
     step, unpadded (the default) or with every forward padded to the same rows (`--pad-rows 8`), and
@@ -141,9 +159,10 @@ def test_bf16_speculative_equals_plain(bf16_target, bf16_cases, names, shape):
     from taps.models.padded import invariant_rows
 
     if not all(n == "ngram" or n in shipped_drafters(bf16_target.name) for n in names):
-        pytest.skip("the eagle2-math drafter is not shipped")
+        pytest.skip(f"{names[0]} is not shipped")
     rows = invariant_rows(bf16_target.model)
-    spec = SpeculativeGenerator(bf16_target.model, make_strategy("single", names, bf16_target, shape))
+    proposer = make_strategy("single", names, bf16_target, shape, lookup=lookup)
+    spec = SpeculativeGenerator(bf16_target.model, proposer)
     assert spec.max_nodes == (rows - 1 if rows else 1 << 30)
     for benchmark, prompt, plain in bf16_cases:
         out = spec.generate(prompt, BF16_CONFIG)

@@ -152,9 +152,10 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drafters",
-        default="ngram",
-        help="comma-separated: ngram, a shipped drafter name or a drafter folder; "
-        "`none` = plain decoding (default: %(default)s)",
+        default="auto",
+        help="comma-separated: ngram, a shipped drafter name or a drafter folder; `none` = plain "
+        "decoding; auto = the target's shipped eagle2-mixed where it has one, else ngram "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--strategy",
@@ -245,13 +246,12 @@ def cmd_setup(args) -> None:
 
 def cmd_generate(args) -> None:
     from taps.data.chat import encode_chat
-    from taps.drafters import looks_up, make_strategy
+    from taps.drafters import looks_up, make_strategy, resolve_drafters
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
     target = load_target_from_args(args)
-    proposer = make_strategy(
-        args.strategy, args.drafters.split(","), target, _tree_shape(args), lookup=args.lookup
-    )
+    drafters = resolve_drafters(args.drafters.split(","), target.name)
+    proposer = make_strategy(args.strategy, drafters, target, _tree_shape(args), lookup=args.lookup)
     config = GenerationConfig(
         args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
     )
@@ -260,7 +260,8 @@ def cmd_generate(args) -> None:
     out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
     print(out.text)
     print(
-        f"\n[{args.strategy} {args.drafters}{lookup}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
+        f"\n[{args.strategy} {','.join(drafters)}{lookup}] {len(out.tokens)} tokens in "
+        f"{out.wall_ms / 1000:.2f} s "
         f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens read in {out.prefill_ms / 1000:.2f} s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
         f"{args.threads}",
@@ -501,21 +502,23 @@ def cmd_import(args) -> None:
 def cmd_serve(args) -> None:
     import uvicorn
 
+    from taps.drafters import resolve_drafters
     from taps.serve.app import create_app
     from taps.serve.engine import Engine, Route
 
     target = load_target_from_args(args)
+    drafters = resolve_drafters(args.drafters.split(","), target.name)
     extra = tuple(d for d in args.extra_drafters.split(",") if d)
     engine = Engine(
         target,
-        Route(args.strategy, tuple(args.drafters.split(","))),
+        Route(args.strategy, tuple(drafters)),
         _tree_shape(args),
         max_queue=args.max_queue,
         extra_drafters=extra,
         lookup=args.lookup,
     )
     print(
-        f"[serve] {target.name} on {target.model.device} with {args.strategy} over {args.drafters} "
+        f"[serve] {target.name} on {target.model.device} with {args.strategy} over {','.join(drafters)} "
         f"(--lookup {args.lookup}) on "
         f"http://{args.host}:{args.port}/v1 ({args.threads} thread(s))",
         flush=True,

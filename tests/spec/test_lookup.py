@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import taps.spec.costs
-from taps.drafters import make_strategy, wants_lookup, with_lookup
+from taps.drafters import DEFAULT_DRAFTER, make_strategy, resolve_drafters, wants_lookup, with_lookup
 from taps.errors import TapsError
 from taps.models.checkpoint import save_drafter
 from taps.spec.budget import BudgetedProposer
@@ -41,6 +41,12 @@ def test_lookup_joins_learned_drafters_under_the_cpu_budget_only(tiny_target, dr
     assert not wants_lookup("on", [drafter_dir, "ngram"], target, AUTO_SHAPE)
     with pytest.raises(TapsError, match="--lookup"):
         wants_lookup("sometimes", [drafter_dir], target, AUTO_SHAPE)
+
+
+def test_drafters_auto_is_the_shipped_default_or_prompt_lookup():
+    assert resolve_drafters(["auto"], "smollm2-135m") == [DEFAULT_DRAFTER]
+    assert resolve_drafters(["auto"], "no-such-target") == ["ngram"]  # nothing shipped: no training needed
+    assert resolve_drafters(["eagle2-chat", "auto"], "smollm2-135m") == ["eagle2-chat", "auto"]
 
 
 def test_make_strategy_merges_prompt_lookup_beside_the_drafters(tiny_target, drafter_dir, monkeypatch):
