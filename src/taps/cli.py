@@ -65,8 +65,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="top-k = each node's children are the drafter's best tokens (EAGLE-2); sampled = at "
         "temperature > 0 a lone drafter drafts a chain of tokens drawn from its own distribution, "
         "verified by speculative sampling (more of them accepted; greedy decoding and combinations "
-        "keep top-k); auto = sampled under --tree auto's level-by-level budget (a CPU), top-k where "
-        "whole trees are verified (a GPU, --tree fixed) (default: %(default)s)",
+        "keep top-k, and so does a drafter with prompt lookup merged in, see --lookup); auto = sampled "
+        "under --tree auto's level-by-level budget (a CPU), top-k where whole trees are verified (a "
+        "GPU, --tree fixed) (default: %(default)s)",
     )
     p.add_argument(
         "--total-tokens",
