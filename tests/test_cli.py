@@ -49,6 +49,7 @@ def test_reproduce_rows_cover_every_combination_of_each_family():
         for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut"):
             assert f"{strategy}={family}-math,{family}-chat" in rows
     assert rows[:2] == ["plain", "ngram"] and default_rows("no-such-target") == ["plain", "ngram"]
+    assert rows[-1] == "eagle2-mixed+lookup"  # what `taps generate` drafts with by default, beside them
 
 
 def test_sampled_drafts_reach_the_tree_shape_and_bad_values_are_refused(capsys):

@@ -323,8 +323,9 @@ def cmd_report(args) -> None:
 
 
 def default_rows(target_name: str) -> list[str]:
-    """The paper's comparison for a target: baselines, single drafters, and their combinations."""
-    from taps.drafters import shipped_drafters
+    """The paper's comparison for a target: baselines, single drafters, and their combinations; then
+    what `taps generate` drafts with by default (the default drafter with prompt lookup merged in)."""
+    from taps.drafters import DEFAULT_DRAFTER, shipped_drafters
 
     shipped = shipped_drafters(target_name)
     rows = ["plain", "ngram", *shipped]
@@ -336,6 +337,8 @@ def default_rows(target_name: str) -> list[str]:
                 f"{strategy}={members}"
                 for strategy in ("average", "route:confidence", "route:entropy", "merged", "merged:cut")
             ]
+    if DEFAULT_DRAFTER in shipped:
+        rows.append(f"{DEFAULT_DRAFTER}+lookup")
     return rows
 
 

@@ -176,6 +176,28 @@ def test_rows_take_turns_and_each_decoder_is_made_once(tiny, data_dir, tmp_path,
     assert calls == ["plain", "ngram"] * 8  # 2 benchmarks x 2 temperatures x 2 prompts, rows alternating
 
 
+def test_routed_rows_record_their_choices_under_the_tree_budget(tiny, data_dir, tmp_path, monkeypatch):
+    """`--tree auto` (eval's default) wraps the router in a budget; its choices still reach the records,
+    one per drafting step, beside each member's would-be accepts."""
+    import taps.spec.costs
+    from taps.spec.costs import CostCurve
+    from taps.spec.propose import AUTO_SHAPE
+
+    monkeypatch.setattr(taps.spec.costs, "load_or_measure", lambda model, **kw: CostCurve((1, 64), (10, 12)))
+    grid = GridConfig(
+        rows=["route:confidence=d-math,d-chat"],
+        benchmarks=["gsm8k"],
+        temperatures=[0.0],
+        prompts=2,
+        max_new_tokens=12,
+        data_dir=str(data_dir),
+        shape=AUTO_SHAPE,
+    )
+    run_grid(tiny, grid, tmp_path)
+    for record in load_records(tmp_path):
+        assert len(record["router_choices"]) == len(record["member_accepts"]) > 0
+
+
 def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
     with pytest.raises(TapsError, match="unknown strategy"):
         parse_row("blend=a,b")

@@ -25,7 +25,7 @@ from taps.eval.baselines import HF_BASELINES, HFDecoder
 from taps.files import write_json_atomic, write_text_atomic
 from taps.models.graphs import accelerated
 from taps.models.padded import invariant_rows
-from taps.spec.combine import STRATEGIES, RoutedProposer, greedy_match
+from taps.spec.combine import STRATEGIES, greedy_match
 from taps.spec.generate import Generation, GenerationConfig, SpeculativeGenerator, StepRecord
 from taps.spec.propose import TreeShape
 
@@ -127,7 +127,8 @@ class Decoder:
             out = self.hf.generate(ids, config.max_new_tokens, config.temperature, config.seed)
             return Generation(out.tokens, [], 0.0, out.wall_ms, "hf", out.text), [], []
         out = self.engine.generate(ids, config, self.tokenizer)
-        choices = list(self.proposer.choices) if isinstance(self.proposer, RoutedProposer) else []
+        # a router's choice per drafting step (under the tree budget too: `BudgetedProposer.choices`)
+        choices = list(getattr(self.proposer, "choices", []))
         history = getattr(self.proposer, "history", None)
         if not history or config.temperature > 0:
             return out, choices, []
