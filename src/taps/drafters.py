@@ -93,13 +93,14 @@ def wants_lookup(lookup: str, names: list[str], target, shape: TreeShape) -> boo
     The two draft different text: prompt lookup the spans a reply copies from its context (numbers,
     names, code), which a small drafter often misses, at next to no cost (0.3 ms a step against a
     30 ms target forward on a Zen 4 EPYC); the drafter everything else. Merged into one tree under
-    the CPU's budget, which verifies only the nodes that pay, they ran at 1.73-1.77x of plain
-    decoding where each alone ran at 1.49-1.55x (bf16, 1 thread, 16 prompts, T = 0, docs/speed-cpu.md,
-    "Prompt lookup beside a drafter"). So `auto` turns it on there: a CPU under `--tree auto`. A fixed
-    tree keeps the node count it was asked for, and on a GPU the gain is not yet measured."""
+    the CPU's budget, which verifies only the nodes that pay, every learned proposer ran at 1.70-1.77x
+    of plain decoding, where alone they ran at 1.35-1.57x and prompt lookup at 1.50x (bf16, 1 thread,
+    16 prompts, T = 0; docs/speed-cpu.md, "Prompt lookup beside a drafter"). So `auto` turns it on
+    there: a CPU under `--tree auto`. A fixed tree keeps the node count it was asked for, and on a
+    GPU the gain is not yet measured."""
     if lookup not in LOOKUPS:
         raise TapsError(f"unknown --lookup {lookup!r}: use one of {', '.join(LOOKUPS)}")
-    if "ngram" in names or names == ["none"]:
+    if "ngram" in names:  # prompt lookup drafts already
         return False
     if lookup == "auto":
         return shape.budget == "auto" and target.model.device.type == "cpu"
