@@ -53,6 +53,7 @@ from taps.data.chat import encode_first_turn
 from taps.device import machine_description, synchronize
 from taps.drafters import drafter_path, make_strategy, shipped_drafters
 from taps.errors import TapsError
+from taps.eval.runner import LOOKUP_SUFFIX as LOOKUP  # as in eval rows: prompt lookup merged in
 from taps.models import packed
 from taps.models.graphs import accelerated
 from taps.models.padded import invariant_rows
@@ -62,7 +63,6 @@ from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import AUTO_SHAPE, TreeDrafter, TreeShape
 
 PAIR = "eagle2-math,eagle2-chat"
-LOOKUP = "+lookup"  # a strategy with this suffix has prompt lookup merged in (`--lookup on`)
 
 
 def decoder_rows(
