@@ -18,7 +18,8 @@ Prints, and writes as JSON with `--out`:
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
    the fixed 8/5/24 tree (at T > 0 the `[auto]` rows of single drafters draft sampled chains on a
    CPU, `--drafts auto`; each also runs with top-k trees, `[auto top-k]`; with `--lookup` each
-   learned proposer's auto row runs again with prompt lookup merged into its tree, `[auto + lookup]`):
+   learned proposer's auto row runs again with prompt lookup merged into its tree, `[auto + lookup]`,
+   at T > 0 a single drafter's also with a sampled chain, `[auto + lookup, sampled]`):
    tok/s, tau, ratio to HF generate and to taps plain, drafting / verification ms per step, verified
    nodes per step, and how many outputs equal taps plain decoding token for token (with the first
    divergence where one does not), and each taps row's prefill time and speed-up after the prompt
@@ -79,7 +80,9 @@ def decoder_rows(
     folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): the
     `[auto]` rows of single drafters draft sampled chains on a CPU (`--drafts auto`), so each also
     runs with top-k trees, row `[auto top-k]`. `lookup`: each learned proposer also with prompt
-    lookup merged into its tree (`taps generate --lookup on`), rows `[auto + lookup]`. `vocabularies`
+    lookup merged into its tree (`taps generate --lookup on`), rows `[auto + lookup]` (at T > 0 a
+    single drafter's also drawing a sampled chain, `--drafts sampled`, `[auto + lookup, sampled]`).
+    `vocabularies`
     (`TreeShape.vocabulary`): each learned drafter's rows again with each of these draft
     vocabularies, rows `[auto, V vocabulary]`."""
     rows = [("hf generate", "hf", "", None), ("hf prompt lookup", "hf-prompt-lookup", "", None)]
@@ -108,6 +111,9 @@ def decoder_rows(
             rows.append((f"{label} [auto top-k]", strategy, names, replace(AUTO_SHAPE, drafts="top-k")))
         if lookup and names != "ngram":
             rows.append((f"{label} [auto + lookup]", strategy + LOOKUP, names, AUTO_SHAPE))
+            if sampled and strategy == "single":  # a drawn chain beside the copies (`--drafts sampled`)
+                drawn = replace(AUTO_SHAPE, drafts="sampled")
+                rows.append((f"{label} [auto + lookup, sampled]", strategy + LOOKUP, names, drawn))
         for vocabulary in vocabularies if names != "ngram" else ():
             rows += [
                 (

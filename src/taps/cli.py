@@ -65,9 +65,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="top-k = each node's children are the drafter's best tokens (EAGLE-2); sampled = at "
         "temperature > 0 a lone drafter drafts a chain of tokens drawn from its own distribution, "
         "verified by speculative sampling (more of them accepted; greedy decoding and combinations "
-        "keep top-k, and so does a drafter with prompt lookup merged in, see --lookup); auto = sampled "
-        "under --tree auto's level-by-level budget (a CPU), top-k where whole trees are verified (a "
-        "GPU, --tree fixed) (default: %(default)s)",
+        "keep top-k; with prompt lookup merged in, see --lookup, the chain joins the copied tokens); "
+        "auto = sampled under --tree auto's level-by-level budget (a CPU) without prompt lookup, "
+        "top-k beside it and where whole trees are verified (a GPU, --tree fixed) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--total-tokens",

@@ -107,12 +107,20 @@ def wants_lookup(lookup: str, names: list[str], target, shape: TreeShape) -> boo
     return lookup == "on"
 
 
-def with_lookup(proposer: Proposer, source: int, rows: int) -> Proposer:
+def with_lookup(proposer: Proposer, source: int, rows: int, draws: bool = False) -> Proposer:
     """`proposer`'s tree merged with prompt lookup's (its nodes marked with bit `source`); where every
-    forward is padded to `rows` rows (`taps.models.padded`), cut to fit them."""
+    forward is padded to `rows` rows (`taps.models.padded`), cut to fit them.
+
+    At T > 0 the merged tree is verified as deterministic drafts, so a lone drafter drafts its top-k
+    tree beside the copied tokens. With `draws` (`--drafts sampled`) it draws its chain instead, a
+    mixed tree (`taps.spec.combine.merge_trees`, verified copied tokens first): exact, but on a Zen 4
+    EPYC (bf16, 2 threads, T = 1, 16 prompts) it ran behind the top-k tree for two of three drafters
+    (docs/speed-cpu.md, "Prompt lookup beside a drafter"), so `--drafts auto` keeps top-k here."""
     from taps.spec.combine import MergedProposer
 
-    merged = MergedProposer([proposer, NgramProposer(source=source)], rows - 1 if rows > 1 else None)
+    merged = MergedProposer(
+        [proposer, NgramProposer(source=source)], rows - 1 if rows > 1 else None, draws=draws
+    )
     merged.name = proposer.name + LOOKUP_NAME
     return merged
 
@@ -160,7 +168,7 @@ def make_strategy(
     shape = dataclasses.replace(shape, total_tokens=cap_tree(shape.total_tokens, rows))
     proposer = _strategy(strategy, names, target, shape)
     if proposer is not None and wants_lookup(lookup, names, target, shape):
-        proposer = with_lookup(proposer, len(names), rows)
+        proposer = with_lookup(proposer, len(names), rows, draws=shape.drafts == "sampled")
     if proposer is None or shape.budget == "fixed":
         return proposer
     return BudgetedProposer(proposer, TreeBudget(curve, shape.total_tokens))

@@ -286,13 +286,17 @@ class TreeBudget:
         confidence, depth = tree.scores.exp().nan_to_num(0.0), tree.depths()
         binned = _monotone(self.acceptance.predict(confidence, depth), tree.parents)
         p = (binned * self.calibration_factor).clamp(max=1.0)  # scaling keeps p monotone down the tree
-        order = _best_first(p, depth)[: self.max_nodes]
+        order = _best_first(p, depth)
         # A probe's steps verify at least their best node: a probe that verified nothing would teach the
         # bins nothing, and a budget whose estimates had sunk below paying would stay paused for good
         # (seen at T = 1: hass-math plain on whole GSM8K prompts it drafted at 1.2-1.3x before).
         least = 1 if self._probing else 0
-        count = _leading_count if tree.sampled else _best_count  # sampled: no look-ahead (exactness)
-        chosen = order[: max(least, count(p[order], self.rate * self.costs.priced))]
+        price = self.rate * self.costs.priced
+        if tree.sampled:  # drawn nodes: chosen without looking at what was drawn (exactness)
+            chosen = _exact_choice(tree.sampled_nodes, p, order, price, least, self.max_nodes)
+        else:
+            order = order[: self.max_nodes]
+            chosen = order[: max(least, _best_count(p[order], price))]
         keep = chosen.sort().values  # ascending indices keep parents before children
         self._sent, self._expected = (confidence[keep], depth[keep]), 1.0 + float(p[chosen].sum())
         self._binned = float(binned[keep].sum())
@@ -395,6 +399,25 @@ def _leading_count(p_sorted: torch.Tensor, price: torch.Tensor) -> int:
     n = torch.arange(1, len(p_sorted) + 1)
     losing = (p_sorted.double() <= price[n + 1] - price[n]).nonzero()
     return int(losing[0]) if len(losing) else len(p_sorted)
+
+
+def _exact_choice(
+    drawn: torch.Tensor, p: torch.Tensor, order: torch.Tensor, price: torch.Tensor, least: int, most: int
+) -> torch.Tensor:
+    """The nodes of a tree with drawn nodes to verify: the deterministic ones that pay among
+    themselves (`_best_count`, best first), then the leading drawn nodes, in node order (a chain's from
+    its root down), that each pay on top of them (`_leading_count`); `least` nodes at the least.
+
+    Neither choice sees a drawn node's token or what hangs below it, which exactness needs of both
+    (`DraftTree._exact_keep` says why); the deterministic nodes do not see the drawn ones at all."""
+    fixed = order[~drawn[order]][:most]
+    n_fixed = _best_count(p[fixed], price)
+    sampled = drawn.nonzero().flatten()[: most - n_fixed]
+    n_drawn = _leading_count(p[sampled], price[n_fixed:])
+    if n_fixed + n_drawn < least:  # a probe verifies something: a deterministic node if there is one
+        n_fixed = min(least, len(fixed))
+        n_drawn = min(least - n_fixed, len(sampled))
+    return torch.cat([fixed[:n_fixed], sampled[:n_drawn]])
 
 
 def _monotone(p: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:

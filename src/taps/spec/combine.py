@@ -54,6 +54,12 @@ class Committee:
             else:
                 unit.attach_budget(budget)
 
+    def sample_drafts(self, temperature: float, generator: torch.Generator) -> None:
+        """Tell the members that draft alone (stacked drafters keep their top-k trees)."""
+        for _, unit in self.groups:
+            if not isinstance(unit, TreeDrafter):
+                unit.sample_drafts(temperature, generator)
+
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> list[DraftTree]:
         """Every member's tree, in member order."""
         trees: list[DraftTree | None] = [None] * len(self.members)
@@ -149,24 +155,34 @@ class RoutedProposer(Proposer):
 def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
     """Union of trees under the shared root as one trie: a path drafted by several members is one node
     (best score kept, source bits OR-ed). With `budget`, keep only the best `budget` nodes by score
-    (ties to the shallower node, so a kept node's parent is always kept)."""
+    (ties to the shallower node, so a kept node's parent is always kept).
+
+    Drawn nodes (a sampled chain's) are never merged: each keeps its own node and proposal row, the
+    other nodes get all-zero rows, and the result is a mixed tree (`DraftTree`; the verifier lets a
+    drawn node and a deterministic one that spell the same tokens continue each other's subtrees)."""
     tokens: list[int] = []
     parents: list[int] = []
     scores: list[float] = []
     entropies: list[float] = []
     sources: list[int] = []
+    drawn_rows: dict[int, torch.Tensor] = {}  # merged node -> the proposal it was drawn from
     index: dict[tuple[int, int], int] = {}
     for tree in trees:
         local: list[int] = []
+        drawn = tree.sampled_nodes.tolist()
         for i in range(len(tree)):
             p = int(tree.parents[i])
             key = (local[p] if p >= 0 else -1, int(tree.tokens[i]))
-            if key in index:
+            if not drawn[i] and key in index:
                 j = index[key]
                 scores[j] = max(scores[j], float(tree.scores[i]))
                 sources[j] |= int(tree.sources[i])
             else:
-                j = index[key] = len(tokens)
+                j = len(tokens)
+                if drawn[i]:
+                    drawn_rows[j] = tree.proposals[i]
+                else:
+                    index[key] = j
                 tokens.append(key[1])
                 parents.append(key[0])
                 scores.append(float(tree.scores[i]))
@@ -179,18 +195,37 @@ def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
         torch.tensor(scores),
         torch.tensor(entropies),
         torch.tensor(sources, dtype=torch.long),
+        *_proposals(trees, drawn_rows, len(tokens)),
     )
     return merged if budget is None else merged.best(budget)
+
+
+def _proposals(
+    trees: list[DraftTree], rows: dict[int, torch.Tensor], m: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The merged tree's proposals [m, v] (zero rows for its deterministic nodes) and their ids."""
+    if not rows:
+        return None, None
+    ids = [t.proposal_ids for t in trees if t.sampled and bool(t.sampled_nodes.any())]
+    if any(not torch.equal(ids[0].cpu(), other.cpu()) for other in ids[1:]):
+        raise ValueError("merged sampled trees must draw over one vocabulary (proposal_ids)")
+    first = next(iter(rows.values()))
+    proposals = torch.zeros(m, first.shape[-1], dtype=first.dtype, device=first.device)
+    for j, row in rows.items():
+        proposals[j] = row
+    return proposals, ids[0]
 
 
 class MergedProposer(Proposer):
     """All members' trees merged into one trie and verified in one target pass; `budget` cuts the
     merged tree to a fixed node count (equal verification cost to a single drafter)."""
 
-    def __init__(self, members: list[Proposer], budget: int | None = None, batched: bool = True):
+    def __init__(
+        self, members: list[Proposer], budget: int | None = None, batched: bool = True, draws: bool = False
+    ):
         if len(members) < 2:
             raise ValueError("merging needs >= 2 members")
-        self.members, self.budget = members, budget
+        self.members, self.budget, self.draws = members, budget, draws
         self.committee = Committee(members, batched)
         self.name = "merged" if budget is None else "merged:cut"
         self.history: list[list[DraftTree]] = []  # every member's tree, per step since reset
@@ -201,6 +236,13 @@ class MergedProposer(Proposer):
 
     def attach_budget(self, budget) -> None:
         self.committee.attach_budget(budget)
+
+    def sample_drafts(self, temperature: float, generator: torch.Generator) -> None:
+        """With `draws` (`taps.drafters.with_lookup`), a lone member that drafts by sampling at this
+        temperature does so beside the others' deterministic nodes (a mixed tree); otherwise every
+        member drafts its top-k tree, as merged learned drafters do at every temperature."""
+        if self.draws:
+            self.committee.sample_drafts(temperature, generator)
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
         self.history.append(self.committee.propose(tokens, features))

@@ -58,9 +58,11 @@ class TreeShape:
     target's; `Drafter.widen_vocabulary`), or "auto" (whole on a GPU, context on a CPU).
     `drafts`: "top-k" (each node's children are the drafter's best tokens), or "sampled": at T > 0 a
     lone drafter drafts a chain, each token drawn from its distribution at that temperature
-    (`TreeDrafter._sample_chain`); at T = 0, and in combinations, the top-k tree. "auto": sampled where
-    a budget drafts level by level (a CPU under `--tree auto`, where trees are a few nodes and a drawn
-    token is accepted more often than a top-1 one), top-k where whole trees are verified."""
+    (`TreeDrafter._sample_chain`), also beside prompt lookup's copied tokens (a mixed tree,
+    `taps.drafters.with_lookup`); at T = 0, and in combinations of drafters, the top-k tree. "auto":
+    sampled where a budget drafts level by level (a CPU under `--tree auto`, where trees are a few
+    nodes and a drawn token is accepted more often than a top-1 one), top-k where whole trees are
+    verified and beside prompt lookup."""
 
     top_k: int = 8
     depth: int = 5

@@ -9,6 +9,9 @@ entropy of the distribution it was drawn from, and a bit mask of the proposers t
 A sampled tree (`proposals` set) holds nodes drawn from the drafter's distribution rather than picked
 as its top-k: row i of `proposals` is the distribution node i was drawn from (over the draft
 vocabulary `proposal_ids`), which the verifier needs for its acceptance rule (`taps.spec.verify`).
+A mixed tree also holds deterministic nodes (top-k or copied by prompt lookup), whose proposal rows
+are all zero. Its drawn nodes hang from the root or from drawn nodes only, never merged with the
+deterministic ones, and which of them are verified never depends on their own tokens (see `best`).
 """
 
 from __future__ import annotations
@@ -82,8 +85,17 @@ class DraftTree:
 
     @property
     def sampled(self) -> bool:
-        """Whether the nodes were drawn from `proposals` (verified by speculative sampling)."""
+        """Whether the tree carries `proposals`: its nodes drawn from them (`sampled_nodes`) are
+        verified by speculative sampling."""
         return self.proposals is not None
+
+    @property
+    def sampled_nodes(self) -> torch.Tensor:
+        """Bool [m]: which nodes were drawn from a proposal (all of a sampled chain's, none of a
+        top-k tree's; a mixed tree's deterministic nodes have all-zero proposal rows)."""
+        if self.proposals is None:
+            return torch.zeros(len(self), dtype=torch.bool, device=self.tokens.device)
+        return self.proposals.sum(-1) > 0
 
     def to(self, device: torch.device | str) -> DraftTree:
         if self.tokens.device == torch.device(device):
@@ -111,16 +123,37 @@ class DraftTree:
     def best(self, count: int) -> DraftTree:
         """The `count` nodes of highest score, closed under parents: a node ranks by the lowest score
         on its path (a merged trie can hold a child scored above its parent by another member), ties
-        to the shallower node, then the earlier one; returned in the original (topological) order."""
+        to the shallower node, then the earlier one; returned in the original (topological) order.
+        A tree with drawn nodes is cut by `_exact_keep` instead."""
         if count >= len(self):
             return self
+        keep = self._exact_keep(count) if self.sampled else self._ranked(range(len(self)))[:count]
+        return self.subtree(torch.tensor(sorted(keep), dtype=torch.long))
+
+    def _ranked(self, nodes) -> list[int]:
+        """`nodes` best first, as `best` ranks them."""
         rank = self.scores.tolist()
         for i, p in enumerate(self.parents.tolist()):  # parents precede children
             if p >= 0:
                 rank[i] = min(rank[i], rank[p])
         depth = self.depths().tolist()
-        order = sorted(range(len(self)), key=lambda i: (-rank[i], depth[i], i))
-        return self.subtree(torch.tensor(sorted(order[:count]), dtype=torch.long))
+        return sorted(nodes, key=lambda i: (-rank[i], depth[i], i))
+
+    def _exact_keep(self, count: int) -> list[int]:
+        """`count` nodes of a tree with drawn nodes, chosen without looking at any drawn token: the
+        best deterministic nodes among themselves (leaving one place for the drawn nodes if there are
+        any), then the drawn nodes in node order (a chain's from its root down).
+
+        Speculative sampling accepts a drawn token x with min(1, p(x) / q(x)) only if x still follows
+        q given that it is verified, and the verifier tries the deterministic siblings of a drawn node
+        before it and goes on after rejecting it: so neither the drawn nodes nor the deterministic
+        ones may be kept by a rule that sees a drawn token or its descendants (ranking all nodes by
+        score would: a drawn node's children score by what was drawn above them)."""
+        drawn = self.sampled_nodes.tolist()
+        sampled = [i for i in range(len(self)) if drawn[i]]
+        fixed = self._ranked([i for i in range(len(self)) if not drawn[i]])
+        fixed = fixed[: max(0, count - (1 if sampled else 0))]
+        return fixed + sampled[: count - len(fixed)]
 
     def depths(self) -> torch.Tensor:
         """Depth of each node (children of the root have depth 1)."""

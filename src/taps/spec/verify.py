@@ -2,10 +2,10 @@
 
 Both rules are lossless: greedy reproduces the target's argmax path exactly, and the sampling rule
 makes each emitted token follow the target's own distribution: for deterministic drafts (top-k
-trees) a child x is accepted with the residual probability p(x); a child drawn from the drafter's
-distribution q (a sampled tree) with probability min(1, p(x) / q(x)), and after a rejection the
-residual is (p - q)+, renormalised (speculative sampling). `logits[0]` belongs to the root,
-`logits[i + 1]` to node i.
+trees, copied tokens) a child x is accepted with the residual probability p(x); a child drawn from
+the drafter's distribution q (a sampled tree) with probability min(1, p(x) / q(x)), and after a
+rejection the residual is (p - q)+, renormalised (speculative sampling). A mixed tree holds both.
+`logits[0]` belongs to the root, `logits[i + 1]` to node i.
 """
 
 from __future__ import annotations
@@ -54,20 +54,30 @@ def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
 def verify_sampling(
     tree: DraftTree, logits: torch.Tensor, temperature: float, generator: torch.Generator, top_p: float = 1.0
 ) -> Verdict:
-    """Try children in order: accept token x with the residual probability p(x) (a sampled child:
-    min(1, p(x) / q(x))); on rejection zero p(x) (subtract q) and renormalise; if no child is
-    accepted, the bonus token is drawn from the residual. A sampled tree holds one child per node."""
+    """Walk down from the root trying each accepted prefix's candidates, deterministic ones first: a
+    deterministic child x is accepted with the residual probability p(x), else p(x) is zeroed; a drawn
+    child with min(1, p(x) / q(x)), else p becomes (p - q)+; p is renormalised after each rejection,
+    and if no candidate is accepted the bonus token is drawn from the residual.
+
+    A prefix's candidates are the children of every node that spells it: a mixed tree keeps a drawn
+    chain apart from the deterministic nodes (`taps.spec.combine.merge_trees`), so a copied token and
+    a drawn one can spell the same prefix; once one is accepted, the other's subtree continues it too.
+    That is exact because no node is kept or left out by its own drawn token (`DraftTree.best`):
+    a drawn child not tried yet still follows its q. (Trying drawn children last keeps a
+    copied continuation, often the longer one, reachable whatever the chain drew.)"""
     probs = target_probs(logits, temperature, top_p).cpu()  # the generator and the walk live on the host
     children = tree.children()
     tokens = tree.tokens.tolist()
+    drawn = tree.sampled_nodes.tolist()
     accepted: list[int] = []
-    row = 0
+    spelling = [-1]  # the nodes whose path spells the accepted prefix (-1: the root)
     while True:
-        p = probs[row].clone()
+        p = probs[spelling[0] + 1].clone()
+        candidates = sorted((c for s in spelling for c in children[s + 1]), key=lambda c: drawn[c])
         nxt = None
-        for c in children[row]:
+        for c in candidates:
             x = tokens[c]
-            if tree.sampled:
+            if drawn[c]:
                 q = torch.zeros_like(p).index_put_((tree.proposal_ids,), tree.proposals[c].float())
                 if float(torch.rand((), generator=generator)) * float(q[x]) < float(p[x]):
                     nxt = c
@@ -87,7 +97,9 @@ def verify_sampling(
         if nxt is None:
             return Verdict(accepted, int(torch.multinomial(p, 1, generator=generator)))
         accepted.append(nxt)
-        row = nxt + 1
+        # a rejected candidate zeroed its token's residual, so every other candidate spelling the
+        # accepted token comes later in the order: untried, its subtree still exact to continue into
+        spelling = [nxt, *(c for c in candidates if c != nxt and tokens[c] == tokens[nxt])]
 
 
 def sample_token(
