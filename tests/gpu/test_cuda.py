@@ -58,6 +58,23 @@ def test_float32_speculation_on_cuda_equals_plain_greedy(cuda_target):
         assert _greedy(cuda_target, prompt, True) == _greedy(cuda_target, prompt, False)
 
 
+def test_a_drawn_chain_beside_prompt_lookup_runs_on_cuda(cuda_target):
+    """A mixed tree (`--drafts sampled --lookup on`): the chain is drafted on the GPU, merged and
+    verified on the host; sampled output stays within the vocabulary and greedy output is plain's."""
+    from taps.drafters import with_lookup
+
+    drafter = random_drafter(cuda_target, seed=3).to(CUDA).attach(cuda_target)
+    proposer = with_lookup(DrafterProposer(drafter, TreeShape(4, 3, 8, drafts="sampled")), 1, 0, draws=True)
+    gen = SpeculativeGenerator(cuda_target, proposer)
+    prompt = [0, 5, 17, 23, 5, 17, 9, 5, 17]
+    out = gen.generate(prompt, GenerationConfig(max_new_tokens=24, temperature=1.0, seed=1))
+    assert proposer.members[0].trees.sampling is not None and len(out.tokens) == 24
+    assert all(0 <= t < cuda_target.shape.vocab_size for t in out.tokens)
+    assert gen.generate(prompt, GenerationConfig(max_new_tokens=24)).tokens == _greedy(
+        cuda_target, prompt, True, 24
+    )
+
+
 def test_a_flat_budget_drafts_through_the_captured_expansion_losslessly(cuda_target):
     """Under the auto budget with a GPU-like flat curve, drafting is the one captured expansion graph
     (`TreeBudget.verifies_freely`), and float32 output still equals plain greedy decoding."""

@@ -203,16 +203,17 @@ def merge_trees(trees: list[DraftTree], budget: int | None = None) -> DraftTree:
 def _proposals(
     trees: list[DraftTree], rows: dict[int, torch.Tensor], m: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The merged tree's proposals [m, v] (zero rows for its deterministic nodes) and their ids."""
+    """The merged tree's proposals [m, v] (zero rows for its deterministic nodes) and their ids, on
+    the host with the rest of the merged tree (a drafter on a GPU drafts them there)."""
     if not rows:
         return None, None
-    ids = [t.proposal_ids for t in trees if t.sampled and bool(t.sampled_nodes.any())]
-    if any(not torch.equal(ids[0].cpu(), other.cpu()) for other in ids[1:]):
+    ids = [t.proposal_ids.cpu() for t in trees if t.sampled and bool(t.sampled_nodes.any())]
+    if any(not torch.equal(ids[0], other) for other in ids[1:]):
         raise ValueError("merged sampled trees must draw over one vocabulary (proposal_ids)")
     first = next(iter(rows.values()))
-    proposals = torch.zeros(m, first.shape[-1], dtype=first.dtype, device=first.device)
+    proposals = torch.zeros(m, first.shape[-1], dtype=first.dtype)
     for j, row in rows.items():
-        proposals[j] = row
+        proposals[j] = row.cpu()
     return proposals, ids[0]
 
 
