@@ -1,10 +1,14 @@
 """Markdown tables from `benchmarks/engine.py --out` files, as the README shows them.
 
-    python benchmarks/tables.py RESULT.json [--t1 RESULT-T1.json] [--compact]
+    python benchmarks/tables.py RESULT.json [--t1 RESULT-T1.json] [--compact] [--ci]
+        [--pair "ROW A" "ROW B"]
 
 Every figure is read from the JSON files (which hold every output and per-prompt time), so a README
 table can always be traced to the run that made it: ratios are tok/s over taps plain decoding on the
 same prompts in the same run; `--t1` adds the ratios of a second run at T = 1 of the same rows.
+`--ci` adds a 95% bootstrap interval to each row's overall ratio, and `--pair A B` prints row A's
+tok/s over row B's with its interval (`paired_interval`): how far the prompts, and at T > 0 the
+samples drawn, leave a ratio or a difference between two rows open.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 BENCH_NAMES = {
     "gsm8k": "GSM8K",
@@ -50,12 +56,41 @@ def ratio(result: dict, row: str, bench: str | None) -> float:
     return tok_s(result["rows"][row]) / tok_s(result["rows"]["taps plain"])
 
 
+def paired_interval(
+    result: dict, row: str, base: str = "taps plain", level: float = 0.95, resamples: int = 4000
+) -> tuple[float, float, float]:
+    """tok/s of `row` over `base` with a bootstrap interval: (ratio, low, high).
+
+    The prompts are resampled with replacement within each benchmark, each keeping both rows' tokens
+    and seconds (the engine runs every row on a prompt before the next prompt, so a prompt's two
+    times are side by side), and the ratio recomputed. The interval spans what the choice of prompts
+    and, at T > 0, the samples drawn make of the ratio; a slow spell of the machine is mostly shared
+    by the rows of one prompt and is not in it. Seeded: the same file gives the same interval."""
+    a, b = result["rows"][row], result["rows"][base]
+    tokens_a, tokens_b = (np.array([len(o) for o in r["outputs"]], dtype=float) for r in (a, b))
+    seconds_a, seconds_b = np.array(a["seconds"]), np.array(b["seconds"])
+    groups: dict[str, list[int]] = {}
+    for i, bench in enumerate(benchmarks_of(result)):
+        groups.setdefault(bench, []).append(i)
+    rng = np.random.default_rng(0)
+    picks = np.concatenate([rng.choice(g, size=(resamples, len(g))) for g in groups.values()], axis=1)
+
+    def ratios(pick):
+        return (tokens_a[pick].sum(-1) / seconds_a[pick].sum(-1)) / (
+            tokens_b[pick].sum(-1) / seconds_b[pick].sum(-1)
+        )
+
+    low, high = np.quantile(ratios(picks), [(1 - level) / 2, (1 + level) / 2])
+    return float(ratios(np.arange(len(seconds_a)))), float(low), float(high)
+
+
 def fmt(x: float | None, suffix: str = "") -> str:
     return "–" if x is None else f"{x:.2f}{suffix}"
 
 
-def full_table(result: dict, t1: dict | None) -> str:
-    """Per benchmark and overall ratios, the T = 1 ratios, and the per-step figures."""
+def full_table(result: dict, t1: dict | None, ci: bool = False) -> str:
+    """Per benchmark and overall ratios (with `ci`, the overall one's 95% interval), the T = 1 ratios,
+    and the per-step figures."""
     benches = list(dict.fromkeys(benchmarks_of(result)))
     names = [BENCH_NAMES.get(b, b) for b in benches]
     t1_head = f" | T = 1: {' / '.join(names)}" if t1 else ""
@@ -72,7 +107,7 @@ def full_table(result: dict, t1: dict | None) -> str:
         if "error" in row:
             continue
         cells = [f"{row['tok_s']:.1f}", *(fmt(ratio(result, name, b), "x") for b in benches)]
-        cells.append(f"**{ratio(result, name, None):.2f}x**")
+        cells.append(f"**{ratio(result, name, None):.2f}x**" + (interval_text(result, name) if ci else ""))
         if t1:
             in_t1 = name in t1["rows"] and "error" not in t1["rows"][name]
             cells.append(" / ".join(fmt(ratio(t1, name, b) if in_t1 else None, "x") for b in benches))
@@ -83,6 +118,24 @@ def full_table(result: dict, t1: dict | None) -> str:
         cells.append(f"{row['same_as_plain']}/{n}" if "same_as_plain" in row else "–")
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def interval_text(result: dict, row: str) -> str:
+    """' (low-high)' of `row`'s overall ratio to taps plain ('' for taps plain itself)."""
+    if row == "taps plain":
+        return ""
+    _, low, high = paired_interval(result, row)
+    return f" ({low:.2f}-{high:.2f})"
+
+
+def pair_line(result: dict, a: str, b: str) -> str:
+    """Row a's tok/s over row b's, its 95% interval, and the share of resamples where a is faster."""
+    for name in (a, b):
+        if name not in result["rows"] or "error" in result["rows"][name]:
+            known = ", ".join(r for r in result["rows"] if "error" not in result["rows"][r])
+            raise SystemExit(f"error: no row {name!r} in this result; rows: {known}")
+    ratio_ab, low, high = paired_interval(result, a, b)
+    return f"{a} over {b}: {ratio_ab:.3f}x (95% interval {low:.3f}-{high:.3f})"
 
 
 def compact_table(result: dict) -> str:
@@ -123,11 +176,18 @@ def main() -> None:
     ap.add_argument("result")
     ap.add_argument("--t1", default=None, help="a run of the same rows at T = 1")
     ap.add_argument("--compact", action="store_true", help="ratios, tau and agreement only")
+    ap.add_argument("--ci", action="store_true", help="a 95%% bootstrap interval on each overall ratio")
+    ap.add_argument(
+        "--pair", nargs=2, metavar=("A", "B"), help="row A's tok/s over row B's, with its 95%% interval"
+    )
     args = ap.parse_args()
     result = load(args.result)
+    if args.pair:
+        print(pair_line(result, *args.pair))
+        return
     print(f"_{machine_line(result)}_\n")
     t1 = args.t1 and load(args.t1)
-    print(compact_table(result) if args.compact else full_table(result, t1))
+    print(compact_table(result) if args.compact else full_table(result, t1, args.ci))
     for run, label in ((result, "All columns"), (t1, "The T = 1 columns")):
         if not run:
             continue
