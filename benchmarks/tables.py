@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
+from taps.eval.intervals import ratio_interval
 
 BENCH_NAMES = {
     "gsm8k": "GSM8K",
@@ -56,32 +56,19 @@ def ratio(result: dict, row: str, bench: str | None) -> float:
     return tok_s(result["rows"][row]) / tok_s(result["rows"]["taps plain"])
 
 
-def paired_interval(
-    result: dict, row: str, base: str = "taps plain", level: float = 0.95, resamples: int = 4000
-) -> tuple[float, float, float]:
-    """tok/s of `row` over `base` with a bootstrap interval: (ratio, low, high).
-
-    The prompts are resampled with replacement within each benchmark, each keeping both rows' tokens
-    and seconds (the engine runs every row on a prompt before the next prompt, so a prompt's two
-    times are side by side), and the ratio recomputed. The interval spans what the choice of prompts
-    and, at T > 0, the samples drawn make of the ratio; a slow spell of the machine is mostly shared
-    by the rows of one prompt and is not in it. Seeded: the same file gives the same interval."""
+def paired_interval(result: dict, row: str, base: str = "taps plain") -> tuple[float, float, float]:
+    """tok/s of `row` over `base` with a 95% bootstrap interval over the prompts, each keeping both
+    rows' tokens and seconds (the engine runs every row on a prompt before the next prompt), resampled
+    within each benchmark (`taps.eval.intervals`): (ratio, low, high)."""
     a, b = result["rows"][row], result["rows"][base]
-    tokens_a, tokens_b = (np.array([len(o) for o in r["outputs"]], dtype=float) for r in (a, b))
-    seconds_a, seconds_b = np.array(a["seconds"]), np.array(b["seconds"])
-    groups: dict[str, list[int]] = {}
-    for i, bench in enumerate(benchmarks_of(result)):
-        groups.setdefault(bench, []).append(i)
-    rng = np.random.default_rng(0)
-    picks = np.concatenate([rng.choice(g, size=(resamples, len(g))) for g in groups.values()], axis=1)
-
-    def ratios(pick):
-        return (tokens_a[pick].sum(-1) / seconds_a[pick].sum(-1)) / (
-            tokens_b[pick].sum(-1) / seconds_b[pick].sum(-1)
-        )
-
-    low, high = np.quantile(ratios(picks), [(1 - level) / 2, (1 + level) / 2])
-    return float(ratios(np.arange(len(seconds_a)))), float(low), float(high)
+    interval = ratio_interval(
+        [len(o) for o in a["outputs"]],
+        a["seconds"],
+        [len(o) for o in b["outputs"]],
+        b["seconds"],
+        strata=benchmarks_of(result),
+    )
+    return interval.value, interval.low, interval.high
 
 
 def fmt(x: float | None, suffix: str = "") -> str:

@@ -95,11 +95,15 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
         and "AUROC" in report
         and "router accuracy" in report
         and "prefill ms / turn" in report
+        and "95% intervals" in report  # 2 prompts a cell: something to resample
     )
     for png in ("tau.png", "speedup.png", "accept_hist.png", "confidence_vs_entropy.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     csv = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(csv) == 1 + len(rows) * 4
+    assert csv[0].endswith("tau_low,tau_high,speedup_low,speedup_high")
+    ngram_cell = next(line.split(",") for line in csv if line.startswith("ngram,gsm8k,0.0"))
+    assert float(ngram_cell[7]) <= float(ngram_cell[3]) <= float(ngram_cell[8])  # tau within its interval
     # resume: delete one cell; only it is rerun, the others are untouched
     cells = sorted((tmp_path / "records").glob("*.jsonl"))
     kept = cells[1].stat().st_mtime_ns

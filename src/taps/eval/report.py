@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from taps.eval.intervals import Interval, ratio_interval
 from taps.eval.runner import load_records, pooled_tau
 
 
@@ -50,6 +51,28 @@ def summarise(records: list[dict]) -> dict[tuple[str, str, float], dict]:
     for (_row, bench, temp), cell in out.items():
         plain = out.get(("plain", bench, temp))
         cell["speedup"] = cell["tok_s"] / plain["tok_s"] if plain else float("nan")
+    for key, recs in cells.items():
+        out[key] |= _intervals(recs, cells.get(("plain", key[1], key[2]), []))
+    return out
+
+
+def _intervals(recs: list[dict], plain: list[dict]) -> dict[str, Interval | None]:
+    """A cell's tau and speed-up with 95% bootstrap intervals over its prompts (`taps.eval.intervals`;
+    the speed-up paired with plain decoding prompt by prompt); None where there is nothing to resample
+    (a single prompt, a row without verifying steps, no plain row)."""
+    out: dict[str, Interval | None] = {"tau_interval": None, "speedup_interval": None}
+    if len(recs) < 2:
+        return out
+    if all(r["accept_lengths"] for r in recs):
+        out["tau_interval"] = ratio_interval(
+            [sum(a + 1 for a in r["accept_lengths"]) for r in recs], [len(r["accept_lengths"]) for r in recs]
+        )
+    by_prompt = {r["prompt_id"]: r for r in plain}
+    pairs = [(r, by_prompt[r["prompt_id"]]) for r in recs if r["prompt_id"] in by_prompt]
+    if len(pairs) >= 2 and recs[0]["row"] != "plain":
+        out["speedup_interval"] = ratio_interval(
+            *([p[i][k] for p in pairs] for i in (0, 1) for k in ("new_tokens", "wall_ms"))
+        )
     return out
 
 
@@ -58,6 +81,7 @@ def _fmt(x: float, spec: str) -> str:
 
 
 def tables(summary: dict) -> tuple[str, list[list]]:
+    """The tau (speed-up) table, and the CSV rows of summary.csv (with the 95% intervals)."""
     rows = list(dict.fromkeys(k[0] for k in summary))
     cols = sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
     head = "| row | " + " | ".join(f"{b} T={t:g}" for b, t in cols) + " | mean tau |"
@@ -68,7 +92,12 @@ def tables(summary: dict) -> tuple[str, list[list]]:
         head,
         "|" + "---|" * (len(cols) + 2),
     ]
-    csv_rows = [["row", "benchmark", "temperature", "tau", "tok_s", "speedup", "prompts"]]
+    csv_rows = [
+        [
+            "row", "benchmark", "temperature", "tau", "tok_s", "speedup", "prompts",
+            "tau_low", "tau_high", "speedup_low", "speedup_high",
+        ]
+    ]  # fmt: skip
     for row in rows:
         cells, taus = [], []
         for b, t in cols:
@@ -79,13 +108,44 @@ def tables(summary: dict) -> tuple[str, list[list]]:
             cells.append(f"{_fmt(c['tau'], '.2f')} ({_fmt(c['speedup'], '.2f')}x)")
             if not math.isnan(c["tau"]):
                 taus.append(c["tau"])
-            csv_rows.append([row, b, t, c["tau"], c["tok_s"], c["speedup"], c["prompts"]])
+            bounds = [
+                getattr(c.get(k), end, "")
+                for k in ("tau_interval", "speedup_interval")
+                for end in ("low", "high")
+            ]
+            csv_rows.append([row, b, t, c["tau"], c["tok_s"], c["speedup"], c["prompts"], *bounds])
         lines.append(
             f"| {row} | "
             + " | ".join(cells)
             + f" | {_fmt(sum(taus) / len(taus) if taus else float('nan'), '.2f')} |"
         )
     return "\n".join(lines), csv_rows
+
+
+def interval_table(summary: dict) -> str:
+    """The cells' 95% bootstrap intervals, laid out as the tau table ('' where no cell has two
+    prompts): how far apart two rows must be before their prompts tell them apart."""
+    rows = list(dict.fromkeys(k[0] for k in summary))
+    cols = sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
+    if not any(c["tau_interval"] or c["speedup_interval"] for c in summary.values()):
+        return ""
+    lines = [
+        "**95% intervals** (bootstrap over each cell's prompts: tau, then the speed-up paired with plain "
+        "decoding prompt by prompt; rows whose intervals overlap may be level)",
+        "",
+        "| row | " + " | ".join(f"{b} T={t:g}" for b, t in cols) + " |",
+        "|" + "---|" * (len(cols) + 1),
+    ]
+    for row in rows:
+        cells = []
+        for b, t in cols:
+            c = summary.get((row, b, t), {})
+            tau, speedup = c.get("tau_interval"), c.get("speedup_interval")
+            parts = [f"{tau.low:.2f}-{tau.high:.2f}" if tau else "–"]
+            parts.append(f"{speedup.low:.2f}-{speedup.high:.2f}x" if speedup else "–")
+            cells.append(" / ".join(parts) if c else "")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def timing_table(records: list[dict]) -> str:
@@ -293,6 +353,7 @@ def write_report(run_dir: str | Path, with_plots: bool = True) -> str:
     signals = node_signals(records)
     parts = [
         table,
+        interval_table(summary),
         timing_table(records),
         category_table(records),
         router_table(records),
