@@ -318,8 +318,12 @@ def cmd_eval(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from taps.eval.report import write_report
+    from taps.eval.report import compare_rows, write_report
+    from taps.eval.runner import load_records
 
+    if args.compare:
+        print(compare_rows(load_records(args.run), *args.compare))
+        return
     print(write_report(args.run, with_plots=not args.no_plots))
 
 
@@ -627,6 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (markdown, CSV) and plots from an eval run folder")
     p.add_argument("run", help="run folder written by `taps eval` or `taps reproduce`")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="instead: row A against row B on the prompts both ran (tau and speed ratios with 95%% "
+        "bootstrap intervals, paired prompt by prompt)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taps.errors import TapsError
-from taps.eval.report import auroc, summarise, timing_table, write_report
+from taps.eval.report import auroc, compare_rows, summarise, timing_table, write_report
 from taps.eval.runner import GridConfig, Row, load_records, parse_row, run_grid
 from taps.models.checkpoint import save_drafter
 from taps.models.target import TargetModel
@@ -102,6 +102,10 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
     csv = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(csv) == 1 + len(rows) * 4
     assert csv[0].endswith("tau_low,tau_high,speedup_low,speedup_high")
+    compared = compare_rows(records, "d-math", "ngram").splitlines()
+    assert len(compared) == 4 + 4 + 1 and compared[-1].startswith("| all cells | 8 |")  # 4 cells of 2
+    with pytest.raises(TapsError, match="no row 'd-nothing'"):
+        compare_rows(records, "d-nothing", "ngram")
     ngram_cell = next(line.split(",") for line in csv if line.startswith("ngram,gsm8k,0.0"))
     assert float(ngram_cell[7]) <= float(ngram_cell[3]) <= float(ngram_cell[8])  # tau within its interval
     # resume: delete one cell; only it is rerun, the others are untouched

@@ -50,19 +50,24 @@ def ratio_interval(
     groups: dict[object, list[int]] = {}
     for i, s in enumerate(strata if strata is not None else [0] * n):
         groups.setdefault(s, []).append(i)
+    if max(map(len, groups.values())) < 2:  # one prompt a stratum: nothing to resample
+        return Interval(_ratio(arrays, np.arange(n)), float("nan"), float("nan"))
     rng = np.random.default_rng(0)
     picks = np.concatenate([rng.choice(g, size=(RESAMPLES, len(g))) for g in groups.values()], axis=1)
 
-    def ratio(pick: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sums = [a[pick].sum(-1) for a in arrays]
-            out = sums[0] / sums[1]
-            return out / (sums[2] / sums[3]) if len(sums) == 4 else out
-
-    value = float(ratio(np.arange(n)))
-    resampled = ratio(picks)
+    value = _ratio(arrays, np.arange(n))
+    resampled = _ratio(arrays, picks)
     resampled = resampled[np.isfinite(resampled)]
     if not np.isfinite(value) or not len(resampled):
         return Interval(value, float("nan"), float("nan"))
     low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
     return Interval(value, float(low), float(high))
+
+
+def _ratio(arrays: list[np.ndarray], pick: np.ndarray):
+    """sum(a0) / sum(a1) [/ (sum(a2) / sum(a3))] over the prompts `pick` (its last axis)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sums = [a[pick].sum(-1) for a in arrays]
+        out = sums[0] / sums[1]
+        out = out / (sums[2] / sums[3]) if len(sums) == 4 else out
+    return float(out) if np.ndim(out) == 0 else out

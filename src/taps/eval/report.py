@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from taps.errors import TapsError
 from taps.eval.intervals import Interval, ratio_interval
 from taps.eval.runner import load_records, pooled_tau
 
@@ -146,6 +147,69 @@ def interval_table(summary: dict) -> str:
             cells.append(" / ".join(parts) if c else "")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compare_rows(records: list[dict], a: str, b: str) -> str:
+    """Row a against row b on the prompts both ran: per cell and over all cells, tau a / tau b and
+    tok/s a / tok/s b, each with a 95% bootstrap interval over the prompts, paired prompt by prompt
+    (resampled within each cell over all of them). Where an interval holds 1, these prompts do not
+    tell the two rows apart."""
+    rows = {r["row"] for r in records}
+    for name in (a, b):
+        if name not in rows:
+            raise TapsError(f"no row {name!r} in this run; its rows: {', '.join(sorted(rows))}")
+    by_key = {(r["row"], r["benchmark"], r["temperature"], r["prompt_id"]): r for r in records}
+    pairs = [
+        (r, by_key[(b, *key)])
+        for r in records
+        if r["row"] == a and (b, *(key := (r["benchmark"], r["temperature"], r["prompt_id"]))) in by_key
+    ]
+    if not pairs:
+        raise TapsError(f"rows {a!r} and {b!r} share no prompt in this run; compare rows of one grid")
+    cells: dict[tuple[str, float], list[tuple[dict, dict]]] = defaultdict(list)
+    for pair in pairs:
+        cells[(pair[0]["benchmark"], pair[0]["temperature"])].append(pair)
+    lines = [
+        f"**{a}** over **{b}** (95% bootstrap intervals over the prompts both ran, paired prompt by prompt)",
+        "",
+        "| cell | prompts | tau | tau ratio | speed ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for (bench, temp), group in sorted(cells.items(), key=lambda c: (c[0][1], c[0][0])):
+        lines.append(_comparison_line(f"{bench} T={temp:g}", group, [0] * len(group)))
+    strata = [(p[0]["benchmark"], p[0]["temperature"]) for p in pairs]
+    lines.append(_comparison_line("all cells", pairs, strata))
+    return "\n".join(lines)
+
+
+def _comparison_line(label: str, pairs: list[tuple[dict, dict]], strata: list) -> str:
+    """One line of `compare_rows`: each row's tau, and the two ratios with their intervals."""
+
+    def column(i: int, field) -> list[float]:
+        return [field(p[i]) for p in pairs]
+
+    def emitted(r: dict) -> int:  # tokens the verifying forwards emitted (accepted + bonus)
+        return sum(x + 1 for x in r["accept_lengths"])
+
+    def forwards(r: dict) -> int:
+        return len(r["accept_lengths"]) or r["target_steps"]
+
+    tau = ratio_interval(
+        column(0, emitted), column(0, forwards), column(1, emitted), column(1, forwards), strata=strata
+    )
+    speed = ratio_interval(
+        *(column(i, lambda r, k=k: r[k]) for i in (0, 1) for k in ("new_tokens", "wall_ms")), strata=strata
+    )
+    taus = [sum(column(i, emitted)) / max(1, sum(column(i, forwards))) for i in (0, 1)]
+    taus_text = f"{taus[0]:.2f} / {taus[1]:.2f}"
+    return f"| {label} | {len(pairs)} | {taus_text} | {_ratio_text(tau)} | {_ratio_text(speed)} |"
+
+
+def _ratio_text(interval: Interval) -> str:
+    """'1.040 (0.990-1.090)', or the ratio alone where there was nothing to resample."""
+    if math.isnan(interval.low):
+        return _fmt(interval.value, ".3f")
+    return f"{interval.value:.3f} ({interval.low:.3f}-{interval.high:.3f})"
 
 
 def timing_table(records: list[dict]) -> str:
