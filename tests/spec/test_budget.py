@@ -512,3 +512,22 @@ def test_auto_on_a_flat_gpu_drafts_the_fixed_tree_and_merged_members_share_it(
 class _Loaded:
     def __init__(self, model):
         self.model, self.name = model, "tiny"
+
+
+def test_greedy_and_sampled_generations_learn_apart():
+    """What a T = 1 generation teaches the budget (bins, calibration, rate, a pause) does not steer the
+    next T = 0 one, and comes back with the next T = 1 one; the machine's costs stay shared."""
+    budget = TreeBudget(CostCurve((1, 64), (10.0, 10.0 + 63 * 100.0)))
+    proposer = BudgetedProposer(NgramProposer(), budget)
+    confidence, depth = torch.tensor([0.9, 0.9]), torch.tensor([1, 1])
+    proposer.sample_drafts(1.0, torch.Generator())
+    budget.acceptance.update(confidence, depth, torch.tensor([False, False]))
+    for _ in range(PROBE_STEPS):
+        budget.observe(0, 0, draft_ms=50.0, verify_ms=10.0, node_accepted=[])  # drafting lost
+    sampled_p, costs = float(budget.acceptance.predict(confidence[:1], depth[:1])), budget.costs
+    assert budget.pause > 0 and sampled_p < 0.9
+    proposer.sample_drafts(0.0, torch.Generator())  # greedy: fresh bins, no pause, same costs
+    assert budget.pause == 0 and budget.costs is costs
+    assert float(budget.acceptance.predict(confidence[:1], depth[:1])) == pytest.approx(0.9)
+    proposer.sample_drafts(0.7, torch.Generator())  # sampled again: what it learned is back
+    assert budget.pause > 0 and float(budget.acceptance.predict(confidence[:1], depth[:1])) == sampled_p

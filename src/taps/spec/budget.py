@@ -197,24 +197,34 @@ class TreeBudget:
         self.max_nodes = max(0, min(max_nodes, curve.max_tokens - 1))
         # cost[t]: the curve's ms for a forward of t tokens (the root and t - 1 drafted nodes)
         self.cost = torch.tensor(curve.table()[: self.max_nodes + 2], dtype=torch.float64)
-        self.acceptance = AcceptanceModel()
         self.costs = CostScales(self.cost)  # the curve corrected by this run's verifications
-        self.overall = RunningRatio()
-        self.speculative = RunningRatio(warm_up=True)  # expected tokens per ms of drafting steps
         self.level_rows = RunningRatio()  # drafted rows per ms of a drafting level
         self.draft_ms = RunningRatio()  # ms of drafting per drafting step, recent steps
-        # drafted tokens accepted / expected by the bins, recent steps; starts at 1 as if one step agreed
-        self.calibration = RunningRatio(1.0, 1.0)
-        self.pause, self.next_pause = 0, MIN_PAUSE
-        self.drafting = True  # whether the current step drafts
+        self._set_regime(_fresh_regime())  # what is learned of acceptance, apart by temperature
+        self._sampling = False  # the regime in use: sampled (T > 0) or greedy
+        self._regimes: dict[bool, dict] = {}  # the other regime's, while it waits
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (confidence, depth) of verified nodes
         self._expected = 1.0  # tokens the current step is expected to emit (accepted + bonus)
         self._binned = 0.0  # its drafted tokens expected by the bins alone (before calibration)
         self._ingest_ms = 0.0  # drafting time spent this step taking in committed features
         self.steady_ingest = RunningRatio()  # ms of that per drafting step that followed a drafting step
         self._follows_draft = False  # the previous step of this sequence drafted
-        self._probe_left = PROBE_STEPS  # drafting steps before drafting is judged (the run's first)
-        self._probing = False  # a probe after a pause is under way
+
+    def set_sampling(self, sampling: bool) -> None:
+        """Learn acceptance apart for greedy (T = 0) and sampled (T > 0) generations, and switch to the
+        one a generation needs: at T = 0 a node is accepted when it is the target's argmax, at T > 0
+        with the target's residual probability, so bins, calibration, the realised rate and drafting's
+        pauses learned at one temperature mislead at the other (a server or an eval grid alternates
+        them). What the machine costs stays shared."""
+        if sampling == self._sampling:
+            return
+        self._regimes[self._sampling] = {name: getattr(self, name) for name in REGIME_STATE}
+        self._set_regime(self._regimes.pop(sampling, None) or _fresh_regime())
+        self._sampling = sampling
+
+    def _set_regime(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     @property
     def rate(self) -> float:
@@ -385,6 +395,28 @@ class TreeBudget:
         return max(0.0, draft_ms - ingest_ms) + (self.steady_ingest.value or 0.0)
 
 
+REGIME_STATE = (
+    "acceptance", "calibration", "overall", "speculative",
+    "pause", "next_pause", "drafting", "_probe_left", "_probing",
+)  # fmt: skip
+
+
+def _fresh_regime() -> dict:
+    """A regime's state before its first step (`TreeBudget.set_sampling`)."""
+    return {
+        "acceptance": AcceptanceModel(),
+        # drafted tokens accepted / expected by the bins, recent steps; starts at 1 as if one step agreed
+        "calibration": RunningRatio(1.0, 1.0),
+        "overall": RunningRatio(),  # tokens per ms of the whole generation, recent steps
+        "speculative": RunningRatio(warm_up=True),  # expected tokens per ms of drafting steps
+        "pause": 0,
+        "next_pause": MIN_PAUSE,
+        "drafting": True,  # whether the current step drafts
+        "_probe_left": PROBE_STEPS,  # drafting steps before drafting is judged (the regime's first)
+        "_probing": False,  # a probe after a pause is under way
+    }
+
+
 def _best_count(p_sorted: torch.Tensor, price: torch.Tensor) -> int:
     """n maximising sum(p_sorted[:n]) - price[n + 1] (price[t]: what verifying t tokens forgoes)."""
     n = torch.arange(len(p_sorted) + 1)
@@ -479,6 +511,7 @@ class BudgetedProposer(Proposer):
         return self.budget.choose(tree)
 
     def sample_drafts(self, temperature: float, generator: torch.Generator) -> None:
+        self.budget.set_sampling(temperature > 0)
         self.inner.sample_drafts(temperature, generator)
 
     def observe(self, record) -> None:
