@@ -104,6 +104,7 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
     assert csv[0].endswith("tau_low,tau_high,speedup_low,speedup_high")
     compared = compare_rows(records, "d-math", "ngram").splitlines()
     assert len(compared) == 4 + 4 + 1 and compared[-1].startswith("| all cells | 8 |")  # 4 cells of 2
+    assert " / 1.00 |" in compare_rows(records, "d-math", "plain").splitlines()[-1]  # plain: tau 1
     with pytest.raises(TapsError, match="no row 'd-nothing'"):
         compare_rows(records, "d-nothing", "ngram")
     ngram_cell = next(line.split(",") for line in csv if line.startswith("ngram,gsm8k,0.0"))

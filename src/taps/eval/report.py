@@ -81,10 +81,15 @@ def _fmt(x: float, spec: str) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _layout(summary: dict) -> tuple[list[str], list[tuple[str, float]]]:
+    """The summary's rows in run order, and its (benchmark, temperature) columns, by temperature."""
+    rows = list(dict.fromkeys(k[0] for k in summary))
+    return rows, sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
+
+
 def tables(summary: dict) -> tuple[str, list[list]]:
     """The tau (speed-up) table, and the CSV rows of summary.csv (with the 95% intervals)."""
-    rows = list(dict.fromkeys(k[0] for k in summary))
-    cols = sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
+    rows, cols = _layout(summary)
     head = "| row | " + " | ".join(f"{b} T={t:g}" for b, t in cols) + " | mean tau |"
     lines = [
         "**Acceptance length tau** (tokens per target forward; speed-up over our plain decoding in the same "
@@ -126,8 +131,7 @@ def tables(summary: dict) -> tuple[str, list[list]]:
 def interval_table(summary: dict) -> str:
     """The cells' 95% bootstrap intervals, laid out as the tau table ('' where no cell has two
     prompts): how far apart two rows must be before their prompts tell them apart."""
-    rows = list(dict.fromkeys(k[0] for k in summary))
-    cols = sorted({(k[1], k[2]) for k in summary}, key=lambda c: (c[1], c[0]))
+    rows, cols = _layout(summary)
     if not any(c["tau_interval"] or c["speedup_interval"] for c in summary.values()):
         return ""
     lines = [
@@ -188,8 +192,8 @@ def _comparison_line(label: str, pairs: list[tuple[dict, dict]], strata: list) -
     def column(i: int, field) -> list[float]:
         return [field(p[i]) for p in pairs]
 
-    def emitted(r: dict) -> int:  # tokens the verifying forwards emitted (accepted + bonus)
-        return sum(x + 1 for x in r["accept_lengths"])
+    def emitted(r: dict) -> int:  # tokens the verifying forwards emitted (plain decoding: one each)
+        return sum(x + 1 for x in r["accept_lengths"]) if r["accept_lengths"] else r["target_steps"]
 
     def forwards(r: dict) -> int:
         return len(r["accept_lengths"]) or r["target_steps"]
