@@ -96,8 +96,10 @@ def wants_lookup(lookup: str, names: list[str], target, shape: TreeShape) -> boo
     the CPU's budget, which verifies only the nodes that pay, every learned proposer ran at 1.70-1.77x
     of plain decoding, where alone they ran at 1.35-1.57x and prompt lookup at 1.50x (bf16, 1 thread,
     16 prompts, T = 0; docs/speed-cpu.md, "Prompt lookup beside a drafter"). So `auto` turns it on
-    there: a CPU under `--tree auto`. A fixed tree keeps the node count it was asked for, and on a
-    GPU the gain is not yet measured."""
+    there: a CPU under `--tree auto`. At T = 1 the gain is smaller and, for the default drafter,
+    not measurable (0.971x-1.082x of it alone in three runs), never a clear loss, so `auto` does not
+    look at the temperature. A fixed tree keeps the node count it was asked for, and on a GPU the
+    gain is not yet measured."""
     if lookup not in LOOKUPS:
         raise TapsError(f"unknown --lookup {lookup!r}: use one of {', '.join(LOOKUPS)}")
     if "ngram" in names:  # prompt lookup drafts already
