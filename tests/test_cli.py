@@ -13,13 +13,56 @@ from taps.cli import build_parser, main
         (["eval", "--rows", "blend=a,b", "--out", "x", "--target", "no-such-model"], "unknown target"),
         (["report", "/nonexistent/run"], "no eval records"),
         (["average", "--drafters", "a", "--out", "x"], "unknown drafter 'a'"),
-        (["generate", "hi", "--pad-rows", "-1"], "--pad-rows must be 0 (no padding) or a row count"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("taps: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["generate", "hi", "--pad-rows", "-1"], "argument --pad-rows: expected a whole number >= 0"),
+        (["generate", "hi", "--top-k", "0"], "argument --top-k: expected a whole number >= 1, got 0"),
+        (["generate", "hi", "--depth", "-3"], "argument --depth: expected a whole number >= 1"),
+        (["generate", "hi", "--total-tokens", "x"], "argument --total-tokens: expected a whole number"),
+        (["generate", "hi", "--temperature", "inf"], "argument --temperature: expected a finite number"),
+        (["generate", "hi", "--top-p", "0"], "argument --top-p: expected a number in (0, 1]"),
+        (["generate", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens"),
+        (
+            ["eval", "--rows", "plain", "--out", "x", "--temperatures", "0,abc"],
+            "expected a number, got 'abc'",
+        ),
+        (["eval", "--rows", "plain", "--out", "x", "--temperatures", "0,-1"], "temperature >= 0"),
+        (["eval", "--rows", "plain", "--out", "x", "--temperatures", "0,,1"], "comma-separated temperatures"),
+        (["serve", "--port", "70000"], "expected a port in 0-65535"),
+        (["features", "--corpus", "math", "--tokens", "0", "--out", "x"], "argument --tokens"),
+        (
+            ["train", "--online", "--corpus", "math", "--out", "x", "--lr", "-1"],
+            "argument --lr: expected a number > 0",
+        ),
+        (["average", "--drafters", "a,b", "--weights", "1,x", "--out", "x"], "argument --weights"),
+        (["export", "eagle2-chat", "--out", __file__], "is a file, not a folder"),
+    ],
+)
+def test_bad_values_are_refused_as_they_are_read(argv, message, capsys):
+    """Before any model loads: a `--top-k 0` used to fall back to the default silently, `--top-k -3` and a
+    port out of range ended in tracebacks, `--tokens 0` wrote an empty feature folder."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_serve_refuses_an_address_in_use_before_loading_the_model(capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--target", "no-such-model"]) == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_every_subcommand_has_help(capsys):

@@ -9,22 +9,9 @@ import subprocess
 import sys
 import time
 
+from taps import cli_values as values
 from taps.errors import TapsError
 from taps.models.catalog import DEFAULT_TARGET, TARGETS
-
-
-def _threads(value: str) -> int:
-    """--threads: a positive count, or auto: torch's own default, the physical cores (on a 2-core Zen 4
-    EPYC plain decoding ran 1.27x as fast on 2 threads as on 1 in bf16, 1.42x run as AVX2 in float32,
-    side by side, and every drafter row 1.28-1.51x ahead of it: docs/speed-cpu.md, "Two threads")."""
-    if value == "auto":
-        import torch
-
-        return torch.get_num_threads()
-    count = int(value) if value.isdigit() else 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive count or auto, got {value!r}")
-    return count
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -44,11 +31,11 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=values.count(1),
         default=None,
         help="EAGLE-2: children per expanded node and nodes expanded per level",
     )
-    p.add_argument("--depth", type=int, default=None, help="EAGLE-2: maximum tree depth")
+    p.add_argument("--depth", type=values.count(1), default=None, help="EAGLE-2: maximum tree depth")
     p.add_argument(
         "--vocabulary",
         choices=["auto", "trained", "context", "whole"],
@@ -72,13 +59,13 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--total-tokens",
-        type=int,
+        type=values.count(1),
         default=None,
         help="EAGLE-2: draft nodes verified per target forward (auto: at most)",
     )
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=values.threads,
         default="auto",
         help="torch CPU threads, pinned and reported: a count, or auto = the CPU's physical cores as torch "
         "counts them (default: %(default)s)",
@@ -97,7 +84,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pad-rows",
-        type=int,
+        type=values.count(0),
         default=None,
         help="pad every decoding forward to N rows, so that plain steps and tree verification round "
         "alike and bf16 output equals plain decoding; trees then hold at most N - 1 nodes; 0 = off "
@@ -122,10 +109,12 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None
         help="chat (ShareGPT), math (MathInstruct-style), mixed (50/50 by words), mixed:F (math share F, "
         "e.g. mixed:0.75) or jsonl:PATH",
     )
-    p.add_argument("--tokens", type=int, default=600_000, help="token budget (default: %(default)s)")
+    p.add_argument(
+        "--tokens", type=values.count(1), default=600_000, help="token budget (default: %(default)s)"
+    )
     p.add_argument(
         "--max-len",
-        type=int,
+        type=values.count(2),
         default=1024,
         help="tokens per conversation, longer ones are cut (default: %(default)s)",
     )
@@ -139,13 +128,13 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None
     )
     p.add_argument(
         "--reply-tokens",
-        type=int,
+        type=values.count(1),
         default=256,
         help="reply length cap with --replies target (default: %(default)s)",
     )
     p.add_argument(
         "--held-out",
-        type=int,
+        type=values.count(0),
         default=64,
         help="conversations kept out of training for tau (default: %(default)s)",
     )
@@ -179,7 +168,7 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
 def _add_eval_common(
     p: argparse.ArgumentParser, max_new_help: str = "per turn (default: %(default)s)"
 ) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=64, help=max_new_help)
+    p.add_argument("--max-new-tokens", type=values.count(1), default=64, help=max_new_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--data-dir",
@@ -190,9 +179,9 @@ def _add_eval_common(
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=values.count(1), default=128)
+    p.add_argument("--temperature", type=values.temperature, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=values.probability, default=1.0)
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -311,9 +300,11 @@ def _run_and_report(args, grid) -> None:
 
 
 def cmd_eval(args) -> None:
-    temps = [float(t) for t in args.temperatures.split(",")]
     _run_and_report(
-        args, _grid_args(args, args.rows.split(";"), args.benchmarks.split(","), temps, args.prompts or None)
+        args,
+        _grid_args(
+            args, args.rows.split(";"), args.benchmarks.split(","), args.temperatures, args.prompts or None
+        ),
     )
 
 
@@ -373,8 +364,7 @@ def cmd_average(args) -> None:
     from taps.models.average import write_average
 
     paths = [drafter_path(n, args.target) for n in args.drafters.split(",")]
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    print(f"[average] wrote {write_average(paths, Path(args.out), weights)}")
+    print(f"[average] wrote {write_average(paths, Path(args.out), args.weights)}")
 
 
 def _training_conversations(args, target, work_dir) -> tuple[list, str]:
@@ -508,6 +498,18 @@ def cmd_import(args) -> None:
     print(f"[import] wrote taps drafter {out}; use it with --drafters {out}")
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Fail before the model loads (seconds to minutes) when the address cannot be served on."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise TapsError(f"cannot serve on {host}:{port} ({reason}); pass another --port or --host") from exc
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
@@ -515,6 +517,7 @@ def cmd_serve(args) -> None:
     from taps.serve.app import create_app
     from taps.serve.engine import Engine, Route
 
+    _check_bindable(args.host, args.port)
     target = load_target_from_args(args)
     drafters = resolve_drafters(args.drafters.split(","), target.name)
     extra = tuple(d for d in args.extra_drafters.split(",") if d)
@@ -562,10 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_strategy_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=values.port, default=8000)
     p.add_argument(
         "--max-queue",
-        type=int,
+        type=values.count(0),
         default=64,
         help="requests allowed to wait; more get 503 (default: %(default)s)",
     )
@@ -582,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a drafter as an EAGLE draft-model folder that vLLM and SGLang load"
     )
     p.add_argument("drafter", help="a shipped drafter name or a drafter folder")
-    p.add_argument("--out", required=True, help="folder to write (config.json + model.safetensors)")
+    p.add_argument(
+        "--out", type=values.folder, required=True, help="folder to write (config.json + model.safetensors)"
+    )
     p.add_argument(
         "--format", choices=["eagle"], default="eagle", help="checkpoint layout (default: %(default)s)"
     )
@@ -593,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="read an EAGLE-1/2 or HASS draft-model folder into a taps drafter for the target"
     )
     p.add_argument("source", help="folder with config.json and model.safetensors or pytorch_model.bin")
-    p.add_argument("--out", required=True, help="taps drafter folder to write")
+    p.add_argument("--out", type=values.folder, required=True, help="taps drafter folder to write")
     _add_engine_args(p)
     p.set_defaults(func=cmd_import)
 
@@ -614,14 +619,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, or jsonl:PATH (default: %(default)s); gsm8k_8shot: GSM8K after 8 worked "
         "examples, ~1150-token prompts",
     )
-    p.add_argument("--temperatures", default="0,0.6,1.0", help="comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--temperatures",
+        type=values.temperatures,
+        default="0,0.6,1.0",
+        help="comma-separated (default: %(default)s)",
+    )
     p.add_argument(
         "--prompts",
-        type=int,
+        type=values.count(0),
         default=10,
         help="prompts per benchmark, a seeded sample; 0 = all (default: %(default)s)",
     )
-    p.add_argument("--out", required=True, help="run folder (rerun to resume: finished cells are kept)")
+    p.add_argument(
+        "--out",
+        type=values.folder,
+        required=True,
+        help="run folder (rerun to resume: finished cells are kept)",
+    )
     p.add_argument(
         "--assistant", default=None, help="assistant target for the hf-assisted row (e.g. smollm2-135m)"
     )
@@ -650,11 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prompts",
-        type=int,
+        type=values.count(1),
         default=1,
         help="quick preset: seeded prompts per benchmark (default: %(default)s)",
     )
-    p.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s)")
+    p.add_argument(
+        "--out", type=values.folder, default="runs/reproduce", help="run folder (default: %(default)s)"
+    )
     # The quick preset must finish in about 15 minutes on 2 CPU cores without native bf16
     # (docs/paper-comparisons.md has its timings).
     _add_eval_common(p, max_new_help="per turn (default: 32 for the quick preset, 64 with --full)")
@@ -667,8 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drafters", required=True, help="comma-separated drafter names or folders (same target and shape)"
     )
-    p.add_argument("--weights", default=None, help="comma-separated weights (default: equal)")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--weights", type=values.numbers, default=None, help="comma-separated weights (default: equal)"
+    )
+    p.add_argument("--out", type=values.folder, required=True)
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.set_defaults(func=cmd_average)
 
@@ -676,7 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
         "features", help="run the target over a training corpus once and cache its features in shards"
     )
     _add_corpus_args(p, required=True)
-    p.add_argument("--out", required=True, help="feature folder (resumable: rerun to continue)")
+    p.add_argument(
+        "--out", type=values.folder, required=True, help="feature folder (resumable: rerun to continue)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $TAPS_DATA_DIR)")
     _add_engine_args(p)
@@ -694,30 +715,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_processes N -m taps.cli train --online ...`",
     )
     _add_corpus_args(p)
-    p.add_argument("--out", required=True, help="drafter folder to write")
+    p.add_argument("--out", type=values.folder, required=True, help="drafter folder to write")
     p.add_argument("--method", choices=["eagle2", "hass"], default="eagle2")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-tokens", type=int, default=8192)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=values.positive, default=1.0)
+    p.add_argument("--batch-tokens", type=values.count(1), default=8192)
+    p.add_argument("--lr", type=values.positive, default=1e-3)
     p.add_argument(
         "--draft-vocab",
-        type=int,
+        type=values.count(0),
         default=8192,
         help="reduced draft vocabulary size, 0 = full (default: %(default)s)",
     )
     p.add_argument(
-        "--align-steps", type=int, default=3, help="HASS context-alignment steps (default: %(default)s)"
+        "--align-steps",
+        type=values.count(1),
+        default=3,
+        help="HASS context-alignment steps (default: %(default)s)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=values.count(1), default=100)
     p.add_argument(
         "--max-steps",
-        type=int,
+        type=values.count(1),
         default=None,
         help="stop after this many steps (continue later with --resume)",
     )
     p.add_argument(
         "--time-limit",
-        type=float,
+        type=values.positive,
         default=None,
         metavar="SECONDS",
         help="fit the run to this many seconds of training: after the first steps the schedule is cut "
@@ -741,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--heldout-prompts",
-        type=int,
+        type=values.count(1),
         default=16,
         help="held-out prompts for the final tau (default: %(default)s)",
     )

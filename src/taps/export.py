@@ -142,6 +142,10 @@ def _read_weights(src: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_shape(config: dict, shape, src: Path) -> None:
+    if "model_type" not in config:
+        raise TapsError(
+            f"{src / 'config.json'} names no model_type; point `taps import` at an EAGLE draft-model folder"
+        )
     if config.get("model_type") != shape.family:
         raise TapsError(
             f"{src} is a {config.get('model_type')!r} drafter but the target is {shape.family!r}; import it "
