@@ -231,6 +231,18 @@ def test_bad_names_and_corrupt_records(tiny, data_dir, tmp_path):
             ),
             tmp_path,
         )
+    # a bad row or temperature after good ones: refused before any cell runs or the folder is made
+    for rows, temps, message in (
+        (["plain", "d-math", "missing"], [0.0], "unknown drafter"),
+        (["plain", "d-math"], [0.0, -1.0], "temperature must be"),
+    ):
+        fresh = tmp_path / f"fresh-{len(temps)}"
+        grid = GridConfig(
+            rows=rows, benchmarks=["gsm8k"], temperatures=temps, prompts=1, data_dir=str(data_dir)
+        )
+        with pytest.raises(TapsError, match=message):
+            run_grid(tiny, grid, fresh)
+        assert not fresh.exists()
     (tmp_path / "records").mkdir(exist_ok=True)
     (tmp_path / "records" / "x.jsonl").write_text('{"row": "plain"}\n{broken\n')
     with pytest.raises(TapsError, match="corrupt"):

@@ -217,8 +217,6 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         "grid": asdict(grid) | {"shape": asdict(grid.shape)},
     }
     meta = _resumable_meta(out_dir, meta)
-    (out_dir / "records").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "meta.json", meta)
     todo = [
         (r, b, t)
         for r in rows
@@ -226,10 +224,20 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         for t in grid.temperatures
         if not cell_path(out_dir, r, b, t).is_file()
     ]
+    configs = {  # checked before anything runs or is written: a bad one must not wait for the others
+        t: GenerationConfig(grid.max_new_tokens, t, 1.0, grid.seed, target.eos_token_ids)
+        for t in grid.temperatures
+    }
+    # made once per row (drafters loaded and checked against the target, costs measured), kept across
+    # cells; all of them before the run folder is written, so that a misspelt row leaves nothing behind
+    decoders = {
+        r.spec: Decoder(r, target, grid.shape, assistant) for r in dict.fromkeys(r for r, _, _ in todo)
+    }
+    (out_dir / "records").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "meta.json", meta)
     skipped = len(rows) * len(grid.benchmarks) * len(grid.temperatures) - len(todo)
     if skipped:
         print(f"[eval] {skipped} finished cells kept, {len(todo)} to run", flush=True)
-    decoders: dict[str, Decoder] = {}
     bar = tqdm(
         total=sum(len(prompts[b]) for _, b, _ in todo),
         unit="prompt",
@@ -241,10 +249,7 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
     for row, bench, temp in todo:
         groups.setdefault((bench, temp), []).append(row)
     for (bench, temp), group in groups.items():
-        for row in group:  # made once per row (drafters loaded, costs measured), kept across groups
-            if row.spec not in decoders:
-                decoders[row.spec] = Decoder(row, target, grid.shape, assistant)
-        config = GenerationConfig(grid.max_new_tokens, temp, 1.0, grid.seed, target.eos_token_ids)
+        config = configs[temp]
         records: dict[str, list] = {row.spec: [] for row in group}
         for prompt in prompts[bench]:
             for row in group:  # round-robin: a slow spell of a shared machine slows every row alike
