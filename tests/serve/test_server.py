@@ -199,6 +199,26 @@ def test_sampling_is_seeded(server):
         for _ in range(2)
     ]
     assert replies[0] == replies[1]
+    # null sampling fields mean the defaults (T = 1, top-p 1), as OpenAI's API takes them
+    nulls = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": MESSAGES,
+            "max_tokens": 16,
+            "temperature": None,
+            "top_p": None,
+            "seed": 7,
+            "logprobs": False,
+        },
+        timeout=60,
+    )
+    ones = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "tiny", "messages": MESSAGES, "max_tokens": 16, "temperature": 1.0, "seed": 7},
+        timeout=60,
+    )
+    assert nulls.status_code == 200 and nulls.json()["choices"] == ones.json()["choices"]
 
 
 BAD_REQUESTS = [
@@ -230,6 +250,8 @@ BAD_REQUESTS = [
         400,
         "on this server",
     ),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "logprobs": True}, 400, "no logprobs"),
+    ("completions", {"model": "tiny", "prompt": "hi", "logprobs": 3}, 400, "no logprobs"),
     ("chat/completions", {"model": "tiny"}, 400, "messages"),
     ("completions", {"model": "tiny", "prompt": ""}, 400, "empty"),
     ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),

@@ -44,13 +44,15 @@ class SamplingRequest(BaseModel):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)  # null = the default, 1, as OpenAI's
+    top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, lt=1 << 63)  # what a torch generator takes
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
+    logprobs: bool | int | None = None  # refused when asked for (`_config`): none are returned
+    top_logprobs: int | None = None
     taps: TapsOptions | None = None
 
 
@@ -176,11 +178,15 @@ def _config(engine: Engine, body: SamplingRequest) -> GenerationConfig:
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stops) > 4 or any(not s for s in stops):
         raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
+    if body.logprobs or body.top_logprobs:  # an evaluation harness must not read a null as a score
+        raise ApiError(
+            400, "taps serve returns no logprobs; leave logprobs and top_logprobs unset", "logprobs"
+        )
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
     seed = body.seed if body.seed is not None else secrets.randbits(31)
-    return GenerationConfig(
-        max_tokens, body.temperature, body.top_p, seed, engine.target.eos_token_ids, stops
-    )
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = 1.0 if body.top_p is None else body.top_p
+    return GenerationConfig(max_tokens, temperature, top_p, seed, engine.target.eos_token_ids, stops)
 
 
 async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], request: Request, chat: bool):
