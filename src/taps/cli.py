@@ -390,7 +390,9 @@ def _training_conversations(args, target, work_dir) -> tuple[list, str]:
     need = int(1.3 * args.tokens / (args.reply_tokens + 64)) + 1
     regenerated = Path(work_dir) / "regenerated.jsonl"
     with PartialState().main_process_first():  # under accelerate launch: one writer, the others then read it
-        convs = regenerate(target, train_part, regenerated, args.reply_tokens, limit=need)
+        convs = regenerate(
+            target, train_part, regenerated, args.reply_tokens, limit=need, max_prompt_tokens=args.max_len - 2
+        )
     return convs, args.corpus + "+regenerated"
 
 

@@ -250,6 +250,21 @@ def test_regenerate_writes_the_targets_replies_and_resumes(features, tmp_path, t
     assert again[0][1]["content"] == ours.text.strip()
 
 
+def test_regenerate_gives_no_reply_to_prompts_too_long_to_train_on(features, tmp_path, tiny_dirs):
+    from taps.training.regenerate import regenerate
+
+    target, _ = features
+    target = SimpleNamespace(**vars(target), path=tiny_dirs["llama"])
+    convs = conversations(4)
+    convs[2][0]["content"] = "long " * 40
+    out = tmp_path / "regen.jsonl"
+    rows = regenerate(target, convs, out, max_new_tokens=4, batch_size=2, max_prompt_tokens=60)
+    assert [r[0] for r in rows] == [convs[i][0] for i in (0, 1, 3)]  # the long one dropped
+    empty = [json.loads(line) for line in out.read_text().splitlines() if '"content": ""' in line]
+    assert [r["index"] for r in empty] == [2]  # recorded, so that a resumed run skips it too
+    assert regenerate(target, convs, out, max_new_tokens=4, batch_size=2, max_prompt_tokens=60) == rows
+
+
 def test_regenerate_resumes_a_file_written_before_rows_had_an_index(features, tmp_path, tiny_dirs):
     from taps.training.regenerate import regenerate
 

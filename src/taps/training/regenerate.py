@@ -26,11 +26,15 @@ def regenerate(
     max_new_tokens: int = 256,
     batch_size: int | None = None,
     limit: int | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> list:
     """First user turn of each conversation + the target's greedy reply, as 2-turn conversations.
 
     `batch_size` defaults to 16 on a CPU and 512 on a GPU: the training issue measured HF generate on
-    an H200 at 1.1k tokens/s in batches of 128 and 5.3k in batches of 512. The rate is printed."""
+    an H200 at 1.1k tokens/s in batches of 128 and 5.3k in batches of 512. The rate is printed.
+    Prompts longer than `max_prompt_tokens` get no reply (it would be cut from the training sequence
+    anyway: pass the features' max_len), and none ever past the target's context: a batch of the
+    longest ShareGPT first turns, thousands of tokens each, padded to 512 rows, would not fit a GPU."""
     from transformers import AutoModelForCausalLM
 
     out_file = Path(out_file)
@@ -44,6 +48,17 @@ def regenerate(
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
     pad = target.eos_token_ids[0]
     prompts = {i: encode_chat(target.tokenizer, [convs[i][0]]) for i in todo}
+    longest = target.model.shape.max_position_embeddings - max_new_tokens
+    if max_prompt_tokens is not None:
+        longest = min(longest, max_prompt_tokens)
+    skipped = {
+        i: [convs[i][0], {"role": "assistant", "content": ""}] for i in todo if len(prompts[i]) > longest
+    }
+    if skipped:  # written as empty replies: a resumed run skips them too, `_replied` drops them
+        print(f"[regenerate] {len(skipped)} prompts longer than {longest} tokens get no reply", flush=True)
+        _append(out_file, skipped)
+        done.update(skipped)
+        todo = [i for i in todo if i not in skipped]
     todo.sort(key=lambda i: len(prompts[i]))
     bar = tqdm(
         total=len(convs),
