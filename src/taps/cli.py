@@ -248,8 +248,10 @@ def cmd_generate(args) -> None:
     )
     lookup = " + prompt lookup" if looks_up(proposer) else ""
     ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
-    out = SpeculativeGenerator(target.model, proposer).generate(ids, config, target.tokenizer)
-    print(out.text)
+    out = SpeculativeGenerator(target.model, proposer).generate(
+        ids, config, target.tokenizer, on_text=lambda piece: print(piece, end="", flush=True)
+    )
+    print()
     print(
         f"\n[{args.strategy} {','.join(drafters)}{lookup}] {len(out.tokens)} tokens in "
         f"{out.wall_ms / 1000:.2f} s "

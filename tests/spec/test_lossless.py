@@ -116,3 +116,32 @@ def test_eos_and_budget_are_respected(tiny_target):
             prompt, GenerationConfig(max_new_tokens=n)
         )
         assert out.tokens == ref[:n]
+
+
+def test_generation_past_the_targets_context_or_with_an_empty_stop_is_refused(tiny_target):
+    from taps.errors import TapsError
+    from taps.spec.generate import check_context
+
+    context = tiny_target.shape.max_position_embeddings
+    check_context(len(PROMPTS[0]), context - len(PROMPTS[0]), context)  # fills the context exactly: fits
+    gen = SpeculativeGenerator(tiny_target)
+    with pytest.raises(TapsError, match=f"exceeds the model's context of {context} tokens"):
+        gen.generate(PROMPTS[0], GenerationConfig(max_new_tokens=context - 5))
+    with pytest.raises(TapsError, match="stop strings must not be empty"):
+        GenerationConfig(stop=("",))
+
+
+def test_streamed_text_is_the_generations_text_stop_strings_included(tiny_target):
+    """`taps generate` prints the pieces `on_text` gets as they come: together they must be the reply,
+    nothing of a stop string or past it (a tail that could still become one is held back)."""
+    from tests.training.test_training import CharTokenizer
+
+    tokenizer, gen = CharTokenizer(), SpeculativeGenerator(tiny_target, NgramProposer())
+    for prompt in (PROMPTS[0], PROMPTS[2]):
+        whole = gen.generate(prompt, GenerationConfig(max_new_tokens=40), tokenizer).text
+        for stop in ((), (whole[8:10],)):
+            pieces: list[str] = []
+            config = GenerationConfig(max_new_tokens=40, stop=stop)
+            out = gen.generate(prompt, config, tokenizer, on_text=pieces.append)
+            assert "".join(pieces) == out.text == (whole[: whole.find(stop[0])] if stop else whole)
+            assert len(pieces) > 1 or stop

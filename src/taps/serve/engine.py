@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from taps.errors import TapsError
-from taps.spec.generate import GenerationConfig, SpeculativeGenerator, cut_at_stop
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStream, check_context
 from taps.spec.propose import TreeShape
 
 
@@ -44,34 +44,6 @@ class ServerBusy(Exception):
 
 class JobCancelled(Exception):
     """The job was dropped because its client went away."""
-
-
-class TextStream:
-    """Turns a growing token list into text deltas, cut at the first stop string."""
-
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        self.tokenizer, self.stops = tokenizer, stops
-        self.tokens: list[int] = []
-        self.emitted = 0  # characters already sent
-
-    def push(self, new: list[int]) -> tuple[str, bool]:
-        """Add tokens; return the text that is now final, and whether a stop string ended the reply."""
-        self.tokens.extend(new)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        final = cut_at_stop(text, self.stops)
-        if len(final) < len(text):
-            return self._emit(final), True
-        safe = text.rstrip("\ufffd")  # an incomplete UTF-8 character decodes as U+FFFD until it is whole
-        hold = max((k for s in self.stops for k in range(1, len(s)) if safe.endswith(s[:k])), default=0)
-        return self._emit(safe[: len(safe) - hold]), False
-
-    def flush(self) -> str:
-        return self._emit(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
-
-    def _emit(self, final: str) -> str:
-        delta = final[self.emitted :] if len(final) > self.emitted else ""
-        self.emitted = max(self.emitted, len(final))
-        return delta
 
 
 @dataclass
@@ -136,11 +108,7 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig, route: Route) -> Job:
         """Check a request against the model and the queue, then queue it (called on the event loop)."""
-        if len(prompt_ids) + config.max_new_tokens > self.context_limit:
-            raise TapsError(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({config.max_new_tokens}) exceeds the "
-                f"model's context of {self.context_limit} tokens; shorten the prompt or lower max_tokens"
-            )
+        check_context(len(prompt_ids), config.max_new_tokens, self.context_limit, "max_tokens")
         if self._jobs.qsize() >= self.max_queue:
             raise ServerBusy(f"{self._jobs.qsize()} requests are already waiting; retry later")
         self.proposer(route)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +40,20 @@ class GenerationConfig:
             raise TapsError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise TapsError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):  # "" would match before the first token
+            raise TapsError("stop strings must not be empty")
+
+
+def check_context(
+    prompt_tokens: int, max_new_tokens: int, context: int, field: str = "max_new_tokens"
+) -> None:
+    """Refuse a generation that could run past the target's context: positions beyond the ones its
+    rotary embedding was trained on decode to garbage, without any error of their own."""
+    if prompt_tokens + max_new_tokens > context:
+        raise TapsError(
+            f"prompt ({prompt_tokens} tokens) + {field} ({max_new_tokens}) exceeds the model's context of "
+            f"{context} tokens; shorten the prompt or lower {field}"
+        )
 
 
 @dataclass
@@ -88,10 +102,19 @@ class SpeculativeGenerator:
         Where forwards are padded to one row count (`pad_rows`, by default in bf16 only, see
         `taps.models.padded`), trees are cut to fit it, so that verification rounds as plain decoding."""
         self.target, self.proposer = accelerated(target, graphs, pad_rows), proposer
+        self.context = target.shape.max_position_embeddings
         self.max_nodes = cap_tree(1 << 30, getattr(self.target, "exact_rows", 0))
 
-    def generate(self, prompt_ids: list[int], config: GenerationConfig, tokenizer=None) -> Generation:
-        """Run to completion; with a tokenizer, honour `config.stop` strings and decode the text."""
+    def generate(
+        self,
+        prompt_ids: list[int],
+        config: GenerationConfig,
+        tokenizer=None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Run to completion; with a tokenizer, honour `config.stop` strings and decode the text, and
+        hand `on_text` each piece of it as soon as no later token can change it (`TextStream`)."""
+        pieces = TextStream(tokenizer, config.stop) if on_text is not None and tokenizer is not None else None
         start = time.perf_counter()
         tokens: list[int] = []
         steps: list[StepRecord] = []
@@ -102,6 +125,8 @@ class SpeculativeGenerator:
             else:
                 steps.append(record)
             tokens.extend(new)
+            if pieces is not None and (piece := pieces.push(new)[0]):
+                on_text(piece)
             if tokens and tokens[-1] in config.eos_token_ids:
                 reason = "eos"
             if tokenizer is not None and config.stop:
@@ -109,6 +134,8 @@ class SpeculativeGenerator:
                 if cut is not None:
                     tokens, reason = tokens[:cut], "stop"
                     break
+        if pieces is not None and reason != "stop" and (piece := pieces.flush()):
+            on_text(piece)
         wall_ms = (time.perf_counter() - start) * 1000
         text = None
         if tokenizer is not None:
@@ -123,6 +150,7 @@ class SpeculativeGenerator:
         never past `max_new_tokens` and stopping right after an EOS token."""
         if not prompt_ids:
             raise TapsError("the prompt is empty; give at least one token of input")
+        check_context(len(prompt_ids), config.max_new_tokens, self.context)
         target, budget = self.target, config.max_new_tokens
         device = target.device
         # on the CPU whatever the device: sampling reads host-side probabilities
@@ -220,3 +248,31 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     """The text before the first stop string (all of it when none occurs)."""
     cuts = [text.find(s) for s in stops if s in text]
     return text[: min(cuts)] if cuts else text
+
+
+class TextStream:
+    """Turns a growing token list into text deltas, cut at the first stop string."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.tokens: list[int] = []
+        self.emitted = 0  # characters already sent
+
+    def push(self, new: list[int]) -> tuple[str, bool]:
+        """Add tokens; return the text that is now final, and whether a stop string ended the reply."""
+        self.tokens.extend(new)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        final = cut_at_stop(text, self.stops)
+        if len(final) < len(text):
+            return self._emit(final), True
+        safe = text.rstrip("\ufffd")  # an incomplete UTF-8 character decodes as U+FFFD until it is whole
+        hold = max((k for s in self.stops for k in range(1, len(s)) if safe.endswith(s[:k])), default=0)
+        return self._emit(safe[: len(safe) - hold]), False
+
+    def flush(self) -> str:
+        return self._emit(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+
+    def _emit(self, final: str) -> str:
+        delta = final[self.emitted :] if len(final) > self.emitted else ""
+        self.emitted = max(self.emitted, len(final))
+        return delta
