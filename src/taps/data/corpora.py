@@ -148,8 +148,11 @@ def load_math_instruct(data_dir=None) -> list[Conversation]:
 
 def load_jsonl_corpus(path: str | Path) -> list[Conversation]:
     """User corpus: one {"messages": [{"role", "content"}, ...]} or {"prompt", "response"} per line."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TapsError(f"corpus file {file} not found")
     out = []
-    for i, r in enumerate(read_jsonl(Path(path))):
+    for i, r in enumerate(read_jsonl(file)):
         conv = r.get("messages") or (
             [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
             if "prompt" in r and "response" in r
@@ -203,7 +206,10 @@ def split(
 ) -> tuple[list[Conversation], list[Conversation]]:
     """(train, held-out): a seeded shuffle, the last `held_out` conversations held out."""
     if not 0 <= held_out < len(convs):
-        raise TapsError(f"cannot hold out {held_out} of {len(convs)} conversations")
+        raise TapsError(
+            f"cannot hold out {held_out} of {len(convs)} conversations and train on the rest; pass a "
+            f"--held-out below {len(convs)} (it measures the held-out tau), or give more conversations"
+        )
     order = shuffled(convs, seed)
     return order[: len(order) - held_out], order[len(order) - held_out :]
 
