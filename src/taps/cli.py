@@ -425,7 +425,7 @@ def cmd_train(args) -> None:
     from taps.models.checkpoint import read_config
     from taps.training.card import write_model_card
     from taps.training.features import read_manifest, token_sequences
-    from taps.training.heldout import heldout_conversations, heldout_tau
+    from taps.training.heldout import feature_selection, heldout_conversations, heldout_tau
     from taps.training.profile import profiled
     from taps.training.trainer import TrainConfig, check_init, feature_sequences, train
 
@@ -452,12 +452,12 @@ def cmd_train(args) -> None:
         work = Path(args.out).parent / f".{Path(args.out).name}.data"
         convs, corpus = _training_conversations(args, target, work)
         seqs, corpora = token_sequences(target.tokenizer, convs, args.tokens, args.max_len), [corpus]
+        sources = [(corpus, args.seed, args.held_out)]
     else:
-        seqs, corpora = (
-            feature_sequences(target, args.features),
-            [read_manifest(d)["corpus"] for d in args.features],
-        )
-    held = heldout_conversations(corpora, args.data_dir, args.seed, prompts=args.heldout_prompts)
+        seqs = feature_sequences(target, args.features)
+        sources = [feature_selection(read_manifest(d)) for d in args.features]
+        corpora = [corpus for corpus, _, _ in sources]
+    held = heldout_conversations(sources, args.data_dir, prompts=args.heldout_prompts)
     card = {
         "command": "taps " + " ".join(sys.argv[1:]),
         "target": args.target,
@@ -479,10 +479,10 @@ def cmd_train(args) -> None:
         out = train(target, seqs, args.out, cfg, resume=args.resume, card=card)
     if out.name.startswith(".") or not main_process:
         return  # stopped early (--max-steps; resume later), or not the process that writes the card
-    tau = heldout_tau(target, out, held)
+    tau = f"held-out tau {heldout_tau(target, out, held):.2f}" if held else "no held-out conversations"
     commands = [read_manifest(d).get("command") for d in args.features or []]
     write_model_card(out, "\n".join(c for c in commands if c) or None)
-    print(f"[train] {out}: held-out tau {tau:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"[train] {out}: {tau} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def cmd_export(args) -> None:

@@ -204,6 +204,24 @@ def test_train_checks_its_held_out_corpus_before_training(features, tmp_path, mo
     assert not trained and not out.exists()
 
 
+def test_held_out_tau_uses_the_conversations_the_features_left_out(tmp_path):
+    """Features made with --held-out 3 trained on all but 3: the held-out tau must not take 64 (the
+    default) and so measure on conversations the drafter was trained on."""
+    from taps.data.corpora import load_corpus, split
+    from taps.training.heldout import feature_selection, heldout_conversations
+
+    corpus = tmp_path / "mine.jsonl"
+    corpus.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations(12)))
+    name = f"jsonl:{corpus}"
+    manifest = {"corpus": name, "selection": {"seed": 1, "held_out": 3}}
+    assert feature_selection(manifest) == (name, 1, 3)
+    assert feature_selection({"corpus": name}) == (name, 0, 64)  # folders from before the selection
+    trained, left_out = split(load_corpus(name, None, seed=1), 3, seed=1)
+    held = heldout_conversations([feature_selection(manifest)], None, prompts=16)
+    assert held == left_out and not any(c in trained for c in held)
+    assert heldout_conversations([(name, 1, 0)], None) == []  # nothing held out: no held-out tau
+
+
 def test_corrupt_shard_and_state_are_clear_errors(features, tmp_path):
     import shutil
 

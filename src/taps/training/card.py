@@ -44,7 +44,9 @@ def write_model_card(drafter_dir: str | Path, features_command: str | None = Non
         + " |",
         f"| held-out tau | {held.get('tau')} on {held.get('prompts')} held-out prompts of its corpora, T = "
         f"{held.get('temperature')}, "
-        f"{held.get('max_new_tokens')} new tokens, default tree |",
+        f"{held.get('max_new_tokens')} new tokens, default tree |"
+        if held
+        else "| held-out tau | not measured: no conversations were held out (`--held-out 0`) |",
         "",
         "Reproduce:",
         "",

@@ -12,17 +12,27 @@ from taps.files import write_json_atomic
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
 
-def heldout_conversations(corpora: list[str], data_dir, seed: int, prompts: int = 16) -> list:
-    """The held-out conversations of the drafter's corpora (the split features and training left out).
+def heldout_conversations(sources: list[tuple[str, int, int]], data_dir, prompts: int = 16) -> list:
+    """The held-out conversations of the drafter's corpora: for each (corpus, seed, held_out), the
+    split that features or online training left out (`split`), so that none was trained on.
 
     `taps train` loads them before training, so that a corpus missing here fails in seconds rather
-    than after an hour of training, with the drafter saved but no held-out tau and no card."""
-    names = list(dict.fromkeys(c.split("+")[0] for c in corpora))
+    than after an hour of training, with the drafter saved but no held-out tau and no card. A corpus
+    that held none out (`--held-out 0`) gives none."""
+    by_name = {name.split("+")[0]: (seed, held_out) for name, seed, held_out in sources}
     held = []
-    for name in names:
-        _, part = split(load_corpus(name, data_dir, seed=seed), 64, seed=seed)
-        held += part[: max(1, prompts // len(names))]
+    for name, (seed, held_out) in by_name.items():
+        if held_out:
+            _, part = split(load_corpus(name, data_dir, seed=seed), held_out, seed=seed)
+            held += part[: max(1, prompts // len(by_name))]
     return held
+
+
+def feature_selection(manifest: dict) -> tuple[str, int, int]:
+    """(corpus, seed, held_out) a feature folder was made with (folders from before the selection was
+    recorded were all made with the defaults, seed 0 and 64 held out)."""
+    chosen = manifest.get("selection", {})
+    return manifest["corpus"], chosen.get("seed", 0), chosen.get("held_out", 64)
 
 
 def heldout_tau(target, drafter_dir: Path, held: list, max_new_tokens: int = 64) -> float:
