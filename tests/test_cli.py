@@ -121,3 +121,32 @@ def test_threads_default_to_torchs_count_of_cores_and_bad_counts_are_refused(cap
         with pytest.raises(SystemExit):
             parser.parse_args(["generate", "hi", "--threads", bad])
         assert "expected a positive count or auto" in capsys.readouterr().err
+
+
+def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_message(
+    tiny_dirs, monkeypatch, capsys
+):
+    import io
+    from types import SimpleNamespace
+
+    import torch
+
+    import taps.cli
+    from taps.data.chat import encode_chat
+    from taps.models.target import TargetModel
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+    from tests.training.test_training import CharTokenizer
+
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    target = SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny")
+    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: target)
+    monkeypatch.setattr("sys.stdin", io.StringIO("repeat abc"))
+    argv = ["generate", "-", "--system", "be brief", "--drafters", "ngram", "--max-new-tokens", "12"]
+    assert main(argv) == 0
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "repeat abc"}]
+    expected = SpeculativeGenerator(model).generate(
+        encode_chat(target.tokenizer, messages), GenerationConfig(12, eos_token_ids=(1,)), target.tokenizer
+    )
+    captured = capsys.readouterr()
+    assert expected.text and captured.out == expected.text + "\n"
+    assert "[single ngram] " in captured.err

@@ -247,7 +247,9 @@ def cmd_generate(args) -> None:
         args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
     )
     lookup = " + prompt lookup" if looks_up(proposer) else ""
-    ids = encode_chat(target.tokenizer, [{"role": "user", "content": args.prompt}])
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    ids = encode_chat(target.tokenizer, [*system, {"role": "user", "content": prompt}])
     out = SpeculativeGenerator(target.model, proposer).generate(
         ids, config, target.tokenizer, on_text=lambda piece: print(piece, end="", flush=True)
     )
@@ -557,8 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("generate", help="generate a reply to one prompt with speculative decoding")
-    p.add_argument("prompt", help="the user message")
+    p.add_argument("prompt", help="the user message; - reads it from standard input")
     _add_strategy_args(p)
+    p.add_argument("--system", default=None, help="a system message before the user's")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     _add_engine_args(p)
     _add_sampling_args(p)

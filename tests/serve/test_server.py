@@ -104,6 +104,19 @@ def test_models_lists_the_target(server):
     assert [m.id for m in server.client().models.list().data] == ["tiny"]
 
 
+def test_health_says_whether_the_worker_takes_jobs(tiny):
+    running = RunningServer(Engine(tiny, Route("single", ("ngram",))))
+    try:
+        ok = httpx.get(f"{running.url}/health", timeout=10)
+        assert ok.status_code == 200 and ok.json()["status"] == "ok" and ok.json()["waiting"] == 0
+        running.engine.close()
+        running.engine._worker.join(timeout=10)
+        down = httpx.get(f"{running.url}/health", timeout=10)
+        assert down.status_code == 503 and down.json()["status"] == "down"
+    finally:
+        running.stop()
+
+
 def test_chat_equals_generate_streamed_or_not(server, tiny):
     client, expected = server.client(), reference(tiny, MESSAGES)
     assert expected

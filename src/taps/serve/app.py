@@ -122,6 +122,14 @@ def create_app(engine: Engine) -> FastAPI:
             error_body(f"{param or 'body'}: {first.get('msg')}", param=param), status_code=400
         )
 
+    @app.get("/health")
+    async def health():
+        """For load balancers and readiness probes: the model is loaded and the worker takes jobs."""
+        body = {"model": model_id, "waiting": engine.waiting(), **engine.stats}
+        if not engine.working():
+            return JSONResponse({"status": "down", **body}, status_code=503)
+        return {"status": "ok", **body}
+
     @app.get("/v1/models")
     async def models():
         return {

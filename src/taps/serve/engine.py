@@ -129,6 +129,14 @@ class Engine:
         finally:
             job.cancelled.set()
 
+    def waiting(self) -> int:
+        """Requests queued behind the one running."""
+        return self._jobs.qsize()
+
+    def working(self) -> bool:
+        """Whether the worker thread still takes jobs (not after `close`)."""
+        return self._worker.is_alive()
+
     def close(self) -> None:
         self._jobs.put(None)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,7 +101,11 @@ def row_floor(curve: CostCurve) -> int:
     return best if best_ms < (1 - FLOOR_GAIN) * raw[0] else 1
 
 
-def settle_row_floor(model, cache_dir: Path | None = None, log=print) -> int:
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def settle_row_floor(model, cache_dir: Path | None = None, log=None) -> int:
     """Pad a CPU target's small forwards to the cheapest row count its cost curve shows (measured
     once per machine, see `load_or_measure`), and return that count."""
     floor = row_floor(load_or_measure(model, cache_dir, log))
@@ -144,9 +149,11 @@ def _attention_note(model) -> str:
     return "" if attends == model.dtype else f":attention {attends}"
 
 
-def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurve:
+def load_or_measure(model, cache_dir: Path | None = None, log=None) -> CostCurve:
     """The cached curve for this model and machine, or a fresh measurement (a few seconds) saved
-    for next time; measured without the target's row floor, returned with it (`CostCurve.with_floor`)."""
+    for next time; measured without the target's row floor, returned with it (`CostCurve.with_floor`).
+    The note that it measures goes to `log`, by default standard error: standard output is the reply's
+    (`taps generate > reply.txt`)."""
     key = curve_key(model)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = (cache_dir or taps_home() / "costs") / f"{digest}.json"
@@ -158,7 +165,7 @@ def load_or_measure(model, cache_dir: Path | None = None, log=print) -> CostCurv
             return curve.with_floor(floor)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, stale or corrupt: measure again
-    log(
+    (log or _note)(
         f"[taps] measuring the target's forward cost for 1..{SIZES[-1]} tree tokens on {key['device']} "
         f"(once per machine; cached in {path.parent})"
     )
