@@ -136,7 +136,8 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = False) -> None
         "--held-out",
         type=values.count(0),
         default=64,
-        help="conversations kept out of training for tau (default: %(default)s)",
+        help="conversations kept out of training for the held-out tau; `taps train --features` takes "
+        "those the features were made with (default: %(default)s)",
     )
 
 
