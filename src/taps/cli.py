@@ -53,9 +53,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "temperature > 0 a lone drafter drafts a chain of tokens drawn from its own distribution, "
         "verified by speculative sampling (more of them accepted; greedy decoding and combinations "
         "keep top-k; with prompt lookup merged in, see --lookup, the chain joins the copied tokens); "
-        "auto = sampled under --tree auto's level-by-level budget (a CPU) without prompt lookup, "
-        "top-k beside it and where whole trees are verified (a GPU, --tree fixed) "
-        "(default: %(default)s)",
+        "auto = sampled at T >= 1 under --tree auto's level-by-level budget (a CPU) without prompt "
+        "lookup; top-k below T = 1 (measured faster there), beside prompt lookup and where whole trees "
+        "are verified (a GPU, --tree fixed) (default: %(default)s)",
     )
     p.add_argument(
         "--total-tokens",

@@ -7,7 +7,7 @@ from scipy.stats import chisquare
 
 from taps.models.target import TargetModel
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
-from taps.spec.propose import DrafterProposer, Proposer, TreeShape
+from taps.spec.propose import SAMPLED_FROM, DrafterProposer, Proposer, TreeShape
 from taps.spec.tree import DraftTree
 from taps.spec.verify import target_probs, verify_sampling
 from tests.conftest import random_drafter, tiny_hf_model
@@ -194,4 +194,9 @@ def test_a_sampled_chain_is_shaped_by_its_ancestors_alone(tiny_target):
     assert not proposer.propose(tokens, features).sampled
     auto = DrafterProposer(drafter, TreeShape(3, 4, 8))  # `--drafts auto` without a budget: top-k
     auto.sample_drafts(1.0, torch.Generator())
+    assert auto.trees.sampling is None
+    auto.attach_budget(object())  # under a budget: drawn chains from SAMPLED_FROM up, top-k below
+    auto.sample_drafts(SAMPLED_FROM, torch.Generator())
+    assert auto.trees.sampling is not None
+    auto.sample_drafts(0.8, torch.Generator())
     assert auto.trees.sampling is None

@@ -45,6 +45,15 @@ class Proposer(ABC):
         a proposer that can draft by sampling at that temperature (`TreeShape.drafts`) does so."""
 
 
+# `--drafts auto` draws chains from this temperature up. What a drawn token gains over a top-1 one
+# shrinks as the target sharpens (eagle2-mixed, one level: +22-31% at T = 1, +4-8% at T = 0.6,
+# `benchmarks/sampled_drafts.py`), while a top-k tree still gains from its width: on a Zen 4 EPYC
+# the budget's top-k trees ran 1.083x (1.035-1.135) as fast as its drawn chains at T = 0.6 and 1.060x
+# (1.012-1.115) at T = 0.8, and level at T = 1 (three runs, 0.96-1.02x); at T = 1 on the AVX2 EPYC
+# the chains were ahead (docs/speed-cpu.md, "Sampled drafts at T > 0").
+SAMPLED_FROM = 1.0
+
+
 @dataclass(frozen=True)
 class TreeShape:
     """EAGLE-2 dynamic-tree knobs: children per expanded node and expanded nodes per level (`top_k`),
@@ -61,8 +70,8 @@ class TreeShape:
     (`TreeDrafter._sample_chain`), also beside prompt lookup's copied tokens (a mixed tree,
     `taps.drafters.with_lookup`); at T = 0, and in combinations of drafters, the top-k tree. "auto":
     sampled where a budget drafts level by level (a CPU under `--tree auto`, where trees are a few
-    nodes and a drawn token is accepted more often than a top-1 one), top-k where whole trees are
-    verified and beside prompt lookup."""
+    nodes and a drawn token is accepted more often than a top-1 one) at T >= SAMPLED_FROM, top-k
+    below it, where whole trees are verified and beside prompt lookup."""
 
     top_k: int = 8
     depth: int = 5
@@ -121,7 +130,9 @@ class DrafterProposer(Proposer):
         self.trees.reset()
 
     def sample_drafts(self, temperature: float, generator: torch.Generator) -> None:
-        wanted = self.shape.drafts == "sampled" or (self.shape.drafts == "auto" and self.budget is not None)
+        wanted = self.shape.drafts == "sampled" or (
+            self.shape.drafts == "auto" and self.budget is not None and temperature >= SAMPLED_FROM
+        )
         self.trees.sampling = (temperature, generator) if wanted and temperature > 0 else None
 
     def propose(self, tokens: torch.Tensor, features: torch.Tensor) -> DraftTree:
