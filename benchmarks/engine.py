@@ -16,8 +16,9 @@ Prints, and writes as JSON with `--out`:
    `--threads` is more), the n-gram
    proposer, every shipped drafter, merged and route:confidence over eagle2-math + eagle2-chat, each
    under `--tree auto` (the budget; on a GPU whose verification is flat, the fixed 8/5/63 tree) and
-   the fixed 8/5/24 tree (at T > 0 the `[auto]` rows of single drafters draft sampled chains on a
-   CPU, `--drafts auto`; each also runs with top-k trees, `[auto top-k]`; with `--lookup` each
+   the fixed 8/5/24 tree (at T >= 1 the `[auto]` rows of single drafters draft sampled chains on a
+   CPU, `--drafts auto`, and each also runs with top-k trees, `[auto top-k]`; at 0 < T < 1 the
+   other way round, `[auto sampled]`; with `--lookup` each
    learned proposer's auto row runs again with prompt lookup merged into its tree, `[auto + lookup]`,
    at T > 0 a single drafter's also with a sampled chain, `[auto + lookup, sampled]`):
    tok/s, tau, ratio to HF generate and to taps plain, drafting / verification ms per step, verified
@@ -61,7 +62,7 @@ from taps.models.padded import invariant_rows
 from taps.models.stacked import stack_drafters
 from taps.spec.costs import measure_curve
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
-from taps.spec.propose import AUTO_SHAPE, TreeDrafter, TreeShape
+from taps.spec.propose import AUTO_SHAPE, SAMPLED_FROM, TreeDrafter, TreeShape
 
 PAIR = "eagle2-math,eagle2-chat"
 
@@ -71,17 +72,19 @@ def decoder_rows(
     graphs: bool,
     compile_hf: bool,
     extra: tuple[str, ...] = (),
-    sampled: bool = False,
+    temperature: float = 0.0,
     vocabularies: tuple[str, ...] = (),
     lookup: bool = False,
 ) -> list[tuple[str, str, str, TreeShape | None]]:
     """(row name, strategy, drafters, shape); strategy 'plain' / 'hf*' rows have no drafters. `extra`:
     drafter folders (say, one just trained) measured beside the shipped ones, each row named by its
-    folder's name (by its whole path where that name is a shipped drafter's). `sampled` (T > 0): the
-    `[auto]` rows of single drafters draft sampled chains on a CPU (`--drafts auto`), so each also
-    runs with top-k trees, row `[auto top-k]`. `lookup`: each learned proposer also with prompt
-    lookup merged into its tree (`taps generate --lookup on`), rows `[auto + lookup]` (at T > 0 a
-    single drafter's also drawing a sampled chain, `--drafts sampled`, `[auto + lookup, sampled]`).
+    folder's name (by its whole path where that name is a shipped drafter's). At `temperature` >=
+    SAMPLED_FROM the `[auto]` rows of single drafters draft sampled chains on a CPU (`--drafts auto`),
+    so each also runs with top-k trees, row `[auto top-k]`; at 0 < T < SAMPLED_FROM they draft top-k
+    trees and each also runs with sampled chains, row `[auto sampled]`. `lookup`: each learned
+    proposer also with prompt lookup merged into its tree (`taps generate --lookup on`), rows
+    `[auto + lookup]` (at T > 0 a single drafter's also drawing a sampled chain, `--drafts sampled`,
+    `[auto + lookup, sampled]`).
     `vocabularies`
     (`TreeShape.vocabulary`): each learned drafter's rows again with each of these draft
     vocabularies, rows `[auto, V vocabulary]`."""
@@ -107,11 +110,14 @@ def decoder_rows(
             (f"{label} [auto]", strategy, names, AUTO_SHAPE),
             (f"{label} [fixed 8/5/24]", strategy, names, TreeShape()),
         ]
-        if sampled and strategy == "single" and names != "ngram":  # what `--drafts auto` samples against
-            rows.append((f"{label} [auto top-k]", strategy, names, replace(AUTO_SHAPE, drafts="top-k")))
+        if temperature > 0 and strategy == "single" and names != "ngram":  # what `--drafts auto` did not pick
+            other = "top-k" if temperature >= SAMPLED_FROM else "sampled"
+            rows.append((f"{label} [auto {other}]", strategy, names, replace(AUTO_SHAPE, drafts=other)))
         if lookup and names != "ngram":
             rows.append((f"{label} [auto + lookup]", strategy + LOOKUP, names, AUTO_SHAPE))
-            if sampled and strategy == "single":  # a drawn chain beside the copies (`--drafts sampled`)
+            if (
+                temperature > 0 and strategy == "single"
+            ):  # a drawn chain beside the copies (`--drafts sampled`)
                 drawn = replace(AUTO_SHAPE, drafts="sampled")
                 rows.append((f"{label} [auto + lookup, sampled]", strategy + LOOKUP, names, drawn))
         for vocabulary in vocabularies if names != "ngram" else ():
@@ -442,7 +448,7 @@ def main() -> None:
     vocabularies = tuple(v for v in args.vocabularies.split(",") if v)
     for vocabulary in vocabularies:  # a typo fails now, before anything is measured
         TreeShape(vocabulary=vocabulary)
-    rows = decoder_rows(target, graphs, args.compile, extra, args.temperature > 0, vocabularies, args.lookup)
+    rows = decoder_rows(target, graphs, args.compile, extra, args.temperature, vocabularies, args.lookup)
     for name, strategy, names, shape in rows:
         if wanted and not any(w in name for w in wanted) and not strategy.startswith(("hf", "plain")):
             continue
