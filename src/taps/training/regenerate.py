@@ -41,12 +41,8 @@ def regenerate(
     convs = conversations[:limit]
     done = _read(out_file)  # source index -> 2-turn conversation, empty replies included
     todo = [i for i in range(len(convs)) if i not in done]
-    if not todo:
-        return _replied(done, len(convs))
     device = target.model.device
     batch_size = batch_size or (512 if device.type == "cuda" else 16)
-    model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
-    pad = target.eos_token_ids[0]
     prompts = {i: encode_chat(target.tokenizer, [convs[i][0]]) for i in todo}
     longest = target.model.shape.max_position_embeddings - max_new_tokens
     if max_prompt_tokens is not None:
@@ -59,7 +55,11 @@ def regenerate(
         _append(out_file, skipped)
         done.update(skipped)
         todo = [i for i in todo if i not in skipped]
+    if not todo:  # all replied, or none that fits: no model to load
+        return _replied(done, len(convs))
     todo.sort(key=lambda i: len(prompts[i]))
+    model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
+    pad = target.eos_token_ids[0]
     bar = tqdm(
         total=len(convs),
         initial=len(convs) - len(todo),
