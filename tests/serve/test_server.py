@@ -234,6 +234,66 @@ def test_sampling_is_seeded(server):
     assert nulls.status_code == 200 and nulls.json()["choices"] == ones.json()["choices"]
 
 
+def scored_reference(target: LoadedTarget, ids: list[int], top: int, stop=(), max_tokens=24):
+    """Plain decoding of the prompt with each token's log-probability: what the server must report."""
+    config = GenerationConfig(
+        max_tokens, 0.0, eos_token_ids=target.eos_token_ids, stop=tuple(stop), logprobs=top
+    )
+    return SpeculativeGenerator(target.model, None).generate(ids, config, target.tokenizer)
+
+
+def assert_scores(logprobs: list[float], reference) -> None:
+    assert len(logprobs) == len(reference.logprobs)
+    want = torch.tensor([e.logprob for e in reference.logprobs])
+    torch.testing.assert_close(torch.tensor(logprobs), want, atol=1e-4, rtol=0)
+
+
+def test_token_bytes_spell_characters_split_over_tokens(tokenizer):
+    from taps.serve.logprobs import token_bytes
+
+    text = "h\u00e9llo w\u00f6rld \u4f60\u597d \U0001f642 <|im_end|>"
+    ids = tokenizer(text)["input_ids"]
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids), "some token should hold part of a character"
+    assert b"".join(token_bytes(tokenizer, i) for i in ids) == text.encode()
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_chat_logprobs_are_the_targets_own_streamed_or_not(server, tiny, stop):
+    ids = encode_chat(tiny.tokenizer, MESSAGES)
+    full = scored_reference(tiny, ids, 2)
+    stops = [full.text[len(full.text) // 2 : len(full.text) // 2 + 3]] if stop else []
+    expected = scored_reference(tiny, ids, 2, stops)
+    asked = dict(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0, logprobs=True, top_logprobs=2)
+    whole = server.client().chat.completions.create(**asked, stop=stops or None)
+    content = whole.choices[0].logprobs.content
+    assert_scores([c.logprob for c in content], expected)
+    assert [len(c.top_logprobs) for c in content] == [2] * len(content)
+    assert all(c.top_logprobs[0].logprob >= c.logprob for c in content)
+    # the bytes of the tokens spell the reply (a character split over tokens is whole again)
+    spelled = b"".join(bytes(c.bytes) for c in content).decode("utf-8", errors="replace")
+    assert spelled.startswith(whole.choices[0].message.content)
+    chunks = list(server.client().chat.completions.create(**asked, stop=stops or None, stream=True))
+    streamed = [c for step in scored_chunks(chunks) for c in step]
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+
+
+def test_completion_logprobs_in_openais_columns(server, tiny):
+    prompt = "The capital of France is"
+    expected = scored_reference(tiny, tiny.tokenizer(prompt)["input_ids"], 3)
+    asked = dict(model="tiny", prompt=prompt, max_tokens=24, temperature=0, logprobs=3)
+    whole = server.client().completions.create(**asked).choices[0].logprobs
+    assert_scores(whole.token_logprobs, expected)
+    assert len(whole.tokens) == len(whole.token_logprobs)
+    assert all(
+        len(top) <= 3 and max(top.values()) >= lp for top, lp in zip(whole.top_logprobs, whole.token_logprobs)
+    )
+    assert whole.text_offset[0] == 0 and whole.text_offset == sorted(whole.text_offset)
+    chunks = list(server.client().completions.create(**asked, stream=True))
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == whole.tokens
+    offsets = [o for c in chunks if c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert offsets == whole.text_offset
+
+
 BAD_REQUESTS = [
     ("chat/completions", b'{"model": "tiny", "messages": [', 400, "not valid JSON"),
     ("chat/completions", b'["a", "list"]', 400, "must be a JSON object"),
@@ -263,8 +323,14 @@ BAD_REQUESTS = [
         400,
         "on this server",
     ),
-    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "logprobs": True}, 400, "no logprobs"),
-    ("completions", {"model": "tiny", "prompt": "hi", "logprobs": 3}, 400, "no logprobs"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "top_logprobs": 2}, 400, "needs logprobs"),
+    (
+        "chat/completions",
+        {"model": "tiny", "messages": MESSAGES, "logprobs": True, "top_logprobs": 21},
+        400,
+        "top_logprobs",
+    ),
+    ("completions", {"model": "tiny", "prompt": "hi", "logprobs": 6}, 400, "logprobs"),
     ("chat/completions", {"model": "tiny"}, 400, "messages"),
     ("completions", {"model": "tiny", "prompt": ""}, 400, "empty"),
     ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),
@@ -353,11 +419,25 @@ def test_default_target_served_losslessly_with_a_shipped_drafter():
     target = load_target("smollm2-135m", dtype=torch.float32)
     # under the auto tree budget, as `taps serve` runs by default
     running = RunningServer(Engine(target, Route("single", ("eagle2-math",)), AUTO_SHAPE))
+    asked = dict(model="smollm2-135m", messages=MESSAGES, max_tokens=32, temperature=0)
     try:
-        reply = running.client().chat.completions.create(
-            model="smollm2-135m", messages=MESSAGES, max_tokens=32, temperature=0
+        reply = running.client().chat.completions.create(**asked)
+        steps = scored_chunks(running.client().chat.completions.create(**asked, logprobs=True, stream=True))
+        # a stop string completed by the 2nd token of a step that commits 3 or more: the scores end there
+        before = sum(len(step) for step in steps[: next(i for i, s in enumerate(steps) if len(s) >= 3)])
+        stop = b"".join(bytes(c.bytes) for c in [c for step in steps for c in step][: before + 2]).decode()
+        stopped = scored_chunks(
+            running.client().chat.completions.create(**asked, stop=stop, logprobs=True, stream=True)
         )
     finally:
         running.stop()
     assert reply.choices[0].message.content == reference(target, MESSAGES, max_tokens=32)
     assert reply.model_extra["taps"]["tau"] > 1.0
+    expected = scored_reference(target, encode_chat(target.tokenizer, MESSAGES), 0, [stop], max_tokens=32)
+    assert len(expected.tokens) == before + 2
+    assert_scores([c.logprob for step in stopped for c in step], expected)
+
+
+def scored_chunks(chunks) -> list[list]:
+    """The logprobs entries of each streamed chunk that has any: one list per target forward."""
+    return [chunk.choices[0].logprobs.content for chunk in chunks if chunk.choices[0].logprobs]

@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from taps.data.chat import encode_chat
 from taps.errors import TapsError
 from taps.serve.engine import Delta, Engine, Job, Route, ServerBusy
+from taps.serve.logprobs import CompletionLogprobs, Namer, chat_logprobs
 from taps.spec.generate import GenerationConfig
+from taps.spec.logprobs import MAX_TOP_LOGPROBS
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -51,9 +53,11 @@ class SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
-    logprobs: bool | int | None = None  # refused when asked for (`_config`): none are returned
-    top_logprobs: int | None = None
     taps: TapsOptions | None = None
+
+    def top_logprobs_asked(self) -> int | None:
+        """None: no log-probabilities; k: each token's, with the k most likely beside it."""
+        return None
 
 
 class TextPart(BaseModel):
@@ -72,11 +76,22 @@ class Message(BaseModel):
 
 class ChatRequest(SamplingRequest):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def top_logprobs_asked(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int]
     echo: Literal[False] = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's limit for completions
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
 class ApiError(Exception):
@@ -186,15 +201,13 @@ def _config(engine: Engine, body: SamplingRequest) -> GenerationConfig:
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stops) > 4 or any(not s for s in stops):
         raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
-    if body.logprobs or body.top_logprobs:  # an evaluation harness must not read a null as a score
-        raise ApiError(
-            400, "taps serve returns no logprobs; leave logprobs and top_logprobs unset", "logprobs"
-        )
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
     seed = body.seed if body.seed is not None else secrets.randbits(31)
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
-    return GenerationConfig(max_tokens, temperature, top_p, seed, engine.target.eos_token_ids, stops)
+    return GenerationConfig(
+        max_tokens, temperature, top_p, seed, engine.target.eos_token_ids, stops, body.top_logprobs_asked()
+    )
 
 
 async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], request: Request, chat: bool):
@@ -212,7 +225,7 @@ async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], reques
         raise ApiError(503, str(exc), kind="server_overloaded") from None
     except TapsError as exc:
         raise ApiError(400, str(exc), "taps" if body.taps else None) from None
-    reply = _Reply(engine.target.name, chat, len(ids))
+    reply = _Reply(engine.target.name, chat, len(ids), _scorer(engine, body, chat))
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(_sse(engine, job, reply, usage), media_type="text/event-stream")
@@ -221,7 +234,16 @@ async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], reques
         pieces = [d async for d in engine.events(job)]
     finally:
         watcher.cancel()
-    return reply.whole("".join(d.text for d in pieces), pieces[-1])
+    return reply.whole(pieces)
+
+
+def _scorer(engine: Engine, body: SamplingRequest, chat: bool):
+    """What turns a piece's TokenLogprobs into its `logprobs` field (None: not asked for)."""
+    top = body.top_logprobs_asked()
+    if top is None:
+        return None
+    name = Namer(engine.target.tokenizer)
+    return (lambda entries: chat_logprobs(name, entries)) if chat else CompletionLogprobs(name, top)
 
 
 async def _cancel_when_gone(request: Request, job: Job) -> None:
@@ -253,8 +275,8 @@ def _event(payload: dict) -> str:
 class _Reply:
     """Response objects in the OpenAI shapes for chat and text completions."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int):
-        self.model, self.chat, self.prompt_tokens = model, chat, prompt_tokens
+    def __init__(self, model: str, chat: bool, prompt_tokens: int, scorer=None):
+        self.model, self.chat, self.prompt_tokens, self.scorer = model, chat, prompt_tokens, scorer
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -271,26 +293,31 @@ class _Reply:
             "total_tokens": self.prompt_tokens + last.completion_tokens,
         }
 
-    def chunk(self, content, last: Delta | None = None) -> dict:
-        finish = last.finish_reason if last else None
+    def logprobs(self, pieces: list[Delta]) -> dict | None:
+        return None if self.scorer is None else self.scorer([e for d in pieces for e in d.logprobs])
+
+    def chunk(self, content, piece: Delta | None = None) -> dict:
+        finish = piece.finish_reason if piece else None
+        logprobs = self.logprobs([piece]) if piece else None
         if self.chat:
             delta = content if isinstance(content, dict) else ({"content": content} if content else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": content, "logprobs": logprobs, "finish_reason": finish}
         out = {**self.head("chunk"), "choices": [choice]}
         if finish is not None:
-            out["taps"] = last.stats
+            out["taps"] = piece.stats
         return out
 
-    def whole(self, text: str, last: Delta) -> dict:
+    def whole(self, pieces: list[Delta]) -> dict:
+        text, last, logprobs = "".join(d.text for d in pieces), pieces[-1], self.logprobs(pieces)
         if self.chat:
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": last.finish_reason,
             }
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": last.finish_reason}
         return {**self.head("whole"), "choices": [choice], "usage": self.usage(last), "taps": last.stats}

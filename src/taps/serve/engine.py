@@ -16,7 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from taps.errors import TapsError
-from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStream, check_context
+from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStream, check_context, stop_cut
+from taps.spec.logprobs import TokenLogprob
 from taps.spec.propose import TreeShape
 
 
@@ -36,6 +37,8 @@ class Delta:
     finish_reason: str | None = None
     completion_tokens: int = 0
     stats: dict = field(default_factory=dict)
+    # the tokens committed with this piece, when asked for; their text may still be held back
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class ServerBusy(Exception):
@@ -161,13 +164,16 @@ class Engine:
         text = TextStream(self.target.tokenizer, job.config.stop)
         tally = _Tally(job.route, looks_up(proposer))
         finish, stopped = "length", False
-        for new, record in generator.stream(job.prompt_ids, job.config):
+        for new, record, logprobs in generator.stream(job.prompt_ids, job.config):
             if job.cancelled.is_set():
                 return "cancelled"
             tally.add(new, record)
             delta, stopped = text.push(new)
-            if delta:
-                _send(job, Delta(delta))
+            if stopped:  # no scores for the tokens past the one that completed the stop string
+                past = len(text.tokens) - stop_cut(self.target.tokenizer, text.tokens, job.config.stop)
+                logprobs = logprobs[: len(logprobs) - past]
+            if delta or logprobs:
+                _send(job, Delta(delta, logprobs=logprobs))
             if stopped or new[-1] in job.config.eos_token_ids:
                 finish = "stop"
                 break

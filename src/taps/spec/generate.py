@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -19,6 +20,7 @@ from taps.errors import TapsError
 from taps.models.graphs import accelerated
 from taps.models.padded import cap_tree
 from taps.models.target import TargetModel
+from taps.spec.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, token_logprobs
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
 from taps.spec.verify import sample_token, verify_greedy, verify_sampling
@@ -32,6 +34,7 @@ class GenerationConfig:
     seed: int = 0
     eos_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the top k beside it
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -42,6 +45,8 @@ class GenerationConfig:
             raise TapsError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):  # "" would match before the first token
             raise TapsError("stop strings must not be empty")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise TapsError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
 
 
 def check_context(
@@ -79,6 +84,7 @@ class Generation:
     wall_ms: float
     finish_reason: str  # "length" | "eos" | "stop"
     text: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token when asked for
 
     @property
     def tau(self) -> float:
@@ -88,6 +94,14 @@ class Generation:
     @property
     def tokens_per_s(self) -> float:
         return len(self.tokens) / (self.wall_ms / 1000) if self.wall_ms > 0 else 0.0
+
+
+class Committed(NamedTuple):
+    """What one target forward adds to the reply (the prefill's first token comes with no record)."""
+
+    tokens: list[int]
+    record: StepRecord | None
+    logprobs: list[TokenLogprob]  # one per token if `GenerationConfig.logprobs` asks, else empty
 
 
 class SpeculativeGenerator:
@@ -118,21 +132,23 @@ class SpeculativeGenerator:
         start = time.perf_counter()
         tokens: list[int] = []
         steps: list[StepRecord] = []
+        logprobs: list[TokenLogprob] = []
         prefill_ms, reason = 0.0, "length"
-        for new, record in self.stream(prompt_ids, config):
+        for new, record, scores in self.stream(prompt_ids, config):
             if record is None:
                 prefill_ms = (time.perf_counter() - start) * 1000
             else:
                 steps.append(record)
             tokens.extend(new)
+            logprobs.extend(scores)
             if pieces is not None and (piece := pieces.push(new)[0]):
                 on_text(piece)
             if tokens and tokens[-1] in config.eos_token_ids:
                 reason = "eos"
             if tokenizer is not None and config.stop:
-                cut = _stop_cut(tokenizer, tokens, config.stop)
+                cut = stop_cut(tokenizer, tokens, config.stop)
                 if cut is not None:
-                    tokens, reason = tokens[:cut], "stop"
+                    tokens, logprobs, reason = tokens[:cut], logprobs[:cut], "stop"
                     break
         if pieces is not None and reason != "stop" and (piece := pieces.flush()):
             on_text(piece)
@@ -140,14 +156,12 @@ class SpeculativeGenerator:
         text = None
         if tokenizer is not None:
             text = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), config.stop)
-        return Generation(tokens, steps, prefill_ms, wall_ms, reason, text)
+        return Generation(tokens, steps, prefill_ms, wall_ms, reason, text, logprobs)
 
     @torch.inference_mode()
-    def stream(
-        self, prompt_ids: list[int], config: GenerationConfig
-    ) -> Iterator[tuple[list[int], StepRecord | None]]:
-        """Yield the tokens each target forward commits (the prefill's first token comes with None),
-        never past `max_new_tokens` and stopping right after an EOS token."""
+    def stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Committed]:
+        """Yield the tokens each target forward commits, never past `max_new_tokens` and stopping
+        right after an EOS token."""
         if not prompt_ids:
             raise TapsError("the prompt is empty; give at least one token of input")
         check_context(len(prompt_ids), config.max_new_tokens, self.context)
@@ -163,9 +177,10 @@ class SpeculativeGenerator:
             self.proposer.sample_drafts(config.temperature, torch.Generator().manual_seed(draft_seed))
         tokens = list(prompt_ids)
         hidden = target(torch.tensor(tokens, device=device), cache)
-        root = sample_token(target.logits(hidden[-1:])[0], config.temperature, generator, config.top_p)
+        logits = target.logits(hidden[-1:])
+        root = sample_token(logits[0], config.temperature, generator, config.top_p)
         tokens.append(root)
-        yield [root], None
+        yield Committed([root], None, _scores(logits, [root], config))
         produced, features = 1, hidden
         while produced < budget and root not in config.eos_token_ids:
             t0 = time.perf_counter()
@@ -176,7 +191,7 @@ class SpeculativeGenerator:
             )
             t1 = time.perf_counter()
             base = cache.length
-            new, features, record = self._verify(tree, root, cache, config, generator)
+            new, features, record, scores = self._verify(tree, root, cache, config, generator)
             record.draft_ms, record.verify_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
             if self.proposer is not None:
                 self.proposer.observe(record)
@@ -185,7 +200,7 @@ class SpeculativeGenerator:
             tokens.extend(new)
             root = new[-1]
             assert cache.length == base + record.accepted + 1
-            yield new, record
+            yield Committed(new, record, scores[: len(new)])
 
     def _verify(self, tree: DraftTree, root: int, cache, config: GenerationConfig, generator):
         base, device = cache.length, self.target.device
@@ -203,7 +218,14 @@ class SpeculativeGenerator:
         rows = [0] + [a + 1 for a in verdict.accepted]
         cache.compact(base, [base + r for r in rows])
         new = tree.tokens[verdict.accepted].tolist() + [verdict.bonus]
-        return new, hidden[torch.tensor(rows, device=device)], _record(tree, verdict.accepted)
+        on_path = torch.tensor(rows, device=device)
+        scores = _scores(logits[on_path], new, config)
+        return new, hidden[on_path], _record(tree, verdict.accepted), scores
+
+
+def _scores(logits: torch.Tensor, tokens: list[int], config: GenerationConfig) -> list[TokenLogprob]:
+    """The log-probabilities asked for (`logits[i]`: the distribution `tokens[i]` came from)."""
+    return [] if config.logprobs is None else token_logprobs(logits, tokens, config.logprobs)
 
 
 def _record(tree: DraftTree, accepted: list[int]) -> StepRecord:
@@ -229,7 +251,7 @@ def _until_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
     return tokens
 
 
-def _stop_cut(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> int | None:
+def stop_cut(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> int | None:
     """Length of the shortest token prefix whose text contains a stop string, if any."""
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     if not any(s in text for s in stops):
