@@ -426,8 +426,11 @@ def test_default_target_served_losslessly_with_a_shipped_drafter():
         # a stop string completed by the 2nd token of a step that commits 3 or more: the scores end there
         before = sum(len(step) for step in steps[: next(i for i, s in enumerate(steps) if len(s) >= 3)])
         stop = b"".join(bytes(c.bytes) for c in [c for step in steps for c in step][: before + 2]).decode()
-        stopped = scored_chunks(
-            running.client().chat.completions.create(**asked, stop=stop, logprobs=True, stream=True)
+        usage = {"include_usage": True}
+        chunks = list(
+            running.client().chat.completions.create(
+                **asked, stop=stop, logprobs=True, stream=True, stream_options=usage
+            )
         )
     finally:
         running.stop()
@@ -435,9 +438,10 @@ def test_default_target_served_losslessly_with_a_shipped_drafter():
     assert reply.model_extra["taps"]["tau"] > 1.0
     expected = scored_reference(target, encode_chat(target.tokenizer, MESSAGES), 0, [stop], max_tokens=32)
     assert len(expected.tokens) == before + 2
-    assert_scores([c.logprob for step in stopped for c in step], expected)
+    assert_scores([c.logprob for step in scored_chunks(chunks) for c in step], expected)
+    assert chunks[-1].usage.completion_tokens == before + 2  # the tokens past the stop are not counted
 
 
 def scored_chunks(chunks) -> list[list]:
     """The logprobs entries of each streamed chunk that has any: one list per target forward."""
-    return [chunk.choices[0].logprobs.content for chunk in chunks if chunk.choices[0].logprobs]
+    return [c.choices[0].logprobs.content for c in chunks if c.choices and c.choices[0].logprobs]

@@ -169,8 +169,9 @@ class Engine:
                 return "cancelled"
             tally.add(new, record)
             delta, stopped = text.push(new)
-            if stopped:  # no scores for the tokens past the one that completed the stop string
+            if stopped:  # the reply, its count and its scores end with the token that completed the stop
                 past = len(text.tokens) - stop_cut(self.target.tokenizer, text.tokens, job.config.stop)
+                tally.tokens -= past
                 logprobs = logprobs[: len(logprobs) - past]
             if delta or logprobs:
                 _send(job, Delta(delta, logprobs=logprobs))
