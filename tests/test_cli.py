@@ -68,9 +68,17 @@ def test_serve_refuses_an_address_in_use_before_loading_the_model(capsys):
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert {"setup", "generate", "features", "train", "average", "eval", "report", "reproduce"} <= set(
-        commands
-    )
+    assert {
+        "setup",
+        "generate",
+        "chat",
+        "features",
+        "train",
+        "average",
+        "eval",
+        "report",
+        "reproduce",
+    } <= set(commands)
     for name in commands:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([name, "--help"])
@@ -123,30 +131,82 @@ def test_threads_default_to_torchs_count_of_cores_and_bad_counts_are_refused(cap
         assert "expected a positive count or auto" in capsys.readouterr().err
 
 
-def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_message(
-    tiny_dirs, monkeypatch, capsys
-):
-    import io
+@pytest.fixture
+def char_target(tiny_dirs, monkeypatch):
+    """A tiny llama behind a character tokenizer, loaded by every CLI command in place of --target."""
     from types import SimpleNamespace
 
     import torch
 
     import taps.cli
-    from taps.data.chat import encode_chat
     from taps.models.target import TargetModel
-    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
     from tests.training.test_training import CharTokenizer
 
     model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
     target = SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny")
     monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: target)
+    return target
+
+
+def plain_reply(target, messages: list[dict], max_new_tokens: int) -> str:
+    """Plain greedy decoding of the assistant's turn after `messages`: what the CLI must print."""
+    from taps.data.chat import encode_chat
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+
+    ids = encode_chat(target.tokenizer, messages)
+    config = GenerationConfig(max_new_tokens, eos_token_ids=target.eos_token_ids)
+    return SpeculativeGenerator(target.model).generate(ids, config, target.tokenizer).text
+
+
+def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_message(
+    char_target, monkeypatch, capsys
+):
+    import io
+
     monkeypatch.setattr("sys.stdin", io.StringIO("repeat abc"))
     argv = ["generate", "-", "--system", "be brief", "--drafters", "ngram", "--max-new-tokens", "12"]
     assert main(argv) == 0
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "repeat abc"}]
-    expected = SpeculativeGenerator(model).generate(
-        encode_chat(target.tokenizer, messages), GenerationConfig(12, eos_token_ids=(1,)), target.tokenizer
+    expected = plain_reply(char_target, messages, 12)
+    captured = capsys.readouterr()
+    assert expected and captured.out == expected + "\n"
+    assert "[single ngram] " in captured.err
+
+
+def test_chat_carries_the_conversation_and_starts_over_on_reset(char_target, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("repeat abc\n\nnow xyz\n/reset\nrepeat abc\n/exit\nnever read\n")
+    )
+    assert main(["chat", "--drafters", "ngram", "--max-new-tokens", "10"]) == 0
+
+    def reply(messages: list[dict]) -> str:
+        return plain_reply(char_target, messages, 10)
+
+    first = reply([{"role": "user", "content": "repeat abc"}])
+    second = reply(
+        [
+            {"role": "user", "content": "repeat abc"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "now xyz"},
+        ]
     )
     captured = capsys.readouterr()
-    assert expected.text and captured.out == expected.text + "\n"
-    assert "[single ngram] " in captured.err
+    assert first and second != reply([{"role": "user", "content": "now xyz"}])  # the first turn matters
+    assert captured.out == f"{first}\n{second}\n{first}\n"
+    assert captured.err.count("[single ngram] ") == 3 and "[chat] new conversation" in captured.err
+
+
+def test_chat_outgrowing_the_context_says_so_and_goes_on(char_target, monkeypatch, capsys):
+    import io
+
+    model = char_target.model
+    context = model.shape.max_position_embeddings
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * context + "\nhi\n"))
+    assert main(["chat", "--drafters", "none", "--max-new-tokens", "4"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "exceeds the model's context" in captured.err and "/reset starts a new conversation" in captured.err
+    )
+    assert captured.err.count("[single none] ") == 1 and captured.out.strip()  # "hi" was answered

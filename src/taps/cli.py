@@ -179,6 +179,15 @@ def _add_eval_common(
     _add_engine_args(p)
 
 
+def _add_reply_args(p: argparse.ArgumentParser) -> None:
+    """What `taps generate` and `taps chat` take: the decoder, the model, how to sample a reply."""
+    _add_strategy_args(p)
+    p.add_argument("--system", default=None, help="a system message before the user's first")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    _add_engine_args(p)
+    _add_sampling_args(p)
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=values.count(1), default=128)
     p.add_argument("--temperature", type=values.temperature, default=0.0, help="0 = greedy (default)")
@@ -236,8 +245,9 @@ def cmd_setup(args) -> None:
         print(f"[setup] {name}: model ready at {path} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def cmd_generate(args) -> None:
-    from taps.data.chat import encode_chat
+def _decoder(args):
+    """The target, proposer, decoding config and a label for the stats line, from generate's and
+    chat's shared options."""
     from taps.drafters import looks_up, make_strategy, resolve_drafters
     from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 
@@ -247,22 +257,74 @@ def cmd_generate(args) -> None:
     config = GenerationConfig(
         args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
     )
-    lookup = " + prompt lookup" if looks_up(proposer) else ""
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    system = [{"role": "system", "content": args.system}] if args.system else []
-    ids = encode_chat(target.tokenizer, [*system, {"role": "user", "content": prompt}])
-    out = SpeculativeGenerator(target.model, proposer).generate(
+    label = f"{args.strategy} {','.join(drafters)}" + (" + prompt lookup" if looks_up(proposer) else "")
+    return target, SpeculativeGenerator(target.model, proposer), config, label
+
+
+def _reply(target, generator, config, messages: list[dict], label: str, threads: int):
+    """Decode the assistant's turn after `messages`, printing it as it comes, then its speed (on
+    standard error, so that standard output holds the reply alone)."""
+    from taps.data.chat import encode_chat
+
+    ids = encode_chat(target.tokenizer, messages)
+    out = generator.generate(
         ids, config, target.tokenizer, on_text=lambda piece: print(piece, end="", flush=True)
     )
     print()
     print(
-        f"\n[{args.strategy} {','.join(drafters)}{lookup}] {len(out.tokens)} tokens in "
-        f"{out.wall_ms / 1000:.2f} s "
+        f"\n[{label}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
         f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens read in {out.prefill_ms / 1000:.2f} s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
-        f"{args.threads}",
+        f"{threads}",
         file=sys.stderr,
     )
+    return out
+
+
+def cmd_generate(args) -> None:
+    target, generator, config, label = _decoder(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    _reply(target, generator, config, [*system, {"role": "user", "content": prompt}], label, args.threads)
+
+
+CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends, Ctrl-C stops a reply"
+
+
+def cmd_chat(args) -> None:
+    """A conversation turn by turn: each reply is decoded with the whole conversation before it."""
+    target, generator, config, label = _decoder(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    interactive = sys.stdin.isatty()
+    print(f"[chat] {target.name}, {label}: {CHAT_HELP}", file=sys.stderr)
+    while (line := _read_turn(interactive)) is not None:
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            messages = list(system)
+            print("[chat] new conversation", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        turn = [*messages, {"role": "user", "content": line}]
+        try:
+            out = _reply(target, generator, config, turn, label, args.threads)
+        except TapsError as exc:  # the conversation outgrew the context: say so, keep the session
+            print(f"taps: error: {exc}; /reset starts a new conversation", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:
+            print("\n[chat] reply stopped; it is left out of the conversation", file=sys.stderr)
+            continue
+        messages = [*turn, {"role": "assistant", "content": out.text}]
+
+
+def _read_turn(interactive: bool) -> str | None:
+    """The user's next message (None at the end of input); a prompt is shown on a terminal only."""
+    try:
+        return input("> " if interactive else "")
+    except EOFError:
+        return None
 
 
 def _grid_args(args, rows: list[str], benchmarks: list[str], temperatures: list[float], prompts: int | None):
@@ -561,12 +623,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate a reply to one prompt with speculative decoding")
     p.add_argument("prompt", help="the user message; - reads it from standard input")
-    _add_strategy_args(p)
-    p.add_argument("--system", default=None, help="a system message before the user's")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    _add_engine_args(p)
-    _add_sampling_args(p)
+    _add_reply_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "chat", help="a conversation with the target, turn by turn, each reply with speculative decoding"
+    )
+    _add_reply_args(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, streaming)"
