@@ -58,6 +58,22 @@ def test_float32_speculation_on_cuda_equals_plain_greedy(cuda_target):
         assert _greedy(cuda_target, prompt, True) == _greedy(cuda_target, prompt, False)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_logprobs_on_cuda_are_the_targets_own(tiny_dirs, family):
+    """Scores read from the captured verify graphs' logits: those of a CPU forward of the reply."""
+    from tests.spec.test_logprobs import forward_logprobs
+
+    target = TargetModel.from_dir(tiny_dirs[family], dtype=torch.float32, device=CUDA)
+    drafter = random_drafter(target, seed=3).to(CUDA).attach(target)
+    gen = SpeculativeGenerator(target, DrafterProposer(drafter, TreeShape(8, 5, 24)))
+    cpu = TargetModel.from_dir(tiny_dirs[family], dtype=torch.float32)
+    for prompt in PROMPTS:
+        out = gen.generate(prompt, GenerationConfig(max_new_tokens=40, logprobs=2))
+        rows = torch.arange(len(out.tokens))
+        want = forward_logprobs(cpu, prompt, out.tokens)[rows, torch.tensor(out.tokens)]
+        torch.testing.assert_close(torch.tensor([e.logprob for e in out.logprobs]), want, atol=1e-3, rtol=0)
+
+
 def test_a_drawn_chain_beside_prompt_lookup_runs_on_cuda(cuda_target):
     """A mixed tree (`--drafts sampled --lookup on`): the chain is drafted on the GPU, merged and
     verified on the host; sampled output stays within the vocabulary and greedy output is plain's."""
