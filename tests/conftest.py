@@ -85,3 +85,14 @@ def data_dir() -> Path:
             pytest.fail(f"data mirror not found at {path}; set TAPS_DATA_DIR")
         pytest.skip(f"data mirror not found at {path}; set TAPS_DATA_DIR")
     return path
+
+
+@pytest.fixture
+def char_target(tiny_dirs):
+    """A tiny llama behind a character tokenizer, shaped like a loaded target (`LoadedTarget`)."""
+    from types import SimpleNamespace
+
+    from tests.training.test_training import CharTokenizer
+
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
+    return SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny")

@@ -132,20 +132,12 @@ def test_threads_default_to_torchs_count_of_cores_and_bad_counts_are_refused(cap
 
 
 @pytest.fixture
-def char_target(tiny_dirs, monkeypatch):
-    """A tiny llama behind a character tokenizer, loaded by every CLI command in place of --target."""
-    from types import SimpleNamespace
-
-    import torch
-
+def cli_target(char_target, monkeypatch):
+    """The tiny character-tokenizer target, loaded by every CLI command in place of --target."""
     import taps.cli
-    from taps.models.target import TargetModel
-    from tests.training.test_training import CharTokenizer
 
-    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
-    target = SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny")
-    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: target)
-    return target
+    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: char_target)
+    return char_target
 
 
 def plain_reply(target, messages: list[dict], max_new_tokens: int) -> str:
@@ -159,7 +151,7 @@ def plain_reply(target, messages: list[dict], max_new_tokens: int) -> str:
 
 
 def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_message(
-    char_target, monkeypatch, capsys
+    cli_target, monkeypatch, capsys
 ):
     import io
 
@@ -167,13 +159,13 @@ def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_m
     argv = ["generate", "-", "--system", "be brief", "--drafters", "ngram", "--max-new-tokens", "12"]
     assert main(argv) == 0
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "repeat abc"}]
-    expected = plain_reply(char_target, messages, 12)
+    expected = plain_reply(cli_target, messages, 12)
     captured = capsys.readouterr()
     assert expected and captured.out == expected + "\n"
     assert "[single ngram] " in captured.err
 
 
-def test_chat_carries_the_conversation_and_starts_over_on_reset(char_target, monkeypatch, capsys):
+def test_chat_carries_the_conversation_and_starts_over_on_reset(cli_target, monkeypatch, capsys):
     import io
 
     monkeypatch.setattr(
@@ -182,7 +174,7 @@ def test_chat_carries_the_conversation_and_starts_over_on_reset(char_target, mon
     assert main(["chat", "--drafters", "ngram", "--max-new-tokens", "10"]) == 0
 
     def reply(messages: list[dict]) -> str:
-        return plain_reply(char_target, messages, 10)
+        return plain_reply(cli_target, messages, 10)
 
     first = reply([{"role": "user", "content": "repeat abc"}])
     second = reply(
@@ -198,10 +190,10 @@ def test_chat_carries_the_conversation_and_starts_over_on_reset(char_target, mon
     assert captured.err.count("[single ngram] ") == 3 and "[chat] new conversation" in captured.err
 
 
-def test_chat_outgrowing_the_context_says_so_and_goes_on(char_target, monkeypatch, capsys):
+def test_chat_outgrowing_the_context_says_so_and_goes_on(cli_target, monkeypatch, capsys):
     import io
 
-    model = char_target.model
+    model = cli_target.model
     context = model.shape.max_position_embeddings
     monkeypatch.setattr("sys.stdin", io.StringIO("x" * context + "\nhi\n"))
     assert main(["chat", "--drafters", "none", "--max-new-tokens", "4"]) == 0

@@ -246,46 +246,43 @@ def cmd_setup(args) -> None:
 
 
 def _decoder(args):
-    """The target, proposer, decoding config and a label for the stats line, from generate's and
-    chat's shared options."""
-    from taps.drafters import looks_up, make_strategy, resolve_drafters
-    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+    """The target and proposer that generate's and chat's shared options describe."""
+    from taps.api import Decoder
 
-    target = load_target_from_args(args)
-    drafters = resolve_drafters(args.drafters.split(","), target.name)
-    proposer = make_strategy(args.strategy, drafters, target, _tree_shape(args), lookup=args.lookup)
-    config = GenerationConfig(
-        args.max_new_tokens, args.temperature, args.top_p, args.seed, target.eos_token_ids, tuple(args.stop)
+    return Decoder.around(
+        load_target_from_args(args), args.drafters, args.strategy, args.lookup, _tree_shape(args)
     )
-    label = f"{args.strategy} {','.join(drafters)}" + (" + prompt lookup" if looks_up(proposer) else "")
-    return target, SpeculativeGenerator(target.model, proposer), config, label
 
 
-def _reply(target, generator, config, messages: list[dict], label: str, threads: int):
+def _reply(decoder, args, messages: list[dict]):
     """Decode the assistant's turn after `messages`, printing it as it comes, then its speed (on
     standard error, so that standard output holds the reply alone)."""
-    from taps.data.chat import encode_chat
-
-    ids = encode_chat(target.tokenizer, messages)
-    out = generator.generate(
-        ids, config, target.tokenizer, on_text=lambda piece: print(piece, end="", flush=True)
+    ids = decoder.encode(messages)
+    out = decoder.generate(
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+        on_text=lambda piece: print(piece, end="", flush=True),
     )
     print()
     print(
-        f"\n[{label}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
+        f"\n[{decoder.label}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
         f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens read in {out.prefill_ms / 1000:.2f} s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
-        f"{threads}",
+        f"{args.threads}",
         file=sys.stderr,
     )
     return out
 
 
 def cmd_generate(args) -> None:
-    target, generator, config, label = _decoder(args)
+    decoder = _decoder(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     system = [{"role": "system", "content": args.system}] if args.system else []
-    _reply(target, generator, config, [*system, {"role": "user", "content": prompt}], label, args.threads)
+    _reply(decoder, args, [*system, {"role": "user", "content": prompt}])
 
 
 CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends, Ctrl-C stops a reply"
@@ -293,11 +290,11 @@ CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends, Ctrl-C st
 
 def cmd_chat(args) -> None:
     """A conversation turn by turn: each reply is decoded with the whole conversation before it."""
-    target, generator, config, label = _decoder(args)
+    decoder = _decoder(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = sys.stdin.isatty()
-    print(f"[chat] {target.name}, {label}: {CHAT_HELP}", file=sys.stderr)
+    print(f"[chat] {decoder.target.name}, {decoder.label}: {CHAT_HELP}", file=sys.stderr)
     while (line := _read_turn(interactive)) is not None:
         if line.strip() in ("/exit", "/quit"):
             return
@@ -309,7 +306,7 @@ def cmd_chat(args) -> None:
             continue
         turn = [*messages, {"role": "user", "content": line}]
         try:
-            out = _reply(target, generator, config, turn, label, args.threads)
+            out = _reply(decoder, args, turn)
         except TapsError as exc:  # the conversation outgrew the context: say so, keep the session
             print(f"taps: error: {exc}; /reset starts a new conversation", file=sys.stderr)
             continue
