@@ -168,10 +168,13 @@ def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_m
 def test_chat_carries_the_conversation_and_starts_over_on_reset(cli_target, monkeypatch, capsys):
     import io
 
-    monkeypatch.setattr(
-        "sys.stdin", io.StringIO("repeat abc\n\nnow xyz\n/reset\nrepeat abc\n/exit\nnever read\n")
-    )
-    assert main(["chat", "--drafters", "ngram", "--max-new-tokens", "10"]) == 0
+    outputs = {}
+    for keep in ("on", "off"):
+        monkeypatch.setattr(
+            "sys.stdin", io.StringIO("repeat abc\n\nnow xyz\n/reset\nrepeat abc\n/exit\nnever read\n")
+        )
+        assert main(["chat", "--drafters", "ngram", "--max-new-tokens", "10", "--keep-prefix", keep]) == 0
+        outputs[keep] = capsys.readouterr()
 
     def reply(messages: list[dict]) -> str:
         return plain_reply(cli_target, messages, 10)
@@ -184,10 +187,11 @@ def test_chat_carries_the_conversation_and_starts_over_on_reset(cli_target, monk
             {"role": "user", "content": "now xyz"},
         ]
     )
-    captured = capsys.readouterr()
     assert first and second != reply([{"role": "user", "content": "now xyz"}])  # the first turn matters
-    assert captured.out == f"{first}\n{second}\n{first}\n"
-    assert captured.err.count("[single ngram] ") == 3 and "[chat] new conversation" in captured.err
+    for keep, captured in outputs.items():
+        assert captured.out == f"{first}\n{second}\n{first}\n"
+        assert captured.err.count("[single ngram] ") == 3 and "[chat] new conversation" in captured.err
+        assert ("kept from the last turn" in captured.err) == (keep == "on")
 
 
 def test_chat_outgrowing_the_context_says_so_and_goes_on(cli_target, monkeypatch, capsys):

@@ -43,12 +43,14 @@ class Decoder:
         shape: TreeShape = AUTO_SHAPE,
         device: str = "auto",
         dtype=None,
+        reuse_prefix: bool = True,
     ) -> Decoder:
         """Load a target (a name from `taps setup`, a model folder or a .gguf file) and its drafters
         (shipped names, drafter folders, `ngram`, or `none` for plain decoding)."""
         from taps.models.catalog import load_target
 
-        return cls.around(load_target(target, dtype=dtype, device=device), drafters, strategy, lookup, shape)
+        loaded = load_target(target, dtype=dtype, device=device)
+        return cls.around(loaded, drafters, strategy, lookup, shape, reuse_prefix)
 
     @classmethod
     def around(
@@ -58,15 +60,20 @@ class Decoder:
         strategy: str = "single",
         lookup: str = "auto",
         shape: TreeShape = AUTO_SHAPE,
+        reuse_prefix: bool = True,
     ) -> Decoder:
-        """A decoder for a target already loaded (several decoders can share one target)."""
+        """A decoder for a target already loaded (several decoders can share one target).
+        `reuse_prefix`: keep each reply's cache, so that a prompt starting with the last prompt and
+        reply (a conversation's next turn) reads only its new tokens (`taps.spec.prefix`)."""
         from taps.drafters import looks_up, make_strategy, resolve_drafters
+        from taps.spec.prefix import PrefixCache
 
         names = [n.strip() for n in drafters.split(",")] if isinstance(drafters, str) else list(drafters)
         names = resolve_drafters(names, target.name)
         proposer = make_strategy(strategy, names, target, shape, lookup=lookup)
         label = f"{strategy} {','.join(names)}" + (" + prompt lookup" if looks_up(proposer) else "")
-        return cls(target, SpeculativeGenerator(target.model, proposer), label)
+        prefix = PrefixCache() if reuse_prefix else None
+        return cls(target, SpeculativeGenerator(target.model, proposer, prefix=prefix), label)
 
     def encode(self, prompt: Prompt, system: str | None = None) -> list[int]:
         """A user message (str) or a conversation (role/content dicts) through the chat template;

@@ -179,6 +179,18 @@ def _add_eval_common(
     _add_engine_args(p)
 
 
+def _add_keep_prefix(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-prefix",
+        choices=["on", "off"],
+        default="on",
+        help="keep the last reply's cache, so that a conversation's next turn reads only its new tokens "
+        "(exact in float32; in bf16 the kept turns attend as decoded tokens do, in float64, where a "
+        "prompt read whole attends in bf16, so a reply may part from a fresh read's: see the README's "
+        "Serving section); off reads every prompt whole (default: %(default)s)",
+    )
+
+
 def _add_reply_args(p: argparse.ArgumentParser) -> None:
     """What `taps generate` and `taps chat` take: the decoder, the model, how to sample a reply."""
     _add_strategy_args(p)
@@ -249,9 +261,9 @@ def _decoder(args):
     """The target and proposer that generate's and chat's shared options describe."""
     from taps.api import Decoder
 
-    return Decoder.around(
-        load_target_from_args(args), args.drafters, args.strategy, args.lookup, _tree_shape(args)
-    )
+    keep = getattr(args, "keep_prefix", "off") == "on"  # taps chat's: generate answers once
+    target = load_target_from_args(args)
+    return Decoder.around(target, args.drafters, args.strategy, args.lookup, _tree_shape(args), keep)
 
 
 def _reply(decoder, args, messages: list[dict]):
@@ -270,12 +282,21 @@ def _reply(decoder, args, messages: list[dict]):
     print()
     print(
         f"\n[{decoder.label}] {len(out.tokens)} tokens in {out.wall_ms / 1000:.2f} s "
-        f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens read in {out.prefill_ms / 1000:.2f} s), "
+        f"({out.tokens_per_s:.1f} tok/s; prompt of {len(ids)} tokens{_kept(decoder)} read in "
+        f"{out.prefill_ms / 1000:.2f} s), "
         f"tau {out.tau:.2f} over {len(out.steps)} target forwards, finish: {out.finish_reason}, threads "
         f"{args.threads}",
         file=sys.stderr,
     )
     return out
+
+
+def _kept(decoder) -> str:
+    """How much of the prompt the kept cache held (a conversation's earlier turns), if any."""
+    prefix = decoder.generator.prefix
+    return (
+        f", {prefix.reused} of them kept from the last turn," if prefix is not None and prefix.reused else ""
+    )
 
 
 def cmd_generate(args) -> None:
@@ -594,6 +615,7 @@ def cmd_serve(args) -> None:
         max_queue=args.max_queue,
         extra_drafters=extra,
         lookup=args.lookup,
+        keep_prefix=args.keep_prefix == "on",
     )
     print(
         f"[serve] {target.name} on {target.model.device} with {args.strategy} over {','.join(drafters)} "
@@ -627,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", help="a conversation with the target, turn by turn, each reply with speculative decoding"
     )
     _add_reply_args(p)
+    _add_keep_prefix(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser(
@@ -648,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(besides --drafters, ngram and the shipped ones)",
     )
     _add_engine_args(p)
+    _add_keep_prefix(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -133,6 +133,33 @@ def test_chat_equals_generate_streamed_or_not(server, tiny):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_conversations_next_turn_reads_only_its_new_tokens(tiny, keep):
+    """The server keeps the last request's cache: the second turn finds the first turn's prompt and
+    reply in it (OpenAI's `cached_tokens`) and still replies as plain decoding of the whole turn;
+    with `--keep-prefix off` every prompt is read whole."""
+    server = RunningServer(Engine(tiny, Route("single", ("ngram",)), keep_prefix=keep))
+    try:
+        client = server.client()
+        first, second, turn = two_turns(client)
+    finally:
+        server.stop()
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    if keep:
+        assert len(encode_chat(tiny.tokenizer, MESSAGES)) < cached < second.usage.prompt_tokens
+    else:
+        assert cached == 0
+    assert second.choices[0].message.content == reference(tiny, turn, max_tokens=16)
+
+
+def two_turns(client):
+    first = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, temperature=0)
+    turn = [*MESSAGES, {"role": "assistant", "content": first.choices[0].message.content}]
+    turn.append({"role": "user", "content": "And how many would he have after eating two?"})
+    second = client.chat.completions.create(model="tiny", messages=turn, max_tokens=16, temperature=0)
+    return first, second, turn
+
+
 def test_completions_equal_generate(server, tiny):
     prompt = "The capital of France is"
     expected = reference(tiny, prompt_ids=tiny.tokenizer(prompt)["input_ids"])

@@ -291,6 +291,7 @@ class _Reply:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": last.completion_tokens,
             "total_tokens": self.prompt_tokens + last.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
         }
 
     def logprobs(self, pieces: list[Delta]) -> dict | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from taps.errors import TapsError
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStream, check_context, stop_cut
 from taps.spec.logprobs import TokenLogprob
+from taps.spec.prefix import PrefixCache
 from taps.spec.propose import TreeShape
 
 
@@ -36,6 +37,7 @@ class Delta:
     text: str
     finish_reason: str | None = None
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens found in the kept cache (OpenAI's prompt_tokens_details)
     stats: dict = field(default_factory=dict)
     # the tokens committed with this piece, when asked for; their text may still be held back
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -71,6 +73,7 @@ class Engine:
         max_proposers: int = 8,
         extra_drafters: tuple[str, ...] = (),
         lookup: str = "auto",
+        keep_prefix: bool = True,
     ):
         from taps.drafters import shipped_drafters
 
@@ -81,6 +84,8 @@ class Engine:
         self.context_limit = target.model.shape.max_position_embeddings
         self.stats = {"completed": 0, "cancelled": 0, "failed": 0}
         self._proposers: OrderedDict[Route, object] = OrderedDict()
+        # a conversation's next turn reads only its new tokens (one job at a time: one cache suffices)
+        self.prefix = PrefixCache() if keep_prefix else None
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="taps-engine", daemon=True)
@@ -160,7 +165,7 @@ class Engine:
         from taps.drafters import looks_up
 
         proposer = self.proposer(job.route)
-        generator = SpeculativeGenerator(self.target.model, proposer)
+        generator = SpeculativeGenerator(self.target.model, proposer, prefix=self.prefix)
         text = TextStream(self.target.tokenizer, job.config.stop)
         tally = _Tally(job.route, looks_up(proposer))
         finish, stopped = "length", False
@@ -179,7 +184,8 @@ class Engine:
                 finish = "stop"
                 break
         tail = "" if stopped else text.flush()
-        _send(job, Delta(tail, finish, tally.tokens, tally.stats()))
+        kept = self.prefix.reused if generator.prefix is not None else 0
+        _send(job, Delta(tail, finish, tally.tokens, kept, tally.stats()))
         return "completed"
 
 

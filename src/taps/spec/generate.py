@@ -21,6 +21,7 @@ from taps.models.graphs import accelerated
 from taps.models.padded import cap_tree
 from taps.models.target import TargetModel
 from taps.spec.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, token_logprobs
+from taps.spec.prefix import PrefixCache
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
 from taps.spec.verify import sample_token, verify_greedy, verify_sampling
@@ -111,11 +112,15 @@ class SpeculativeGenerator:
         proposer: Proposer | None = None,
         graphs: bool | None = None,
         pad_rows: int | None = None,
+        prefix: PrefixCache | None = None,
     ):
         """`graphs`: run the target through CUDA graphs (`taps.models.graphs`); default: on CUDA.
         Where forwards are padded to one row count (`pad_rows`, by default in bf16 only, see
-        `taps.models.padded`), trees are cut to fit it, so that verification rounds as plain decoding."""
+        `taps.models.padded`), trees are cut to fit it, so that verification rounds as plain decoding.
+        `prefix`: keep the cache of each sequence for the next prompt that starts alike (a
+        conversation's next turn); only where the target runs eagerly over a growing cache."""
         self.target, self.proposer = accelerated(target, graphs, pad_rows), proposer
+        self.prefix = prefix if self.target is target else None
         self.context = target.shape.max_position_embeddings
         self.max_nodes = cap_tree(1 << 30, getattr(self.target, "exact_rows", 0))
 
@@ -169,19 +174,20 @@ class SpeculativeGenerator:
         device = target.device
         # on the CPU whatever the device: sampling reads host-side probabilities
         generator = torch.Generator().manual_seed(config.seed)
-        cache = target.new_cache(len(prompt_ids) + budget + 64)
+        cache, reused = self._cache(prompt_ids, len(prompt_ids) + budget + 64)
         if self.proposer is not None:
             self.proposer.reset()
             # a generator of its own for sampled drafts (`TreeShape.drafts`), apart from verification's
             draft_seed = (config.seed + 1) % (1 << 64)
             self.proposer.sample_drafts(config.temperature, torch.Generator().manual_seed(draft_seed))
         tokens = list(prompt_ids)
-        hidden = target(torch.tensor(tokens, device=device), cache)
+        hidden = target(torch.tensor(tokens[cache.length :], device=device), cache)
+        self._committed(tokens[len(tokens) - len(hidden) :], hidden)
         logits = target.logits(hidden[-1:])
         root = sample_token(logits[0], config.temperature, generator, config.top_p)
         tokens.append(root)
         yield Committed([root], None, _scores(logits, [root], config))
-        produced, features = 1, hidden
+        produced, features = 1, hidden if reused is None else torch.cat([reused, hidden])
         while produced < budget and root not in config.eos_token_ids:
             t0 = time.perf_counter()
             tree = (
@@ -192,6 +198,7 @@ class SpeculativeGenerator:
             t1 = time.perf_counter()
             base = cache.length
             new, features, record, scores = self._verify(tree, root, cache, config, generator)
+            self._committed([root, *new[:-1]], features)
             record.draft_ms, record.verify_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
             if self.proposer is not None:
                 self.proposer.observe(record)
@@ -201,6 +208,17 @@ class SpeculativeGenerator:
             root = new[-1]
             assert cache.length == base + record.accepted + 1
             yield Committed(new, record, scores[: len(new)])
+
+    def _cache(self, prompt_ids: list[int], capacity: int):
+        """The cache to read the prompt into, and the features of the prefix it already holds."""
+        if self.prefix is None:
+            return self.target.new_cache(capacity), None
+        return self.prefix.take(self.target, prompt_ids, capacity)
+
+    def _committed(self, ids: list[int], features: torch.Tensor) -> None:
+        """Tell the kept prefix which tokens the cache now holds after its last slots."""
+        if self.prefix is not None:
+            self.prefix.extend(ids, features)
 
     def _verify(self, tree: DraftTree, root: int, cache, config: GenerationConfig, generator):
         base, device = cache.length, self.target.device
