@@ -8,7 +8,8 @@ length, the tokens kept, the time to read the prompt (time to first token) in bo
 whole conversations' time fresh over kept (the speed-up a user sees over a conversation) with a 95%
 bootstrap interval over conversations, and how many replies were equal in both modes.
 
-    TAPS_DATA_DIR=../shared/data python benchmarks/multi_turn.py --conversations 6 --turns 6
+    TAPS_DATA_DIR=../shared/data python benchmarks/multi_turn.py --conversations 6 --turns 6 --plain
+    python benchmarks/multi_turn.py --report benchmarks/results/FILE.json   # a saved run's tables again
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -80,8 +82,12 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None, help="write every turn's figures to this JSON file")
+    parser.add_argument("--report", default=None, help="print the tables of a saved --out file instead")
     _add_engine_args(parser)
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        return report(saved["runs"], argparse.Namespace(**{**saved["args"], "out": None}), saved["machine"])
     target = load_target_from_args(args)
     names = list(MODES) if args.plain else ["kept", "fresh"]
     decoders = {
@@ -95,14 +101,24 @@ def main() -> None:
         for name in names if i % 2 == 0 else names[::-1]:
             runs[name].append(talk(decoders[name], chat, args.max_new_tokens))
         print(f"conversation {i + 1}/{len(chats)} done", flush=True)
-    report(runs, args, target)
+    machine = f"{target.name}, {target.model.dtype}, {args.threads} threads, {cpu_name()}"
+    report(runs, args, machine)
 
 
-def report(runs: dict[str, list[list[dict]]], args, target) -> None:
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (the platform's name elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def report(runs: dict[str, list[list[dict]]], args, machine: str) -> None:
     print(
         f"\ndrafters {args.drafters}, {args.conversations} conversations x {args.turns} turns, "
-        f"{args.max_new_tokens} new tokens a reply, on {target.name}, {target.model.dtype}, "
-        f"{args.threads} threads, {platform.processor() or platform.machine()}"
+        f"{args.max_new_tokens} new tokens a reply, on {machine}"
     )
     print("| turn | prompt tokens | kept | read fresh (ms) | read kept (ms) | turn fresh | turn kept |")
     print("|---|---|---|---|---|---|---|")
@@ -124,7 +140,8 @@ def report(runs: dict[str, list[list[dict]]], args, target) -> None:
         print(f"replies equal, {pair}: {same}/{total}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "runs": runs, "speedup": speedup.__dict__, "equal": equal}, f)
+            record = {"args": vars(args), "machine": machine, "runs": runs}
+            json.dump({**record, "speedup": speedup.__dict__, "equal": equal}, f)
 
 
 def _mean(rows: list[dict], key: str) -> float:
