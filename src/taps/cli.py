@@ -597,6 +597,17 @@ def _check_bindable(host: str, port: int) -> None:
         raise TapsError(f"cannot serve on {host}:{port} ({reason}); pass another --port or --host") from exc
 
 
+def _log_requests() -> None:
+    """One line a finished request on standard output (the engine's `taps.serve` log)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[serve] %(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("taps.serve")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
@@ -605,6 +616,7 @@ def cmd_serve(args) -> None:
     from taps.serve.engine import Engine, Route
 
     _check_bindable(args.host, args.port)
+    _log_requests()
     target = load_target_from_args(args)
     drafters = resolve_drafters(args.drafters.split(","), target.name)
     extra = tuple(d for d in args.extra_drafters.split(",") if d)

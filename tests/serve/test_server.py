@@ -134,10 +134,11 @@ def test_chat_equals_generate_streamed_or_not(server, tiny):
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_a_conversations_next_turn_reads_only_its_new_tokens(tiny, keep):
+def test_a_conversations_next_turn_reads_only_its_new_tokens(tiny, keep, caplog):
     """The server keeps the last request's cache: the second turn finds the first turn's prompt and
     reply in it (OpenAI's `cached_tokens`) and still replies as plain decoding of the whole turn;
     with `--keep-prefix off` every prompt is read whole."""
+    caplog.set_level("INFO", logger="taps.serve")
     server = RunningServer(Engine(tiny, Route("single", ("ngram",)), keep_prefix=keep))
     try:
         client = server.client()
@@ -150,6 +151,9 @@ def test_a_conversations_next_turn_reads_only_its_new_tokens(tiny, keep):
     else:
         assert cached == 0
     assert second.choices[0].message.content == reference(tiny, turn, max_tokens=16)
+    # the operator's line for each finished request
+    lines = [r.getMessage() for r in caplog.records if r.name == "taps.serve"]
+    assert len(lines) == 2 and f"prompt {second.usage.prompt_tokens} tokens ({cached} kept)" in lines[1]
 
 
 def two_turns(client):

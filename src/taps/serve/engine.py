@@ -10,8 +10,10 @@ incomplete UTF-8 character, is held until it is decided.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -20,6 +22,8 @@ from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStrea
 from taps.spec.logprobs import TokenLogprob
 from taps.spec.prefix import PrefixCache
 from taps.spec.propose import TreeShape
+
+log = logging.getLogger("taps.serve")  # one line a finished request (`taps serve` shows them)
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,7 @@ class Engine:
             return "cancelled"
         from taps.drafters import looks_up
 
+        start = time.perf_counter()
         proposer = self.proposer(job.route)
         generator = SpeculativeGenerator(self.target.model, proposer, prefix=self.prefix)
         text = TextStream(self.target.tokenizer, job.config.stop)
@@ -186,6 +191,19 @@ class Engine:
         tail = "" if stopped else text.flush()
         kept = self.prefix.reused if generator.prefix is not None else 0
         _send(job, Delta(tail, finish, tally.tokens, kept, tally.stats()))
+        seconds = time.perf_counter() - start
+        log.info(
+            "%s %s: prompt %d tokens (%d kept), %d new in %.2f s (%.1f tok/s), tau %.2f, finish %s",
+            job.route.strategy,
+            ",".join(job.route.drafters),
+            len(job.prompt_ids),
+            kept,
+            tally.tokens,
+            seconds,
+            tally.tokens / seconds if seconds > 0 else 0.0,
+            tally.stats()["tau"],
+            finish,
+        )
         return "completed"
 
 
