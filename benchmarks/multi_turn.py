@@ -28,11 +28,11 @@ from taps.data.benchmarks import load_benchmark
 from taps.eval.intervals import ratio_interval
 
 
-def conversations(count: int, turns: int, data_dir) -> list[list[str]]:
-    """`count` conversations of `turns` user messages each, from consecutive MT-Bench questions."""
-    questions = [t for p in load_benchmark("mt_bench", data_dir) for t in p.turns]
+def conversations(benchmark: str, count: int, turns: int, data_dir) -> list[list[str]]:
+    """`count` conversations of `turns` user messages each, from the benchmark's consecutive prompts."""
+    questions = [t for p in load_benchmark(benchmark, data_dir) for t in p.turns]
     if count * turns > len(questions):
-        raise SystemExit(f"MT-Bench has {len(questions)} user turns: ask for fewer conversations or turns")
+        raise SystemExit(f"{benchmark} has {len(questions)} user turns: ask for fewer conversations or turns")
     return [questions[i * turns : (i + 1) * turns] for i in range(count)]
 
 
@@ -74,6 +74,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--drafters", default="auto", help="as taps chat's (default: %(default)s)")
+    parser.add_argument(
+        "--benchmark",
+        default="mt_bench",
+        help="where the user turns come from (gsm8k_8shot --turns 1: one few-shot prompt a conversation, "
+        "all sharing their exemplars) (default: %(default)s)",
+    )
     parser.add_argument("--conversations", type=int, default=6)
     parser.add_argument("--turns", type=int, default=6, help="user messages per conversation")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="per reply")
@@ -96,7 +102,7 @@ def main() -> None:
     }
     decoders["fresh"].generate("Warm up.", max_new_tokens=8)  # cost curve, drafter set-up
     runs: dict[str, list[list[dict]]] = {name: [] for name in names}
-    chats = conversations(args.conversations, args.turns, args.data_dir)
+    chats = conversations(args.benchmark, args.conversations, args.turns, args.data_dir)
     for i, chat in enumerate(chats):
         for name in names if i % 2 == 0 else names[::-1]:
             runs[name].append(talk(decoders[name], chat, args.max_new_tokens))
@@ -117,7 +123,8 @@ def cpu_name() -> str:
 
 def report(runs: dict[str, list[list[dict]]], args, machine: str) -> None:
     print(
-        f"\ndrafters {args.drafters}, {args.conversations} conversations x {args.turns} turns, "
+        f"\n{getattr(args, 'benchmark', 'mt_bench')}, drafters {args.drafters}, "
+        f"{args.conversations} conversations x {args.turns} turns, "
         f"{args.max_new_tokens} new tokens a reply, on {machine}"
     )
     print("| turn | prompt tokens | kept | read fresh (ms) | read kept (ms) | turn fresh | turn kept |")
