@@ -97,7 +97,9 @@ def main() -> None:
     target = load_target_from_args(args)
     names = list(MODES) if args.plain else ["kept", "fresh"]
     decoders = {
-        name: Decoder.around(target, args.drafters if MODES[name][0] else "none", reuse_prefix=MODES[name][1])
+        name: Decoder.around(
+            target, args.drafters if MODES[name][0] else "none", keep_prefix=int(MODES[name][1])
+        )
         for name in names
     }
     decoders["fresh"].generate("Warm up.", max_new_tokens=8)  # cost curve, drafter set-up

@@ -169,7 +169,7 @@ def test_chat_carries_the_conversation_and_starts_over_on_reset(cli_target, monk
     import io
 
     outputs = {}
-    for keep in ("on", "off"):
+    for keep in ("1", "0"):
         monkeypatch.setattr(
             "sys.stdin", io.StringIO("repeat abc\n\nnow xyz\n/reset\nrepeat abc\n/exit\nnever read\n")
         )
@@ -191,7 +191,7 @@ def test_chat_carries_the_conversation_and_starts_over_on_reset(cli_target, monk
     for keep, captured in outputs.items():
         assert captured.out == f"{first}\n{second}\n{first}\n"
         assert captured.err.count("[single ngram] ") == 3 and "[chat] new conversation" in captured.err
-        assert ("kept from the last turn" in captured.err) == (keep == "on")
+        assert ("kept from the last turn" in captured.err) == (keep == "1")
 
 
 def test_chat_outgrowing_the_context_says_so_and_goes_on(cli_target, monkeypatch, capsys):

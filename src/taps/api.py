@@ -43,14 +43,14 @@ class Decoder:
         shape: TreeShape = AUTO_SHAPE,
         device: str = "auto",
         dtype=None,
-        reuse_prefix: bool = True,
+        keep_prefix: int = 1,
     ) -> Decoder:
         """Load a target (a name from `taps setup`, a model folder or a .gguf file) and its drafters
         (shipped names, drafter folders, `ngram`, or `none` for plain decoding)."""
         from taps.models.catalog import load_target
 
         loaded = load_target(target, dtype=dtype, device=device)
-        return cls.around(loaded, drafters, strategy, lookup, shape, reuse_prefix)
+        return cls.around(loaded, drafters, strategy, lookup, shape, keep_prefix)
 
     @classmethod
     def around(
@@ -60,11 +60,12 @@ class Decoder:
         strategy: str = "single",
         lookup: str = "auto",
         shape: TreeShape = AUTO_SHAPE,
-        reuse_prefix: bool = True,
+        keep_prefix: int = 1,
     ) -> Decoder:
         """A decoder for a target already loaded (several decoders can share one target).
-        `reuse_prefix`: keep each reply's cache, so that a prompt starting with the last prompt and
-        reply (a conversation's next turn) reads only its new tokens (`taps.spec.prefix`)."""
+        `keep_prefix`: how many sequences' caches to keep (0: none), so that a prompt starting with a
+        kept prompt and reply (a conversation's next turn) reads only its new tokens
+        (`taps.spec.prefix`)."""
         from taps.drafters import looks_up, make_strategy, resolve_drafters
         from taps.spec.prefix import PrefixCache
 
@@ -72,7 +73,7 @@ class Decoder:
         names = resolve_drafters(names, target.name)
         proposer = make_strategy(strategy, names, target, shape, lookup=lookup)
         label = f"{strategy} {','.join(names)}" + (" + prompt lookup" if looks_up(proposer) else "")
-        prefix = PrefixCache() if reuse_prefix else None
+        prefix = PrefixCache(keep_prefix) if keep_prefix else None
         return cls(target, SpeculativeGenerator(target.model, proposer, prefix=prefix), label)
 
     def encode(self, prompt: Prompt, system: str | None = None) -> list[int]:

@@ -139,7 +139,7 @@ def test_a_conversations_next_turn_reads_only_its_new_tokens(tiny, keep, caplog)
     reply in it (OpenAI's `cached_tokens`) and still replies as plain decoding of the whole turn;
     with `--keep-prefix off` every prompt is read whole."""
     caplog.set_level("INFO", logger="taps.serve")
-    server = RunningServer(Engine(tiny, Route("single", ("ngram",)), keep_prefix=keep))
+    server = RunningServer(Engine(tiny, Route("single", ("ngram",)), keep_prefix=int(keep)))
     try:
         client = server.client()
         first, second, turn = two_turns(client)

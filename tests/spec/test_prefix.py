@@ -35,7 +35,9 @@ def test_a_conversations_next_turn_reads_only_its_new_tokens(tiny_target, monkey
         kept = SpeculativeGenerator(tiny_target, proposer, prefix=PrefixCache())
         first = kept.generate(FIRST, config)
         second_turn = FIRST + first.tokens + [7, 44, 3]
-        held = len(kept.prefix.ids)  # past the reply's last token if the last step accepted past the budget
+        held = len(
+            kept.prefix.kept[-1].ids
+        )  # past the reply's last token if the last step accepted past the budget
         reads = counting_reads(tiny_target, monkeypatch)
         second = kept.generate(second_turn, config)
         # the new message, and the reply's last token unless the cache holds it: the rest was kept
@@ -70,3 +72,29 @@ def test_a_prefix_is_never_reused_across_targets(tiny_dirs):
     SpeculativeGenerator(llama, prefix=prefix).generate(FIRST, GenerationConfig(max_new_tokens=8))
     cache, reused = prefix.take(qwen, FIRST + [3], 64)
     assert reused is None and cache.length == 0 and prefix.model is qwen
+
+
+@pytest.mark.parametrize("sequences", [1, 2])
+def test_interleaved_conversations_keep_their_own_caches(tiny_target, monkeypatch, sequences):
+    """Two conversations under one system prompt take turns (a server's clients): with room for
+    both, each next turn reads only its new tokens; with room for one, each turn finds only the system
+    prompt (a new conversation copies the shared rows: it never cuts the other's cache short).
+    Replies are a fresh cache's always."""
+    prefix = PrefixCache(sequences)
+    kept = SpeculativeGenerator(tiny_target, NgramProposer(), prefix=prefix)
+    config = GenerationConfig(max_new_tokens=12)
+    system = [0, 5, 17, 23]
+    prompts = {"a": system + [9, 9, 12], "b": system + [44, 3, 80, 31]}
+    first = {name: kept.generate(prompt, config).tokens for name, prompt in prompts.items()}
+    for name, message in (("a", [7, 8]), ("b", [6])):
+        turn = prompts[name] + first[name] + message
+        reads = counting_reads(tiny_target, monkeypatch)
+        reply = kept.generate(turn, config).tokens
+        monkeypatch.undo()
+        assert reads[0] == len(turn) - prefix.reused
+        if sequences == 2:  # the message, and the reply's last token unless the cache held it
+            assert len(turn) - prefix.reused <= len(message) + 1
+        else:
+            assert prefix.reused == len(system)
+        assert reply == SpeculativeGenerator(tiny_target).generate(turn, config).tokens
+    assert len(prefix.kept) == sequences

@@ -77,7 +77,7 @@ class Engine:
         max_proposers: int = 8,
         extra_drafters: tuple[str, ...] = (),
         lookup: str = "auto",
-        keep_prefix: bool = True,
+        keep_prefix: int = 4,
     ):
         from taps.drafters import shipped_drafters
 
@@ -88,8 +88,8 @@ class Engine:
         self.context_limit = target.model.shape.max_position_embeddings
         self.stats = {"completed": 0, "cancelled": 0, "failed": 0}
         self._proposers: OrderedDict[Route, object] = OrderedDict()
-        # a conversation's next turn reads only its new tokens (one job at a time: one cache suffices)
-        self.prefix = PrefixCache() if keep_prefix else None
+        # a conversation's next turn reads only its new tokens (`keep_prefix` conversations kept)
+        self.prefix = PrefixCache(keep_prefix) if keep_prefix else None
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="taps-engine", daemon=True)
