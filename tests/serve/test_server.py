@@ -254,6 +254,9 @@ def test_sampling_is_seeded(server):
             "top_p": None,
             "seed": 7,
             "logprobs": False,
+            "frequency_penalty": 0,  # neutral values of what taps does not do are fine
+            "presence_penalty": None,
+            "response_format": {"type": "text"},
         },
         timeout=60,
     )
@@ -362,6 +365,20 @@ BAD_REQUESTS = [
         "top_logprobs",
     ),
     ("completions", {"model": "tiny", "prompt": "hi", "logprobs": 6}, 400, "logprobs"),
+    (
+        "chat/completions",
+        {"model": "tiny", "messages": MESSAGES, "frequency_penalty": 0.5},
+        400,
+        "frequency_penalty",
+    ),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "logit_bias": {"5": 10}}, 400, "logit_bias"),
+    ("completions", {"model": "tiny", "prompt": "hi", "top_k": 20}, 400, "top_k is not supported"),
+    (
+        "chat/completions",
+        {"model": "tiny", "messages": MESSAGES, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
+    ),
     ("chat/completions", {"model": "tiny"}, 400, "messages"),
     ("completions", {"model": "tiny", "prompt": ""}, 400, "empty"),
     ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),

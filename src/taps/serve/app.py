@@ -54,6 +54,34 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     taps: TapsOptions | None = None
+    # OpenAI's (and vLLM's) other ways to reshape the distribution: accepted at their neutral values
+    # only, since the verifier samples the target's distribution under temperature and top_p alone
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+
+    def unsupported(self) -> str | None:
+        """The first field set to something other than its neutral value, if any."""
+        neutral = {
+            "presence_penalty": (None, 0),
+            "frequency_penalty": (None, 0),
+            "repetition_penalty": (None, 1),
+            "top_k": (None, 0, -1),
+            "min_p": (None, 0),
+            "tools": (None, []),
+            "logit_bias": (None, {}),
+        }
+        for name, values in neutral.items():
+            if getattr(self, name) not in values:
+                return name
+        if self.response_format not in (None, {"type": "text"}):
+            return "response_format"
+        return None
 
     def top_logprobs_asked(self) -> int | None:
         """None: no log-probabilities; k: each token's, with the k most likely beside it."""
@@ -198,6 +226,13 @@ def _route(engine: Engine, options: TapsOptions | None) -> Route:
 
 
 def _config(engine: Engine, body: SamplingRequest) -> GenerationConfig:
+    if (field := body.unsupported()) is not None:
+        raise ApiError(
+            400,
+            f"{field} is not supported here: taps samples the target's own distribution under temperature "
+            f"and top_p only, which is what keeps speculative decoding exact; leave {field} unset",
+            field,
+        )
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stops) > 4 or any(not s for s in stops):
         raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
