@@ -232,6 +232,33 @@ def test_prompt_lookup_joins_the_served_drafter(tiny, drafter_dirs):
         running.stop()
 
 
+def test_n_replies_are_the_samples_of_consecutive_seeds(server):
+    """`n` draws the replies one after another with seeds seed, seed + 1, ...: each equals a request
+    of its own with that seed, streamed or not; usage counts the prompt once and every reply."""
+    client = server.client()
+    asked = dict(model="tiny", messages=MESSAGES, max_tokens=12, temperature=1.0)
+    alone = [client.chat.completions.create(**asked, seed=7 + i) for i in range(3)]
+    together = client.chat.completions.create(**asked, seed=7, n=3)
+    assert [c.index for c in together.choices] == [0, 1, 2]
+    assert [c.message.content for c in together.choices] == [r.choices[0].message.content for r in alone]
+    assert together.usage.completion_tokens == sum(r.usage.completion_tokens for r in alone)
+    assert together.usage.prompt_tokens == alone[0].usage.prompt_tokens
+    streamed = ["", "", ""]
+    for chunk in client.chat.completions.create(**asked, seed=7, n=3, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == [c.message.content for c in together.choices]
+
+
+def test_n_completions_count_their_offsets_each(server):
+    asked = dict(
+        model="tiny", prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=1, n=2
+    )
+    first, second = server.client().completions.create(**asked).choices
+    assert first.text == second.text and first.logprobs.text_offset == second.logprobs.text_offset
+    assert first.logprobs.text_offset[0] == 0
+
+
 def test_sampling_is_seeded(server):
     client = server.client()
     replies = [
@@ -336,7 +363,7 @@ BAD_REQUESTS = [
     ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "  "}]}, 400, "empty"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "max_tokens": -5}, 400, "max_tokens"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "max_tokens": 10_000}, 400, "context"),
-    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "n": 2}, 400, "n"),
+    ("chat/completions", {"model": "tiny", "messages": MESSAGES, "n": 17}, 400, "n"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "top_p": 0}, 400, "top_p"),
     ("chat/completions", {"model": "tiny", "messages": MESSAGES, "seed": 1 << 70}, 400, "seed"),
     (

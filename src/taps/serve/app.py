@@ -52,7 +52,7 @@ class SamplingRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=1 << 63)  # what a torch generator takes
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = 1
+    n: int = Field(default=1, ge=1, le=16)  # replies drawn one after another (seeds seed, seed + 1, ...)
     taps: TapsOptions | None = None
     # OpenAI's (and vLLM's) other ways to reshape the distribution: accepted at their neutral values
     # only, since the verifier samples the target's distribution under temperature and top_p alone
@@ -255,12 +255,12 @@ async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], reques
         )
     config, route = _config(engine, body), _route(engine, body.taps)
     try:
-        job = engine.submit(ids, config, route)
+        job = engine.submit(ids, config, route, body.n)
     except ServerBusy as exc:
         raise ApiError(503, str(exc), kind="server_overloaded") from None
     except TapsError as exc:
         raise ApiError(400, str(exc), "taps" if body.taps else None) from None
-    reply = _Reply(engine.target.name, chat, len(ids), _scorer(engine, body, chat))
+    reply = _Reply(engine.target.name, chat, len(ids), body.n, _scorer(engine, body, chat))
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(_sse(engine, job, reply, usage), media_type="text/event-stream")
@@ -273,12 +273,15 @@ async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], reques
 
 
 def _scorer(engine: Engine, body: SamplingRequest, chat: bool):
-    """What turns a piece's TokenLogprobs into its `logprobs` field (None: not asked for)."""
+    """What makes, for each reply, the function that turns its pieces' TokenLogprobs into their
+    `logprobs` field (None: not asked for)."""
     top = body.top_logprobs_asked()
     if top is None:
         return None
     name = Namer(engine.target.tokenizer)
-    return (lambda entries: chat_logprobs(name, entries)) if chat else CompletionLogprobs(name, top)
+    if chat:
+        return lambda: lambda entries: chat_logprobs(name, entries)
+    return lambda: CompletionLogprobs(name, top)  # its text offsets count on within one reply
 
 
 async def _cancel_when_gone(request: Request, job: Job) -> None:
@@ -293,9 +296,10 @@ async def _sse(engine: Engine, job: Job, reply: _Reply, include_usage: bool):
     """Server-sent events; when the client goes away the generator is closed and the job cancelled."""
     try:
         if reply.chat:
-            yield _event(reply.chunk({"role": "assistant", "content": ""}))
+            for index in range(reply.replies):
+                yield _event(reply.chunk({"role": "assistant", "content": ""}, index=index))
         async for delta in engine.events(job):
-            yield _event(reply.chunk(delta.text, delta))
+            yield _event(reply.chunk(delta.text, delta, delta.index))
         if include_usage:
             yield _event({**reply.head("chunk"), "choices": [], "usage": reply.usage(delta)})
     except Exception as exc:  # headers are sent: report in-band, as OpenAI does
@@ -310,8 +314,9 @@ def _event(payload: dict) -> str:
 class _Reply:
     """Response objects in the OpenAI shapes for chat and text completions."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int, scorer=None):
-        self.model, self.chat, self.prompt_tokens, self.scorer = model, chat, prompt_tokens, scorer
+    def __init__(self, model: str, chat: bool, prompt_tokens: int, replies: int = 1, scorer=None):
+        self.model, self.chat, self.prompt_tokens, self.replies = model, chat, prompt_tokens, replies
+        self.scorers = [scorer() for _ in range(replies)] if scorer is not None else None
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -329,31 +334,36 @@ class _Reply:
             "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
         }
 
-    def logprobs(self, pieces: list[Delta]) -> dict | None:
-        return None if self.scorer is None else self.scorer([e for d in pieces for e in d.logprobs])
+    def logprobs(self, pieces: list[Delta], index: int) -> dict | None:
+        if self.scorers is None:
+            return None
+        return self.scorers[index]([e for d in pieces for e in d.logprobs])
 
-    def chunk(self, content, piece: Delta | None = None) -> dict:
+    def chunk(self, content, piece: Delta | None = None, index: int = 0) -> dict:
         finish = piece.finish_reason if piece else None
-        logprobs = self.logprobs([piece]) if piece else None
+        logprobs = self.logprobs([piece], index) if piece else None
         if self.chat:
             delta = content if isinstance(content, dict) else ({"content": content} if content else {})
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": content, "logprobs": logprobs, "finish_reason": finish}
+            choice = {"index": index, "text": content, "logprobs": logprobs, "finish_reason": finish}
         out = {**self.head("chunk"), "choices": [choice]}
         if finish is not None:
             out["taps"] = piece.stats
         return out
 
     def whole(self, pieces: list[Delta]) -> dict:
-        text, last, logprobs = "".join(d.text for d in pieces), pieces[-1], self.logprobs(pieces)
+        choices = [self._choice([d for d in pieces if d.index == i], i) for i in range(self.replies)]
+        last = pieces[-1]
+        return {**self.head("whole"), "choices": choices, "usage": self.usage(last), "taps": last.stats}
+
+    def _choice(self, pieces: list[Delta], index: int) -> dict:
+        text, finish, logprobs = (
+            "".join(d.text for d in pieces),
+            pieces[-1].finish_reason,
+            self.logprobs(pieces, index),
+        )
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": last.finish_reason,
-            }
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": last.finish_reason}
-        return {**self.head("whole"), "choices": [choice], "usage": self.usage(last), "taps": last.stats}
+            message = {"role": "assistant", "content": text}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}

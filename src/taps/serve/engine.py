@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from taps.errors import TapsError
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStream, check_context, stop_cut
@@ -36,7 +36,8 @@ class Route:
 
 @dataclass
 class Delta:
-    """A piece of the reply; the last one of a job carries `finish_reason` and the usage stats."""
+    """A piece of reply `index`; the last one of each reply carries `finish_reason`, and the usage
+    stats of the request so far."""
 
     text: str
     finish_reason: str | None = None
@@ -45,6 +46,7 @@ class Delta:
     stats: dict = field(default_factory=dict)
     # the tokens committed with this piece, when asked for; their text may still be held back
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    index: int = 0  # which of the request's `n` replies
 
 
 class ServerBusy(Exception):
@@ -63,6 +65,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
+    replies: int = 1  # OpenAI's `n`: samples drawn one after another, seeds seed, seed + 1, ...
 
 
 class Engine:
@@ -118,26 +121,27 @@ class Engine:
                 self._proposers.popitem(last=False)
         return made
 
-    def submit(self, prompt_ids: list[int], config: GenerationConfig, route: Route) -> Job:
+    def submit(self, prompt_ids: list[int], config: GenerationConfig, route: Route, replies: int = 1) -> Job:
         """Check a request against the model and the queue, then queue it (called on the event loop)."""
         check_context(len(prompt_ids), config.max_new_tokens, self.context_limit, "max_tokens")
         if self._jobs.qsize() >= self.max_queue:
             raise ServerBusy(f"{self._jobs.qsize()} requests are already waiting; retry later")
         self.proposer(route)
-        job = Job(prompt_ids, config, route, asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(prompt_ids, config, route, asyncio.get_running_loop(), asyncio.Queue(), replies=replies)
         self._jobs.put(job)
         return job
 
     async def events(self, job: Job):
-        """Yield a job's Deltas; leaving early (the client went away) cancels it."""
+        """Yield a job's Deltas until its last reply finishes; leaving early (the client went away)
+        cancels it."""
         try:
-            while True:
+            finished = 0
+            while finished < job.replies:
                 item = await job.out.get()
                 if isinstance(item, Exception):
                     raise item
                 yield item
-                if item.finish_reason is not None:
-                    return
+                finished += item.finish_reason is not None
         finally:
             job.cancelled.set()
 
@@ -171,33 +175,19 @@ class Engine:
         start = time.perf_counter()
         proposer = self.proposer(job.route)
         generator = SpeculativeGenerator(self.target.model, proposer, prefix=self.prefix)
-        text = TextStream(self.target.tokenizer, job.config.stop)
         tally = _Tally(job.route, looks_up(proposer))
-        finish, stopped = "length", False
-        for new, record, logprobs in generator.stream(job.prompt_ids, job.config):
-            if job.cancelled.is_set():
+        for index in range(job.replies):
+            config = replace(job.config, seed=(job.config.seed + index) % (1 << 63))
+            finish = self._reply(job, generator, config, tally, index)
+            if finish is None:
                 return "cancelled"
-            tally.add(new, record)
-            delta, stopped = text.push(new)
-            if stopped:  # the reply, its count and its scores end with the token that completed the stop
-                past = len(text.tokens) - stop_cut(self.target.tokenizer, text.tokens, job.config.stop)
-                tally.tokens -= past
-                logprobs = logprobs[: len(logprobs) - past]
-            if delta or logprobs:
-                _send(job, Delta(delta, logprobs=logprobs))
-            if stopped or new[-1] in job.config.eos_token_ids:
-                finish = "stop"
-                break
-        tail = "" if stopped else text.flush()
-        kept = self.prefix.reused if generator.prefix is not None else 0
-        _send(job, Delta(tail, finish, tally.tokens, kept, tally.stats()))
         seconds = time.perf_counter() - start
         log.info(
             "%s %s: prompt %d tokens (%d kept), %d new in %.2f s (%.1f tok/s), tau %.2f, finish %s",
             job.route.strategy,
             ",".join(job.route.drafters),
             len(job.prompt_ids),
-            kept,
+            tally.cached,
             tally.tokens,
             seconds,
             tally.tokens / seconds if seconds > 0 else 0.0,
@@ -206,12 +196,38 @@ class Engine:
         )
         return "completed"
 
+    def _reply(self, job: Job, generator, config: GenerationConfig, tally, index: int) -> str | None:
+        """Decode one of the job's replies, sending its Deltas; its finish reason (None: cancelled)."""
+        text = TextStream(self.target.tokenizer, config.stop)
+        finish, stopped = "length", False
+        for new, record, logprobs in generator.stream(job.prompt_ids, config):
+            if job.cancelled.is_set():
+                return None
+            if record is None and index == 0:  # the prompt was read: how much of it was kept
+                tally.cached = self.prefix.reused if generator.prefix is not None else 0
+            tally.add(new, record)
+            delta, stopped = text.push(new)
+            if stopped:  # the reply, its count and its scores end with the token that completed the stop
+                past = len(text.tokens) - stop_cut(self.target.tokenizer, text.tokens, config.stop)
+                tally.tokens -= past
+                logprobs = logprobs[: len(logprobs) - past]
+            if delta or logprobs:
+                _send(job, Delta(delta, logprobs=logprobs, index=index))
+            if stopped or new[-1] in config.eos_token_ids:
+                finish = "stop"
+                break
+        tail = "" if stopped else text.flush()
+        _send(job, Delta(tail, finish, tally.tokens, tally.cached, tally.stats(), index=index))
+        return finish
+
 
 class _Tally:
     """Per-request counts for `usage` and the `taps` extension field."""
 
     def __init__(self, route: Route, lookup: bool = False):
         self.route, self.tokens, self.steps, self.accepted = route, 0, 0, 0
+        self.cached = 0  # prompt tokens found in the kept cache (the first reply's read)
+        self.prefills = 0  # one a reply
         self.lookup = lookup  # prompt lookup joined the drafters (`--lookup`): source bit len(drafters)
         self.sources = (*route.drafters, "ngram") if lookup else route.drafters
         self.by_drafter = [0] * len(self.sources)
@@ -219,6 +235,7 @@ class _Tally:
     def add(self, new: list[int], record) -> None:
         self.tokens += len(new)
         if record is None:  # the prefill's token
+            self.prefills += 1
             return
         self.steps, self.accepted = self.steps + 1, self.accepted + record.accepted
         for bits in record.accepted_sources:  # bit i set = drafter i proposed the accepted node
@@ -229,7 +246,7 @@ class _Tally:
         names = self.route.drafters
         return {
             "tau": (self.steps + self.accepted) / self.steps if self.steps else 1.0,
-            "target_forwards": self.steps + 1,
+            "target_forwards": self.steps + self.prefills,
             "strategy": self.route.strategy,
             "drafters": list(names),
             "lookup": self.lookup,
