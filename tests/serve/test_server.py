@@ -259,6 +259,38 @@ def test_n_completions_count_their_offsets_each(server):
     assert first.logprobs.text_offset[0] == 0
 
 
+def test_echo_scores_the_prompt_as_lm_eval_asks(server, tiny):
+    """lm-eval's loglikelihood requests: token ids, echo, logprobs 1, max_tokens 1. The prompt comes
+    back first, every token after its first scored as a forward over the prompt scores it (the first
+    has none), then the reply's token; lm-eval sums [context:-1] and checks greedy against top."""
+    ids = tiny.tokenizer("The capital of France is Paris")["input_ids"]
+    body = {"model": "tiny", "prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    scores, tops = choice["logprobs"]["token_logprobs"], choice["logprobs"]["top_logprobs"]
+    assert len(scores) == len(ids) + 1 and scores[0] is None and tops[0] is None
+    assert choice["text"].startswith(tiny.tokenizer.decode(ids))
+    hidden = tiny.model(torch.tensor(ids), tiny.model.new_cache(len(ids)))
+    want = torch.log_softmax(tiny.model.logits(hidden[:-1]).float(), -1)[torch.arange(len(ids) - 1), ids[1:]]
+    torch.testing.assert_close(torch.tensor(scores[1 : len(ids)]), want, atol=1e-4, rtol=0)
+    greedy = [tok == max(top.values()) for tok, top in zip(scores[1:-1], tops[1:-1])]
+    assert (
+        greedy
+        == (want >= torch.log_softmax(tiny.model.logits(hidden[:-1]).float(), -1).max(-1).values).tolist()
+    )
+    streamed = list(
+        server.client().completions.create(
+            model="tiny", prompt="Hi there", echo=True, max_tokens=4, stream=True, temperature=0
+        )
+    )
+    whole = server.client().completions.create(
+        model="tiny", prompt="Hi there", echo=True, max_tokens=4, temperature=0
+    )
+    assert streamed[0].choices[0].text == "Hi there" and whole.choices[0].text.startswith("Hi there")
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+
+
 def test_sampling_is_seeded(server):
     client = server.client()
     replies = [

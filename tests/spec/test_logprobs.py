@@ -62,3 +62,19 @@ def test_logprobs_change_nothing_else_and_are_cut_with_the_reply(tiny_target):
 def test_logprobs_out_of_range_are_refused(logprobs):
     with pytest.raises(TapsError, match=r"logprobs must be in \[0, 20\]"):
         GenerationConfig(logprobs=logprobs)
+
+
+def test_prompt_logprobs_score_every_token_after_the_first_in_pieces_or_not(tiny_target):
+    from taps.spec.logprobs import prompt_logprobs
+
+    prompt = PROMPTS[2]
+    whole, pieces = prompt_logprobs(tiny_target, prompt, 2), prompt_logprobs(tiny_target, prompt, 2, rows=3)
+    assert [e.token for e in whole] == [e.token for e in pieces] == prompt and whole[0].logprob is None
+    assert [[t for t, _ in e.top] for e in whole] == [[t for t, _ in e.top] for e in pieces]
+    lps = [torch.tensor([e.logprob for e in scores[1:]]) for scores in (whole, pieces)]
+    torch.testing.assert_close(lps[0], lps[1], atol=1e-5, rtol=0)  # the head's rows round by their count
+    want = forward_logprobs(tiny_target, prompt[:1], prompt[1:])  # the same positions, read as a reply
+    got = torch.tensor([e.logprob for e in whole[1:]])
+    torch.testing.assert_close(
+        got, want[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])], atol=1e-5, rtol=0
+    )

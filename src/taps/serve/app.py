@@ -114,8 +114,8 @@ class ChatRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int]
-    echo: Literal[False] = False
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False  # the prompt comes back before the reply, with its tokens' scores if asked
     logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's limit for completions
 
     def top_logprobs_asked(self) -> int | None:
@@ -189,7 +189,14 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        return await _respond(engine, body, _prompt_ids(engine, body.prompt), request, chat=False)
+        ids = _prompt_ids(engine, body.prompt)
+        echo = None
+        if body.echo:  # the prompt's own text where it came as text, else its tokens decoded
+            text = body.prompt if isinstance(body.prompt, str) else None
+            if isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], str):
+                text = body.prompt[0]
+            echo = text if text is not None else engine.target.tokenizer.decode(ids)
+        return await _respond(engine, body, ids, request, chat=False, echo=echo)
 
     return app
 
@@ -202,6 +209,10 @@ def _checked(make, param: str):
 
 
 def _prompt_ids(engine: Engine, prompt) -> list[int]:
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):  # a batch of ids
+        if len(prompt) != 1:
+            raise ApiError(400, f"send one prompt per request, got {len(prompt)}", "prompt")
+        prompt = prompt[0]
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         vocab = engine.target.model.shape.vocab_size
         if any(not 0 <= p < vocab for p in prompt):
@@ -245,7 +256,14 @@ def _config(engine: Engine, body: SamplingRequest) -> GenerationConfig:
     )
 
 
-async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], request: Request, chat: bool):
+async def _respond(
+    engine: Engine,
+    body: SamplingRequest,
+    ids: list[int],
+    request: Request,
+    chat: bool,
+    echo: str | None = None,
+):
     if body.model != engine.target.name:
         raise ApiError(
             404,
@@ -255,7 +273,7 @@ async def _respond(engine: Engine, body: SamplingRequest, ids: list[int], reques
         )
     config, route = _config(engine, body), _route(engine, body.taps)
     try:
-        job = engine.submit(ids, config, route, body.n)
+        job = engine.submit(ids, config, route, body.n, echo)
     except ServerBusy as exc:
         raise ApiError(503, str(exc), kind="server_overloaded") from None
     except TapsError as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from taps.errors import TapsError
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator, TextStream, check_context, stop_cut
-from taps.spec.logprobs import TokenLogprob
+from taps.spec.logprobs import TokenLogprob, prompt_logprobs
 from taps.spec.prefix import PrefixCache
 from taps.spec.propose import TreeShape
 
@@ -66,6 +66,7 @@ class Job:
     out: asyncio.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
     replies: int = 1  # OpenAI's `n`: samples drawn one after another, seeds seed, seed + 1, ...
+    echo: str | None = None  # the prompt's text, to send (with its tokens' scores) before each reply
 
 
 class Engine:
@@ -121,13 +122,21 @@ class Engine:
                 self._proposers.popitem(last=False)
         return made
 
-    def submit(self, prompt_ids: list[int], config: GenerationConfig, route: Route, replies: int = 1) -> Job:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        config: GenerationConfig,
+        route: Route,
+        replies: int = 1,
+        echo: str | None = None,
+    ) -> Job:
         """Check a request against the model and the queue, then queue it (called on the event loop)."""
         check_context(len(prompt_ids), config.max_new_tokens, self.context_limit, "max_tokens")
         if self._jobs.qsize() >= self.max_queue:
             raise ServerBusy(f"{self._jobs.qsize()} requests are already waiting; retry later")
         self.proposer(route)
-        job = Job(prompt_ids, config, route, asyncio.get_running_loop(), asyncio.Queue(), replies=replies)
+        loop, out = asyncio.get_running_loop(), asyncio.Queue()
+        job = Job(prompt_ids, config, route, loop, out, replies=replies, echo=echo)
         self._jobs.put(job)
         return job
 
@@ -176,7 +185,10 @@ class Engine:
         proposer = self.proposer(job.route)
         generator = SpeculativeGenerator(self.target.model, proposer, prefix=self.prefix)
         tally = _Tally(job.route, looks_up(proposer))
+        echoed = self._echo(job)
         for index in range(job.replies):
+            if echoed is not None:
+                _send(job, replace(echoed, index=index))
             config = replace(job.config, seed=(job.config.seed + index) % (1 << 63))
             finish = self._reply(job, generator, config, tally, index)
             if finish is None:
@@ -195,6 +207,14 @@ class Engine:
             finish,
         )
         return "completed"
+
+    def _echo(self, job: Job) -> Delta | None:
+        """The prompt as a piece of each reply, scored when scores are asked for (`echo`)."""
+        if job.echo is None:
+            return None
+        top = job.config.logprobs
+        scores = [] if top is None else prompt_logprobs(self.target.model, job.prompt_ids, top)
+        return Delta(job.echo, logprobs=scores)
 
     def _reply(self, job: Job, generator, config: GenerationConfig, tally, index: int) -> str | None:
         """Decode one of the job's replies, sending its Deltas; its finish reason (None: cancelled)."""

@@ -78,6 +78,12 @@ class CompletionLogprobs:
         return {
             "tokens": tokens,
             "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{self.name(t)[0]: lp for t, lp in e.top} for e in entries] if self.top else None,
+            "top_logprobs": [_top(self.name, e) for e in entries] if self.top else None,
             "text_offset": offsets,
         }
+
+
+def _top(name: Namer, entry: TokenLogprob) -> dict[str, float] | None:
+    """A completions `top_logprobs` entry: token text -> log-probability (None where nothing predicts
+    the token: an echoed prompt's first)."""
+    return None if entry.logprob is None else {name(t)[0]: lp for t, lp in entry.top}

@@ -18,10 +18,11 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limit for `top_logprobs`
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One emitted token, its log-probability, and the `top` most likely tokens at its position."""
+    """One token, its log-probability (None for a prompt's first token, which nothing predicts), and
+    the `top` most likely tokens at its position."""
 
     token: int
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[int, float], ...] = ()
 
 
@@ -36,3 +37,16 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[To
         TokenLogprob(t, lp, tuple(zip(i, b)))
         for t, lp, i, b in zip(tokens, chosen, ids.tolist(), best.tolist())
     ]
+
+
+@torch.inference_mode()
+def prompt_logprobs(model, prompt_ids: list[int], top: int, rows: int = 256) -> list[TokenLogprob]:
+    """Every prompt token's log-probability given the tokens before it (what a completions client
+    asks with `echo`), from one forward over the prompt on a cache of its own; the logits are made
+    `rows` at a time, so a long prompt never holds all of them at once."""
+    hidden = model(torch.tensor(prompt_ids, device=model.device), model.new_cache(len(prompt_ids)))
+    scores = [TokenLogprob(prompt_ids[0], None)]
+    for start in range(0, len(prompt_ids) - 1, rows):
+        stop = min(start + rows, len(prompt_ids) - 1)
+        scores += token_logprobs(model.logits(hidden[start:stop]), prompt_ids[start + 1 : stop + 1], top)
+    return scores
