@@ -102,7 +102,8 @@ def main() -> None:
         )
         for name in names
     }
-    decoders["fresh"].generate("Warm up.", max_new_tokens=8)  # cost curve, drafter set-up
+    for decoder in decoders.values():  # cost curve, each proposer's set-up: out of every measured turn
+        decoder.generate("Warm up.", max_new_tokens=8)
     runs: dict[str, list[list[dict]]] = {name: [] for name in names}
     chats = conversations(args.benchmark, args.conversations, args.turns, args.data_dir)
     for i, chat in enumerate(chats):
@@ -114,13 +115,17 @@ def main() -> None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (the platform's name elsewhere)."""
+    """The CPU as /proc/cpuinfo names it, with its family and model (a cloud CPU's name alone, "AMD
+    EPYC", does not tell Zen 3 from Zen 4); the platform's name elsewhere."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    if not cpuinfo.exists():
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name, family, model = (fields.get(k, "?") for k in ("model name", "cpu family", "model"))
+    return f"{name} (family {family} model {model})"
 
 
 def report(runs: dict[str, list[list[dict]]], args, machine: str) -> None:
