@@ -237,13 +237,18 @@ class SpeculativeGenerator:
         cache.compact(base, [base + r for r in rows])
         new = tree.tokens[verdict.accepted].tolist() + [verdict.bonus]
         on_path = torch.tensor(rows, device=device)
-        scores = _scores(logits[on_path], new, config)
+        scores = _scores(logits, new, config, on_path)
         return new, hidden[on_path], _record(tree, verdict.accepted), scores
 
 
-def _scores(logits: torch.Tensor, tokens: list[int], config: GenerationConfig) -> list[TokenLogprob]:
-    """The log-probabilities asked for (`logits[i]`: the distribution `tokens[i]` came from)."""
-    return [] if config.logprobs is None else token_logprobs(logits, tokens, config.logprobs)
+def _scores(
+    logits: torch.Tensor, tokens: list[int], config: GenerationConfig, rows: torch.Tensor | None = None
+) -> list[TokenLogprob]:
+    """The log-probabilities asked for (`logits[rows][i]`: the distribution `tokens[i]` came from);
+    nothing is computed, nor the rows gathered, unless asked."""
+    if config.logprobs is None:
+        return []
+    return token_logprobs(logits if rows is None else logits[rows], tokens, config.logprobs)
 
 
 def _record(tree: DraftTree, accepted: list[int]) -> StepRecord:
