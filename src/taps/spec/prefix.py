@@ -66,8 +66,8 @@ class PrefixCache:
         that prefix's features (None when nothing is reused)."""
         if self.model is not model:
             self.model, self.kept = model, []
-        best = max(self.kept, key=lambda s: s.shared(prompt_ids), default=None)
-        self.reused = best.shared(prompt_ids) if best is not None else 0
+        shared = ((s.shared(prompt_ids), s) for s in self.kept)
+        self.reused, best = max(shared, key=lambda pair: pair[0], default=(0, None))
         if best is not None and self.reused and 2 * self.reused >= len(best.ids):  # a continuation
             self.kept.remove(best)
             current, features = best, best.truncate(self.reused)
