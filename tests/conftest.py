@@ -1,4 +1,4 @@
-"""Tiny random llama / qwen2 targets built from a config (no download), shared by the tests."""
+"""Tiny random targets of each supported family built from a config (no download), shared by the tests."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from taps.models.target import TargetModel
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def tiny_hf_model(family: str, vocab: int = 96, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def tiny_hf_model(family: str, vocab: int = 96, seed: int = 0, **config):
+    """A random `transformers` model of `family`; `config` overrides its config's fields."""
+    import transformers
 
     common = dict(
         vocab_size=vocab,
@@ -25,16 +29,25 @@ def tiny_hf_model(family: str, vocab: int = 96, seed: int = 0):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,  # benchmark prompts through a character tokenizer run long
-        tie_word_embeddings=family == "qwen2",
+        tie_word_embeddings=family.startswith("qwen"),
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
+        rope_theta=1e6 if family.startswith("qwen") else 10000.0,
     )
+    if family == "qwen3":
+        common["head_dim"] = 24  # not hidden / heads (16), as in the Qwen3 releases
+    if family == "mistral":
+        common["sliding_window"] = None  # a window the context never reaches is tested on its own
+    names = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    hf_config = getattr(transformers, f"{names}Config")(**(common | config))
     torch.manual_seed(seed)
-    if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0))
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=1e6))
+    model = getattr(transformers, f"{names}ForCausalLM")(hf_config)
+    if family == "qwen3":  # random per-head norm weights, so that a forward without them would differ
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
     # Sharpen the output so greedy decoding has clear winners and repeats (like a real LM).
     with torch.no_grad():
         model.lm_head.weight.mul_(4.0)
@@ -44,7 +57,7 @@ def tiny_hf_model(family: str, vocab: int = 96, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for family in ("llama", "qwen2"):
+    for family in FAMILIES:
         d = tmp_path_factory.mktemp(f"tiny-{family}")
         tiny_hf_model(family).save_pretrained(str(d))
         out[family] = d

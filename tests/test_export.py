@@ -16,7 +16,7 @@ from taps.models.target import TargetModel
 from tests.conftest import random_drafter
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
 def target(request, tiny_dirs) -> LoadedTarget:
     path = tiny_dirs[request.param]
     return LoadedTarget(request.param, path, TargetModel.from_dir(path, dtype=torch.float32), tokenizer=None)

@@ -43,7 +43,12 @@ from taps.models.checkpoint import (
 )
 from taps.models.drafter import Drafter, DrafterConfig
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 SHAPE_FIELDS = {
     "hidden_size": "hidden_size",
     "vocab_size": "vocab_size",

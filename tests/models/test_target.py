@@ -3,10 +3,10 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.target import TargetModel
-from tests.conftest import tiny_hf_model
+from tests.conftest import FAMILIES, tiny_hf_model
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_forward_matches_transformers(family, tiny_dirs):
     hf = tiny_hf_model(family)
     ours = TargetModel.from_dir(tiny_dirs[family], dtype=torch.float32)

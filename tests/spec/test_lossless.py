@@ -9,7 +9,7 @@ from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
 from taps.spec.propose import DrafterProposer, Proposer, TreeShape
 from taps.spec.tree import DraftTree
-from tests.conftest import random_drafter, tiny_hf_model
+from tests.conftest import FAMILIES, random_drafter, tiny_hf_model
 
 PROMPTS = [[0, 5, 17, 23, 5, 17], [0, 44, 3], [0, 9, 9, 9, 9, 12, 80, 31, 9, 9]]
 
@@ -38,7 +38,7 @@ def greedy(target, prompt, n=40):
     return SpeculativeGenerator(target).generate(prompt, GenerationConfig(max_new_tokens=n)).tokens
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_plain_decoding_equals_transformers_greedy(family, tiny_dirs):
     from taps.models.target import TargetModel
 

@@ -136,12 +136,17 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from taps.models.layers import SUPPORTED_FAMILIES
+
     hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as exc:
-        raise TapsError(f"cannot convert {gguf} ({exc}); is it a llama/qwen2 GGUF file?") from exc
+        families = ", ".join(SUPPORTED_FAMILIES)
+        raise TapsError(
+            f"cannot convert {gguf} ({exc}); is it a GGUF file of a supported family ({families})?"
+        ) from exc
     # save_pretrained refuses a GGUF-quantized model, so write the plain checkpoint ourselves.
     config = model.config.to_dict()
     config.pop("quantization_config", None)

@@ -1,4 +1,4 @@
-"""The transformer blocks shared by the target and the drafter (llama / qwen2 families).
+"""The transformer blocks shared by the target and the drafter (llama, mistral, qwen2, qwen3 families).
 
 A compact forward of our own instead of the `transformers` modules: it takes an explicit tree
 attention mask and position ids and writes into a preallocated KV cache that can be compacted in
@@ -18,13 +18,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from taps.errors import TapsError
 from taps.models.packed import PackedMatmul, fuse
 
-SUPPORTED_FAMILIES = ("llama", "qwen2")
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 CAUSAL = "causal"  # mask sentinel: plain causal attention with nothing cached (lets SDPA use its fast path)
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The architecture numbers of a llama/qwen2 decoder, read from a HF `config.json`."""
+    """The architecture numbers of a decoder of a supported family, read from a HF `config.json`.
+
+    The families differ in three places only: qwen2 puts biases on q/k/v, qwen3 normalises each query
+    and key head (`head_norms`), and mistral (like qwen2/qwen3 with `use_sliding_window`) may attend
+    over a sliding window, which equals full attention while the context fits in it: such a model's
+    context is capped at its window (`max_position_embeddings`), so decoding stays exact."""
 
     family: str
     vocab_size: int
@@ -47,7 +52,7 @@ class ModelShape:
         if family not in SUPPORTED_FAMILIES:
             raise TapsError(
                 f"model type {family!r} is not supported (taps runs {', '.join(SUPPORTED_FAMILIES)}); "
-                "use a llama- or qwen2-family model"
+                "use a model of one of those families"
             )
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -69,9 +74,25 @@ class ModelShape:
             rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
             attention_bias=bool(cfg.get("attention_bias", family == "qwen2")),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            max_position_embeddings=_full_attention_context(cfg),
             rope_scaling=rope if rope_type == "llama3" else None,
         )
+
+    @property
+    def head_norms(self) -> bool:
+        """Whether each query and key head is RMS-normalised before rotary embedding (qwen3)."""
+        return self.family == "qwen3"
+
+
+def _full_attention_context(cfg: dict) -> int:
+    """The longest context over which the model attends to every earlier token: its
+    `max_position_embeddings`, capped at a sliding window where one is in use."""
+    context = cfg.get("max_position_embeddings", 4096)
+    window = cfg.get("sliding_window")
+    sliding = cfg.get("use_sliding_window", cfg.get("model_type") == "mistral")
+    if "sliding_attention" in (cfg.get("layer_types") or []):
+        sliding = True
+    return min(context, window) if sliding and window else context
 
 
 class RMSNorm(nn.Module):
@@ -205,6 +226,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, shape.num_kv_heads * hd, bias=shape.attention_bias)
         self.v_proj = nn.Linear(h, shape.num_kv_heads * hd, bias=shape.attention_bias)
         self.o_proj = nn.Linear(shape.num_heads * hd, h, bias=False)
+        # per-head norms (qwen3), registered only there, so that state dicts match HF's
+        self.q_norm = self.k_norm = None
+        if shape.head_norms:
+            self.q_norm, self.k_norm = RMSNorm(hd, shape.rms_norm_eps), RMSNorm(hd, shape.rms_norm_eps)
         self.qkv: PackedMatmul | None = None  # q, k and v as one packed matmul (CPU inference, `fuse`)
 
     def fuse(self) -> None:
@@ -245,13 +270,17 @@ class Attention(nn.Module):
         """q, k (rotated) and v, each [..., heads, n, head_dim]."""
         *lead, n, _ = x.shape
         heads, kv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        if self.qkv is not None:
+        if self.qkv is not None and self.q_norm is None:
             qkv = self.qkv(x).view(*lead, n, heads + 2 * kv, hd).transpose(-2, -3)
             qk = _rotate(qkv[..., : heads + kv, :, :], cos, sin)  # q and k in one pass
             return qk[..., :heads, :, :], qk[..., heads:, :, :], qkv[..., heads + kv :, :, :]
-        q = self.q_proj(x).view(*lead, n, heads, hd).transpose(-2, -3)
-        k = self.k_proj(x).view(*lead, n, kv, hd).transpose(-2, -3)
-        v = self.v_proj(x).view(*lead, n, kv, hd).transpose(-2, -3)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).view(*lead, n, heads + 2 * kv, hd).split([heads, kv, kv], dim=-2)
+        else:
+            q, k, v = (p(x).view(*lead, n, -1, hd) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if self.q_norm is not None:  # per head, before rotation (qwen3)
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(-2, -3) for t in (q, k, v))
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
 

@@ -67,9 +67,12 @@ def stack_drafters(drafters: list[Drafter]) -> Drafter:
         if isinstance(members[0], nn.Linear):
             stacked.set_submodule(name, StackedLinear(members))
         else:
+            # [N, 1, H] over [N, tokens, H]; a per-head norm (qwen3's q_norm): [N, 1, 1, D] over
+            # [N, tokens, heads, D]
+            lead = (None, None) if name.endswith(("q_norm", "k_norm")) else (None,)
             norm = stacked.get_submodule(name)
             norm.weight = nn.Parameter(
-                torch.stack([m.weight.detach() for m in members])[:, None], requires_grad=False
+                torch.stack([m.weight.detach() for m in members])[(slice(None), *lead)], requires_grad=False
             )
     stacked.d2t = torch.stack([d.d2t for d in drafters])
     stacked.head_weight = torch.stack([d.head_weight for d in drafters])

@@ -146,7 +146,8 @@ class TargetModel(nn.Module):
     def from_dir(
         cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
     ) -> TargetModel:
-        """Load a Hugging Face model directory (config.json + safetensors) of the llama/qwen2 family."""
+        """Load a Hugging Face model directory (config.json + safetensors) of a supported family
+        (`layers.SUPPORTED_FAMILIES`)."""
         path = Path(path)
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
