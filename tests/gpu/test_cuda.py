@@ -9,14 +9,14 @@ from taps.models.target import TargetModel
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.ngram import NgramProposer
 from taps.spec.propose import FLAT_SHAPE, DrafterProposer, TreeDrafter, TreeShape
-from tests.conftest import random_drafter, require_default_target
+from tests.conftest import FAMILIES, random_drafter, require_default_target
 from tests.spec.test_lossless import PROMPTS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 CUDA = torch.device("cuda", 0)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=FAMILIES)
 def cuda_target(request, tiny_dirs):
     return TargetModel.from_dir(tiny_dirs[request.param], dtype=torch.float32, device=CUDA)
 
@@ -58,7 +58,7 @@ def test_float32_speculation_on_cuda_equals_plain_greedy(cuda_target):
         assert _greedy(cuda_target, prompt, True) == _greedy(cuda_target, prompt, False)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_logprobs_on_cuda_are_the_targets_own(tiny_dirs, family):
     """Scores read from the captured verify graphs' logits: those of a CPU forward of the reply."""
     from tests.spec.test_logprobs import forward_logprobs

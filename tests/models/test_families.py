@@ -62,6 +62,19 @@ def test_drafters_alone_and_merged_are_lossless(packed_target):
             )
 
 
+def test_the_static_path_behind_cuda_graphs_is_lossless_with_head_norms(tiny_dirs):
+    """The GPU engine's static cache and padded forwards (run eagerly here) through a qwen3 target."""
+    from taps.models.graphs import GraphedTarget
+
+    target = TargetModel.from_dir(tiny_dirs["qwen3"], dtype=torch.float32)
+    gen = SpeculativeGenerator(
+        target, DrafterProposer(head_normed_drafter(target, 5), TreeShape(8, 5, 24)), graphs=True
+    )
+    assert isinstance(gen.target, GraphedTarget)
+    for prompt in PROMPTS:
+        assert gen.generate(prompt, GenerationConfig(max_new_tokens=30)).tokens == greedy(target, prompt, 30)
+
+
 def test_stacked_members_with_head_norms_draft_their_own_trees(tiny_dirs):
     """Stacking gives each member's per-head norm its own weights ([N, 1, 1, head_dim])."""
     target = TargetModel.from_dir(tiny_dirs["qwen3"], dtype=torch.float32)
