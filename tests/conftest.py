@@ -109,3 +109,22 @@ def char_target(tiny_dirs):
 
     model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32)
     return SimpleNamespace(model=model, tokenizer=CharTokenizer(), eos_token_ids=(1,), name="tiny")
+
+
+@pytest.fixture
+def cli_target(char_target, monkeypatch):
+    """The tiny character-tokenizer target, loaded by every CLI command in place of --target."""
+    import taps.cli
+
+    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: char_target)
+    return char_target
+
+
+def plain_reply(target, messages: list[dict], max_new_tokens: int) -> str:
+    """Plain greedy decoding of the assistant's turn after `messages`: what the CLI must print."""
+    from taps.data.chat import encode_chat
+    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
+
+    ids = encode_chat(target.tokenizer, messages)
+    config = GenerationConfig(max_new_tokens, eos_token_ids=target.eos_token_ids)
+    return SpeculativeGenerator(target.model).generate(ids, config, target.tokenizer).text

@@ -3,6 +3,7 @@
 import pytest
 
 from taps.cli import build_parser, main
+from tests.conftest import plain_reply
 
 
 @pytest.mark.parametrize(
@@ -129,25 +130,6 @@ def test_threads_default_to_torchs_count_of_cores_and_bad_counts_are_refused(cap
         with pytest.raises(SystemExit):
             parser.parse_args(["generate", "hi", "--threads", bad])
         assert "expected a positive count or auto" in capsys.readouterr().err
-
-
-@pytest.fixture
-def cli_target(char_target, monkeypatch):
-    """The tiny character-tokenizer target, loaded by every CLI command in place of --target."""
-    import taps.cli
-
-    monkeypatch.setattr(taps.cli, "load_target_from_args", lambda args, **_: char_target)
-    return char_target
-
-
-def plain_reply(target, messages: list[dict], max_new_tokens: int) -> str:
-    """Plain greedy decoding of the assistant's turn after `messages`: what the CLI must print."""
-    from taps.data.chat import encode_chat
-    from taps.spec.generate import GenerationConfig, SpeculativeGenerator
-
-    ids = encode_chat(target.tokenizer, messages)
-    config = GenerationConfig(max_new_tokens, eos_token_ids=target.eos_token_ids)
-    return SpeculativeGenerator(target.model).generate(ids, config, target.tokenizer).text
 
 
 def test_generate_streams_the_reply_of_a_prompt_read_from_stdin_after_a_system_message(

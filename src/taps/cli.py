@@ -258,11 +258,11 @@ def cmd_setup(args) -> None:
         print(f"[setup] {name}: model ready at {path} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def _decoder(args):
-    """The target and proposer that generate's and chat's shared options describe."""
+def _decoder(args, keep: int = 0):
+    """The target and proposer that generate's and chat's shared options describe; `keep`: the
+    sequences whose cache is kept for a next prompt that starts alike (`--keep-prefix`)."""
     from taps.api import Decoder
 
-    keep = getattr(args, "keep_prefix", 0)  # taps chat's: generate answers once
     target = load_target_from_args(args)
     return Decoder.around(target, args.drafters, args.strategy, args.lookup, _tree_shape(args), keep)
 
@@ -301,10 +301,44 @@ def _kept(decoder) -> str:
 
 
 def cmd_generate(args) -> None:
+    if (args.prompt is None) == (args.input is None):
+        raise TapsError("give one PROMPT, or --input FILE --output FILE for a file of prompts, not both")
+    if args.input is not None:
+        return _generate_batch(args)
     decoder = _decoder(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     system = [{"role": "system", "content": args.system}] if args.system else []
     _reply(decoder, args, [*system, {"role": "user", "content": prompt}])
+
+
+def _generate_batch(args) -> None:
+    """`taps generate --input`: every prompt of a file, appended to --output as its reply finishes."""
+    from pathlib import Path
+
+    from taps.batch import Sampling, read_prompts, resume_point, run_batch
+
+    if args.output is None:
+        raise TapsError("--input needs --output FILE, the JSONL file the replies go to")
+    if Path(args.output).expanduser().resolve() == Path(args.input).resolve():
+        raise TapsError("--output must not be the --input file; name another file")
+    prompts = read_prompts(args.input)  # every line checked before the model loads
+    if resume_point(Path(args.output).expanduser(), prompts) == len(prompts):
+        print(
+            f"[batch] {args.output} already answers all {len(prompts)} prompts; nothing to do",
+            file=sys.stderr,
+        )
+        return
+    decoder = _decoder(args, args.keep_prefix)
+    sampling = Sampling(
+        args.max_new_tokens, args.temperature, args.top_p, args.seed, tuple(args.stop), args.system
+    )
+    print(f"[batch] {len(prompts)} prompts from {args.input}, {decoder.label}", file=sys.stderr)
+    try:
+        summary = run_batch(decoder, prompts, args.output, sampling)
+    except KeyboardInterrupt:
+        print(f"\n[batch] stopped; {args.output} keeps the replies written; rerun to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(summary.line(Path(args.output)), file=sys.stderr)
 
 
 CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends, Ctrl-C stops a reply"
@@ -312,7 +346,7 @@ CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends, Ctrl-C st
 
 def cmd_chat(args) -> None:
     """A conversation turn by turn: each reply is decoded with the whole conversation before it."""
-    decoder = _decoder(args)
+    decoder = _decoder(args, args.keep_prefix)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = sys.stdin.isatty()
@@ -653,9 +687,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="*", help=f"target names ({', '.join(TARGETS)})")
     p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser("generate", help="generate a reply to one prompt with speculative decoding")
-    p.add_argument("prompt", help="the user message; - reads it from standard input")
+    p = sub.add_parser(
+        "generate", help="generate a reply to one prompt, or to each of a file's, with speculative decoding"
+    )
+    p.add_argument("prompt", nargs="?", help="the user message; - reads it from standard input")
+    p.add_argument(
+        "--input",
+        default=None,
+        help='a JSONL file of prompts ({"prompt": ...}, {"turns": [...]} or {"messages": [...]}, each with '
+        'an optional "id"), answered in order into --output instead of one PROMPT; rerun to resume',
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="with --input: the JSONL file each prompt's replies are appended to as they finish (id, "
+        "replies, finish reasons, token counts, tau, seconds)",
+    )
     _add_reply_args(p)
+    _add_keep_prefix(p, 1)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(

@@ -1,0 +1,244 @@
+"""`taps generate --input FILE --output FILE`: a reply to every prompt of a JSONL file, resumable.
+
+The workload taps is for is often a file of prompts, not one: an evaluation set, a dataset to label,
+few-shot questions that share a long header. Each input line is one of
+- `{"prompt": "..."}`: a user message;
+- `{"turns": ["...", "..."]}`: user messages, each asked after the reply to the one before (the
+  format `taps eval --benchmarks jsonl:PATH` reads, so one file serves both);
+- `{"messages": [{"role": ..., "content": ...}, ...]}`: a conversation whose next reply is wanted;
+with an optional `"id"` (default: the line's number among the prompts, from 0).
+
+Each output line answers the input line at the same place: `id`, `replies` (one per turn),
+`finish_reasons`, `completion_tokens`, `prompt_tokens` (read over all turns), `cached_tokens` (of
+those, found in the kept cache of an earlier prompt or turn: prompts that share a system message or
+a few-shot header read it once), `tau` and `seconds`; or `id` and `error` where a prompt cannot be
+answered (too long for the context, say), and the run goes on. Lines are written as their replies
+finish, so a run stopped part way keeps what it wrote; the same command then resumes after the last
+complete line (a line cut off mid-write is dropped). At temperature > 0 every turn draws from its own
+seed, derived from `--seed`, the prompt's place and the turn, so with a fixed tree (`--tree fixed`) a
+resumed run samples what an uninterrupted one would. Under the tree budget (`--tree auto`) each
+step's tree follows the machine's timings and the draws follow the tree: each reply is still a sample
+of the target's distribution, but not the same one run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from taps.errors import TapsError
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class BatchPrompt:
+    id: str
+    messages: tuple[dict, ...]  # the conversation before the first reply (ends with a user turn)
+    follow_ups: tuple[str, ...] = ()  # user turns asked after each reply in turn
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+
+
+def read_prompts(path: str | Path) -> list[BatchPrompt]:
+    """Every prompt of a JSONL file, checked before anything is generated (a bad line is a one-line
+    error naming it, not a failure an hour in)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TapsError(f"prompt file {path} not found; pass a JSONL file of prompts to --input")
+    prompts, ids = [], set()
+    for number, row in _json_lines(path):
+        where = f"{path} line {number}"
+        if not isinstance(row, dict):
+            raise TapsError(f'{where} is not a JSON object; write {{"prompt": "..."}} per line')
+        prompt = _prompt(row, str(row.get("id", len(prompts))), where)
+        if prompt.id in ids:
+            raise TapsError(f'{where} repeats the id "{prompt.id}"; give each prompt its own id')
+        ids.add(prompt.id)
+        prompts.append(prompt)
+    if not prompts:
+        raise TapsError(f"{path} holds no prompts; write one JSON object per line")
+    return prompts
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TapsError(
+                        f"{path} line {number} is not valid JSON ({exc.msg}); fix or remove it"
+                    ) from exc
+
+
+def _prompt(row: dict, id_: str, where: str) -> BatchPrompt:
+    kinds = [k for k in ("prompt", "turns", "messages") if k in row]
+    if len(kinds) != 1:
+        raise TapsError(f'{where} needs exactly one of "prompt", "turns" or "messages"')
+    value = row[kinds[0]]
+    if kinds[0] == "prompt":
+        value = [value]
+    if kinds[0] in ("prompt", "turns"):
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(t, str) and t.strip() for t in value)
+        ):
+            raise TapsError(f'{where}: "{kinds[0]}" must be a non-empty string or list of strings')
+        return BatchPrompt(id_, ({"role": "user", "content": value[0]},), tuple(value[1:]))
+    if not isinstance(value, list) or not value or not all(_is_message(m) for m in value):
+        raise TapsError(
+            f'{where}: "messages" must be a list of {{"role": ..., "content": "..."}} ({", ".join(ROLES)})'
+        )
+    if value[-1]["role"] != "user":
+        raise TapsError(f'{where}: the last of "messages" must be a user turn, the one to reply to')
+    return BatchPrompt(id_, tuple({"role": m["role"], "content": m["content"]} for m in value))
+
+
+def _is_message(m) -> bool:
+    return isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+
+
+def resume_point(out: Path, prompts: list[BatchPrompt]) -> int:
+    """How many prompts `out` already answers, in order; a last line cut off mid-write is removed.
+    Replies to other prompts (another input, or another order) are an error, not overwritten."""
+    if not out.exists():
+        return 0
+    raw = out.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        with open(out, "r+b") as f:  # drop the line a stopped run left half-written
+            f.truncate(len(complete))
+    lines = complete.decode("utf-8").splitlines()
+    if len(lines) > len(prompts):
+        raise TapsError(
+            f"{out} holds {len(lines)} replies, more than the {len(prompts)} prompts; pass another --output"
+        )
+    for number, (line, prompt) in enumerate(zip(lines, prompts), 1):
+        try:
+            got = json.loads(line).get("id")
+        except (json.JSONDecodeError, AttributeError):
+            got = None
+        if got != prompt.id:
+            raise TapsError(
+                f'{out} line {number} answers id "{got}", not "{prompt.id}" (the input\'s prompt there): it '
+                "holds replies to other prompts; pass another --output or remove it"
+            )
+    return len(lines)
+
+
+def answer(decoder, prompt: BatchPrompt, index: int, sampling: Sampling) -> dict:
+    """Every turn of one prompt, each reply decoded after the conversation before it."""
+    messages = list(prompt.messages)
+    record = {"id": prompt.id, "replies": [], "finish_reasons": [], "completion_tokens": 0}
+    record |= {"prompt_tokens": 0, "cached_tokens": 0}
+    tokens = forwards = 0
+    start = time.perf_counter()
+    for turn, follow_up in enumerate((None, *prompt.follow_ups)):
+        if follow_up is not None:
+            messages += [
+                {"role": "assistant", "content": record["replies"][-1]},
+                {"role": "user", "content": follow_up},
+            ]
+        ids = decoder.encode(messages, sampling.system)
+        out = decoder.generate(
+            ids,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=hash((sampling.seed, index, turn)) & ((1 << 63) - 1),
+            stop=sampling.stop,
+        )
+        record["replies"].append(out.text or "")
+        record["finish_reasons"].append(out.finish_reason)
+        record["completion_tokens"] += len(out.tokens)
+        record["prompt_tokens"] += len(ids)
+        prefix = decoder.generator.prefix
+        record["cached_tokens"] += prefix.reused if prefix is not None else 0
+        tokens += sum(s.accepted + 1 for s in out.steps)
+        forwards += len(out.steps)
+    record["target_forwards"] = forwards
+    record["tau"] = round(tokens / forwards, 3) if forwards else 1.0
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+@dataclass
+class BatchSummary:
+    answered: int = 0  # by this run
+    resumed: int = 0  # found answered in the output already
+    failed: int = 0
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    seconds: float = 0.0
+    drafted_tokens: int = 0  # tokens the verifying forwards emitted (tau's numerator)
+    target_forwards: int = 0
+
+    def add(self, record: dict) -> None:
+        if "error" in record:
+            self.failed += 1
+            return
+        self.answered += 1
+        self.completion_tokens += record["completion_tokens"]
+        self.prompt_tokens += record["prompt_tokens"]
+        self.cached_tokens += record["cached_tokens"]
+        self.seconds += record["seconds"]
+        self.drafted_tokens += round(record["tau"] * record["target_forwards"])
+        self.target_forwards += record["target_forwards"]
+
+    @property
+    def tau(self) -> float:
+        """Tokens per verifying target forward over the run."""
+        return self.drafted_tokens / self.target_forwards if self.target_forwards else 1.0
+
+    def line(self, out: Path) -> str:
+        speed = self.completion_tokens / self.seconds if self.seconds else 0.0
+        return (
+            f"[batch] {self.answered} prompts answered into {out}"
+            + (f" ({self.resumed} were already there)" if self.resumed else "")
+            + (f", {self.failed} failed (their lines say why)" if self.failed else "")
+            + f": {self.completion_tokens} tokens in {self.seconds:.1f} s ({speed:.1f} tok/s), "
+            f"tau {self.tau:.2f}; {self.cached_tokens} of {self.prompt_tokens} prompt tokens kept from "
+            "earlier prompts"
+        )
+
+
+def run_batch(decoder, prompts: list[BatchPrompt], out: str | Path, sampling: Sampling) -> BatchSummary:
+    """Answer the prompts `out` does not answer yet, appending a line as each finishes."""
+    from tqdm import tqdm
+
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = BatchSummary(resumed=resume_point(out, prompts))
+    todo = range(summary.resumed, len(prompts))
+    with (
+        open(out, "a", encoding="utf-8") as f,
+        tqdm(todo, unit="prompt", initial=summary.resumed, total=len(prompts), disable=None) as bar,
+    ):
+        for index in bar:
+            try:
+                record = answer(decoder, prompts[index], index, sampling)
+            except TapsError as exc:
+                record = {"id": prompts[index].id, "error": str(exc)}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            summary.add(record)
+            bar.set_postfix(
+                tau=f"{summary.tau:.2f}",
+                tok_s=f"{summary.completion_tokens / max(summary.seconds, 1e-9):.1f}",
+            )
+    return summary
