@@ -48,12 +48,13 @@ def test_every_prompt_is_answered_in_order_as_plain_decoding_answers_it(cli_targ
 
 
 def test_a_stopped_run_resumes_after_its_last_complete_line(cli_target, tmp_path, capsys):
-    full = run(tmp_path, "--temperature", "1", "--seed", "5", "--tree", "fixed", out="full.jsonl")
+    full = run(tmp_path, "--temperature", "1", "--seed", "5", out="full.jsonl")
     lines = (tmp_path / "full.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "part.jsonl").write_text(lines[0] + lines[1][:20])  # stopped while writing line 2
-    resumed = run(tmp_path, "--temperature", "1", "--seed", "5", "--tree", "fixed", out="part.jsonl")
+    resumed = run(tmp_path, "--temperature", "1", "--seed", "5", out="part.jsonl")
     assert (tmp_path / "part.jsonl").read_text().startswith(lines[0])
-    # each turn samples from its own seed, so the resumed replies are those of the full run
+    # each turn samples from its own seed and each token at its place: the full run's replies, though
+    # the tree budget may verify other trees run to run
     assert [r["replies"] for r in resumed] == [r["replies"] for r in full]
     assert "(1 were already there)" in capsys.readouterr().err
     run(tmp_path, out="part.jsonl")

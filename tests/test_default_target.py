@@ -111,6 +111,24 @@ def test_the_default_proposer_equals_plain_greedy(default_target, prompts, refer
         assert gen.generate(prompts[i], cfg).tokens == reference[i], f"diverged from greedy on prompt {i}"
 
 
+def test_the_default_proposer_samples_plain_samplings_tokens(default_target, prompts):
+    """At T = 1 and a given seed, `taps generate`'s default emits the tokens plain sampling emits: each
+    token is the target's draw at its place in the reply, whatever tree the budget verified."""
+    names = resolve_drafters(["auto"], default_target.name)
+    proposer = make_strategy("single", names, default_target, AUTO_SHAPE, lookup="auto")
+    spec, plain = (
+        SpeculativeGenerator(default_target.model, proposer),
+        SpeculativeGenerator(default_target.model),
+    )
+    for seed, i in enumerate(_ONE_PER_KIND):
+        cfg = GenerationConfig(max_new_tokens=48, temperature=1.0, seed=seed)
+        out = spec.generate(prompts[i], cfg)
+        assert out.tokens == plain.generate(prompts[i], cfg).tokens, (
+            f"parted from plain sampling on prompt {i}"
+        )
+        assert out.tau > 1.0
+
+
 @pytest.fixture(scope="module", params=[0, 8], ids=["unpadded", "padded-8"])
 def bf16_target(request):
     from taps.device import native_bf16

@@ -15,10 +15,9 @@ a few-shot header read it once), `tau` and `seconds`; or `id` and `error` where 
 answered (too long for the context, say), and the run goes on. Lines are written as their replies
 finish, so a run stopped part way keeps what it wrote; the same command then resumes after the last
 complete line (a line cut off mid-write is dropped). At temperature > 0 every turn draws from its own
-seed, derived from `--seed`, the prompt's place and the turn, so with a fixed tree (`--tree fixed`) a
-resumed run samples what an uninterrupted one would. Under the tree budget (`--tree auto`) each
-step's tree follows the machine's timings and the draws follow the tree: each reply is still a sample
-of the target's distribution, but not the same one run to run.
+seed, derived from `--seed`, the prompt's place and the turn, and each token's draw is keyed by its
+place in the reply (`taps.spec.verify.Draws`), so a resumed run samples what an uninterrupted one
+would (except with sampled draft chains, `--drafts sampled`, whose draws follow the chain).
 """
 
 from __future__ import annotations

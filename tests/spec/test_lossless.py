@@ -103,6 +103,43 @@ def test_ngram_proposer_is_lossless(tiny_target):
         )
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_sampling_emits_plain_samplings_tokens_at_the_same_seed(tiny_target, temperature, top_p):
+    """Each token's draw is keyed by its place in the reply (`taps.spec.verify.Draws`), so at a given
+    seed every proposer of deterministic drafts emits exactly what plain sampling emits: an oracle
+    that drafts plain sampling's own continuation (among wrong siblings and corrupted copies, so that
+    every accept length occurs), and random drafters alone, merged and routed."""
+    from taps.spec.combine import MergedProposer, RoutedProposer
+
+    shape = TreeShape(4, 4, 16)
+
+    def members():
+        return [
+            DrafterProposer(random_drafter(tiny_target, seed=s), shape, source=i)
+            for i, s in enumerate([3, 5])
+        ]
+
+    proposers = [
+        NgramProposer(max_ngram=3, length=6, branches=3),
+        DrafterProposer(random_drafter(tiny_target, seed=3), shape),
+        MergedProposer(members()),
+        RoutedProposer(members(), "confidence"),
+    ]
+    plain = SpeculativeGenerator(tiny_target)
+    for seed, prompt in enumerate(PROMPTS):
+        config = GenerationConfig(max_new_tokens=40, temperature=temperature, top_p=top_p, seed=seed)
+        ref = plain.generate(prompt, config).tokens
+        oracle = SpeculativeGenerator(tiny_target, OracleProposer(prompt + ref, 96, seed))
+        out = oracle.generate(prompt, config)
+        assert out.tokens == ref and sum(s.accepted for s in out.steps) >= 10
+        for proposer in proposers:
+            assert SpeculativeGenerator(tiny_target, proposer).generate(prompt, config).tokens == ref, (
+                proposer.name
+            )
+    other_seed = GenerationConfig(max_new_tokens=40, temperature=temperature, top_p=top_p, seed=99)
+    assert plain.generate(PROMPTS[0], other_seed).tokens != plain.generate(PROMPTS[0], config).tokens
+
+
 def test_eos_and_budget_are_respected(tiny_target):
     prompt = PROMPTS[0]
     ref = greedy(tiny_target, prompt, 40)

@@ -9,7 +9,7 @@ from taps.models.target import TargetModel
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import SAMPLED_FROM, DrafterProposer, Proposer, TreeShape
 from taps.spec.tree import DraftTree
-from taps.spec.verify import target_probs, verify_sampling
+from taps.spec.verify import Draws, target_probs, verify_sampling
 from tests.conftest import random_drafter, tiny_hf_model
 
 ALPHA = 1e-3  # a correct sampler fails one of these tests about once in a thousand seeds
@@ -25,8 +25,9 @@ def _chi2_ok(counts: np.ndarray, probs: np.ndarray) -> bool:
     return chisquare(obs, exp / exp.sum() * obs.sum()).pvalue > ALPHA
 
 
+@pytest.mark.parametrize("by_draws", [False, True], ids=["residual walk", "keyed draws"])
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.0, 0.8)])
-def test_verifier_emits_target_distribution_with_duplicate_siblings(temperature, top_p):
+def test_verifier_emits_target_distribution_with_duplicate_siblings(temperature, top_p, by_draws):
     vocab = 6
     logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(0)) * 1.5
     logits[0, 2] += 2.0  # token 2 is likely at the root, so its subtree is sampled often
@@ -40,8 +41,9 @@ def test_verifier_emits_target_distribution_with_duplicate_siblings(temperature,
     )
     gen = torch.Generator().manual_seed(1)
     first, second_after_2 = np.zeros(vocab), np.zeros(vocab)
-    for _ in range(20000):
-        v = verify_sampling(tree, logits, temperature, gen, top_p)
+    for seed in range(20000):
+        draws = Draws(seed) if by_draws else None  # a reply's own draws (one reply per seed), or none
+        v = verify_sampling(tree, logits, temperature, gen, top_p, draws, place=3)
         emitted = tree.tokens[v.accepted].tolist() + [v.bonus]
         first[emitted[0]] += 1
         if emitted[0] == 2:

@@ -24,7 +24,7 @@ from taps.spec.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, token_logprobs
 from taps.spec.prefix import PrefixCache
 from taps.spec.propose import Proposer
 from taps.spec.tree import DraftTree
-from taps.spec.verify import sample_token, verify_greedy, verify_sampling
+from taps.spec.verify import Draws, sample_token, verify_greedy, verify_sampling
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,9 @@ class SpeculativeGenerator:
         check_context(len(prompt_ids), config.max_new_tokens, self.context)
         target, budget = self.target, config.max_new_tokens
         device = target.device
-        # on the CPU whatever the device: sampling reads host-side probabilities
-        generator = torch.Generator().manual_seed(config.seed)
+        # on the CPU whatever the device: sampling reads host-side probabilities. Each token's own
+        # draw (`Draws`); the generator serves trees with drawn nodes (`TreeShape.drafts`)
+        draws, generator = Draws(config.seed), torch.Generator().manual_seed(config.seed)
         cache, reused = self._cache(prompt_ids, len(prompt_ids) + budget + 64)
         if self.proposer is not None:
             self.proposer.reset()
@@ -184,7 +185,7 @@ class SpeculativeGenerator:
         hidden = target(torch.tensor(tokens[cache.length :], device=device), cache)
         self._committed(tokens[len(tokens) - len(hidden) :], hidden)
         logits = target.logits(hidden[-1:])
-        root = sample_token(logits[0], config.temperature, generator, config.top_p)
+        root = sample_token(logits[0], config.temperature, draws, 0, config.top_p)
         tokens.append(root)
         yield Committed([root], None, _scores(logits, [root], config))
         produced, features = 1, hidden if reused is None else torch.cat([reused, hidden])
@@ -197,7 +198,9 @@ class SpeculativeGenerator:
             )
             t1 = time.perf_counter()
             base = cache.length
-            new, features, record, scores = self._verify(tree, root, cache, config, generator)
+            new, features, record, scores = self._verify(
+                tree, root, cache, config, (draws, produced, generator)
+            )
             self._committed([root, *new[:-1]], features)
             record.draft_ms, record.verify_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
             if self.proposer is not None:
@@ -220,7 +223,8 @@ class SpeculativeGenerator:
         if self.prefix is not None:
             self.prefix.extend(ids, features)
 
-    def _verify(self, tree: DraftTree, root: int, cache, config: GenerationConfig, generator):
+    def _verify(self, tree: DraftTree, root: int, cache, config: GenerationConfig, sampling):
+        """`sampling`: the reply's draws, the place of the root's next token, the generator."""
         base, device = cache.length, self.target.device
         if len(tree):
             tok, pos, mask = tree.verification_inputs(root, base, device)
@@ -232,7 +236,8 @@ class SpeculativeGenerator:
         if config.temperature <= 0:
             verdict = verify_greedy(tree, logits)
         else:
-            verdict = verify_sampling(tree, logits, config.temperature, generator, config.top_p)
+            draws, place, generator = sampling
+            verdict = verify_sampling(tree, logits, config.temperature, generator, config.top_p, draws, place)
         rows = [0] + [a + 1 for a in verdict.accepted]
         cache.compact(base, [base + r for r in rows])
         new = tree.tokens[verdict.accepted].tolist() + [verdict.bonus]
