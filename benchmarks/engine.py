@@ -23,7 +23,8 @@ Prints, and writes as JSON with `--out`:
    at T > 0 a single drafter's also with a sampled chain, `[auto + lookup, sampled]`):
    tok/s, tau, ratio to HF generate and to taps plain, drafting / verification ms per step, verified
    nodes per step, and how many outputs equal taps plain decoding token for token (with the first
-   divergence where one does not), and each taps row's prefill time and speed-up after the prompt
+   divergence where one does not; at T > 0 too, where every taps row but sampled draft chains samples
+   plain's tokens at the same seed), and each taps row's prefill time and speed-up after the prompt
    (what speculation can shorten).
 `--emulate-avx2` reruns the benchmark as the CI-class CPU would run it (AVX2 only, no native bf16) on
 a newer x86 CPU: ATen, oneDNN and MKL capped at AVX2, and bf16 treated as emulated. It is a proxy:
@@ -349,7 +350,10 @@ def main() -> None:
     ap.add_argument("--benchmarks", default="gsm8k,mt_bench")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument(
-        "--temperature", type=float, default=0.0, help="> 0: outputs are samples (no equality check)"
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="> 0: outputs are samples (seed 0); taps rows are still compared with taps plain's",
     )
     ap.add_argument("--emulate-avx2", action="store_true", help="run as an AVX2-only CPU without native bf16")
     ap.add_argument(
@@ -488,10 +492,12 @@ def main() -> None:
         if "error" in row:
             print(f"| {name} | did not run: {row['error']} | | | | | | | | | | |")
             continue
-        if args.temperature == 0:  # samples (T > 0) are not expected to equal plain decoding's
+        # at T > 0 taps draws each token at its place (`Draws`): its rows sample plain's tokens, all but
+        # sampled draft chains; HF samples with its own generator
+        if args.temperature == 0 or not name.startswith("hf"):
             diverged = [first_divergence(a, b) for a, b in zip(row["outputs"], plain["outputs"])]
             row["same_as_plain"], row["first_divergence"] = sum(d is None for d in diverged), diverged
-        same = f"{row['same_as_plain']}/{len(prompts)}" if args.temperature == 0 else "–"
+        same = f"{row['same_as_plain']}/{len(prompts)}" if "same_as_plain" in row else "–"
         row["vs_hf"], row["vs_plain"] = row["tok_s"] / hf["tok_s"], row["tok_s"] / plain["tok_s"]
         extra = " | ".join(
             f"{row[k]:.2f}" if k in row else "–"

@@ -139,19 +139,20 @@ def verify_sampling(
 
 
 def verify_by_draws(tree: DraftTree, probs: torch.Tensor, draws: Draws, place: int) -> Verdict:
-    """Follow the child whose token is the target's draw at each place (the root's at `place`) until
-    none is; that draw is the bonus. The deterministic-draft rule, drawn once per emitted token."""
+    """Follow a child whose token is the target's draw at each place (the root's at `place`) until
+    none is; that draw is the bonus. The deterministic-draft rule, drawn once per emitted token. As in
+    `verify_sampling`, every node spelling the accepted prefix offers its children (a tree whose
+    siblings repeat a token, as two proposers' may, keeps both subtrees in reach)."""
     children = tree.children()
     tokens = tree.tokens.tolist()
     accepted: list[int] = []
-    row = 0
+    spelling = [-1]  # the nodes whose path spells the accepted prefix (-1: the root)
     while True:
-        drawn = draws.token(probs[row], place + len(accepted))
-        nxt = next((c for c in children[row] if tokens[c] == drawn), None)
-        if nxt is None:
+        drawn = draws.token(probs[spelling[0] + 1], place + len(accepted))
+        spelling = [c for s in spelling for c in children[s + 1] if tokens[c] == drawn]
+        if not spelling:
             return Verdict(accepted, drawn)
-        accepted.append(nxt)
-        row = nxt + 1
+        accepted.append(spelling[0])
 
 
 def sample_token(
