@@ -14,7 +14,7 @@ at temperature 0 the target's own greedy reply, above it a sample of the target'
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from taps.errors import TapsError
 from taps.models.catalog import DEFAULT_TARGET, LoadedTarget
@@ -118,5 +118,13 @@ class Decoder:
             tuple(stop),
             logprobs,
         )
-        ids = self.encode(prompt, system)
-        return self.generator.generate(ids, config, self.target.tokenizer, on_text)
+        return self.decode(self.encode(prompt, system), config, on_text)
+
+    def decode(
+        self, ids: list[int], config: GenerationConfig, on_text: Callable[[str], None] | None = None
+    ) -> Generation:
+        """The reply to encoded `ids` under `config`, which stops at the target's EOS tokens too."""
+        eos = tuple(sorted({*config.eos_token_ids, *self.target.eos_token_ids}))
+        return self.generator.generate(
+            ids, replace(config, eos_token_ids=eos), self.target.tokenizer, on_text
+        )

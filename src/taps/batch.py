@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from taps.errors import TapsError
+from taps.spec.generate import GenerationConfig
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -38,16 +39,6 @@ class BatchPrompt:
     id: str
     messages: tuple[dict, ...]  # the conversation before the first reply (ends with a user turn)
     follow_ups: tuple[str, ...] = ()  # user turns asked after each reply in turn
-
-
-@dataclass
-class Sampling:
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    system: str | None = None
 
 
 def read_prompts(path: str | Path) -> list[BatchPrompt]:
@@ -139,8 +130,9 @@ def resume_point(out: Path, prompts: list[BatchPrompt]) -> int:
     return len(lines)
 
 
-def answer(decoder, prompt: BatchPrompt, index: int, sampling: Sampling) -> dict:
-    """Every turn of one prompt, each reply decoded after the conversation before it."""
+def answer(decoder, prompt: BatchPrompt, index: int, config: GenerationConfig, system: str | None) -> dict:
+    """Every turn of one prompt, each reply decoded after the conversation before it (`system`, if
+    given, before it all); each turn draws from its own seed, derived from `config.seed`."""
     messages = list(prompt.messages)
     record = {"id": prompt.id, "replies": [], "finish_reasons": [], "completion_tokens": 0}
     record |= {"prompt_tokens": 0, "cached_tokens": 0}
@@ -152,15 +144,8 @@ def answer(decoder, prompt: BatchPrompt, index: int, sampling: Sampling) -> dict
                 {"role": "assistant", "content": record["replies"][-1]},
                 {"role": "user", "content": follow_up},
             ]
-        ids = decoder.encode(messages, sampling.system)
-        out = decoder.generate(
-            ids,
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=hash((sampling.seed, index, turn)) & ((1 << 63) - 1),
-            stop=sampling.stop,
-        )
+        ids = decoder.encode(messages, system)
+        out = decoder.decode(ids, replace(config, seed=hash((config.seed, index, turn)) & ((1 << 63) - 1)))
         record["replies"].append(out.text or "")
         record["finish_reasons"].append(out.finish_reason)
         record["completion_tokens"] += len(out.tokens)
@@ -216,7 +201,9 @@ class BatchSummary:
         )
 
 
-def run_batch(decoder, prompts: list[BatchPrompt], out: str | Path, sampling: Sampling) -> BatchSummary:
+def run_batch(
+    decoder, prompts: list[BatchPrompt], out: str | Path, config: GenerationConfig, system: str | None = None
+) -> BatchSummary:
     """Answer the prompts `out` does not answer yet, appending a line as each finishes."""
     from tqdm import tqdm
 
@@ -230,7 +217,7 @@ def run_batch(decoder, prompts: list[BatchPrompt], out: str | Path, sampling: Sa
     ):
         for index in bar:
             try:
-                record = answer(decoder, prompts[index], index, sampling)
+                record = answer(decoder, prompts[index], index, config, system)
             except TapsError as exc:
                 record = {"id": prompts[index].id, "error": str(exc)}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

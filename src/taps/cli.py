@@ -315,7 +315,8 @@ def _generate_batch(args) -> None:
     """`taps generate --input`: every prompt of a file, appended to --output as its reply finishes."""
     from pathlib import Path
 
-    from taps.batch import Sampling, read_prompts, resume_point, run_batch
+    from taps.batch import read_prompts, resume_point, run_batch
+    from taps.spec.generate import GenerationConfig
 
     if args.output is None:
         raise TapsError("--input needs --output FILE, the JSONL file the replies go to")
@@ -329,12 +330,12 @@ def _generate_batch(args) -> None:
         )
         return
     decoder = _decoder(args, args.keep_prefix)
-    sampling = Sampling(
-        args.max_new_tokens, args.temperature, args.top_p, args.seed, tuple(args.stop), args.system
+    config = GenerationConfig(
+        args.max_new_tokens, args.temperature, args.top_p, args.seed, stop=tuple(args.stop)
     )
     print(f"[batch] {len(prompts)} prompts from {args.input}, {decoder.label}", file=sys.stderr)
     try:
-        summary = run_batch(decoder, prompts, args.output, sampling)
+        summary = run_batch(decoder, prompts, args.output, config, args.system)
     except KeyboardInterrupt:
         print(f"\n[batch] stopped; {args.output} keeps the replies written; rerun to resume", file=sys.stderr)
         raise SystemExit(130) from None
