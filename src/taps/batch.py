@@ -17,7 +17,9 @@ finish, so a run stopped part way keeps what it wrote; the same command then res
 complete line (a line cut off mid-write is dropped). At temperature > 0 every turn draws from its own
 seed, derived from `--seed`, the prompt's place and the turn, and each token's draw is keyed by its
 place in the reply (`taps.spec.verify.Draws`), so a resumed run samples what an uninterrupted one
-would (except with sampled draft chains, `--drafts sampled`, whose draws follow the chain).
+would, in bf16 on a CPU exactly, in float32 up to the rounding that can move a draw at a boundary
+between two tokens (and not with sampled draft chains, `--drafts sampled`, whose draws follow the
+chain).
 """
 
 from __future__ import annotations

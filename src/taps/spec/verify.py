@@ -13,8 +13,9 @@ with probability p(x), any other token as the bonus with its own p. So the loop 
 a generator keyed by the reply's seed and y's place in the reply (`Draws`), and accepts the child
 spelling y, if any. A token's draw then depends on nothing but its place and the distribution there:
 not on the tree, whose size the tree budget chooses from the machine's timings; so at a given seed
-speculative sampling emits plain sampling's tokens (the lossless tests hold them equal, as at T = 0),
-and a seed reproduces a reply whatever the timings.
+speculative sampling emits plain sampling's tokens wherever a tree's rows round as plain steps do
+(bf16 on a CPU; in float32 rounding can move a draw that falls right at a boundary between two
+tokens), and a seed reproduces a reply whatever the timings.
 """
 
 from __future__ import annotations
