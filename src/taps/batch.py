@@ -32,6 +32,7 @@ from pathlib import Path
 
 from taps.errors import TapsError
 from taps.spec.generate import GenerationConfig
+from taps.spec.verify import derived_seed
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -147,7 +148,7 @@ def answer(decoder, prompt: BatchPrompt, index: int, config: GenerationConfig, s
                 {"role": "user", "content": follow_up},
             ]
         ids = decoder.encode(messages, system)
-        out = decoder.decode(ids, replace(config, seed=hash((config.seed, index, turn)) & ((1 << 63) - 1)))
+        out = decoder.decode(ids, replace(config, seed=derived_seed(config.seed, index, turn)))
         record["replies"].append(out.text or "")
         record["finish_reasons"].append(out.finish_reason)
         record["completion_tokens"] += len(out.tokens)

@@ -27,6 +27,19 @@ import torch
 from taps.spec.tree import DraftTree
 
 
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (a seed and a place, say), the same on every platform and
+    Python (splitmix64 steps; Python's own hash of a tuple is neither across versions and word sizes)."""
+    state = 0
+    for part in parts:
+        state = (state + (part & (1 << 64) - 1) + 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+        state = z ^ (z >> 31)
+    return state >> 1
+
+
 class Draws:
     """The target's draw at each place of a reply, keyed by (seed, place): independent across places,
     and the same whichever forward (a plain step, a tree's root, an accepted node) computes it."""
@@ -38,7 +51,7 @@ class Draws:
         """Inverse-CDF sampling with one uniform: ~90 us over a 49k vocabulary on a CPU, where
         torch.multinomial took ~1 ms (a plain sampled step is ~30 ms). `right=True` never lands
         on a zero-probability token."""
-        key = hash((self.seed, place)) & ((1 << 63) - 1)  # hash of ints: the same in every process
+        key = derived_seed(self.seed, place)
         uniform = torch.rand((), generator=torch.Generator().manual_seed(key), dtype=torch.float64)
         cdf = probs.double().cumsum(-1)
         return int(torch.searchsorted(cdf, uniform * cdf[-1], right=True).clamp_(max=len(cdf) - 1))
