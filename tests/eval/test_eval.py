@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taps.errors import TapsError
-from taps.eval.report import auroc, compare_rows, summarise, timing_table, write_report
+from taps.eval.report import agreement_table, auroc, compare_rows, summarise, timing_table, write_report
 from taps.eval.runner import GridConfig, Row, load_records, parse_row, run_grid
 from taps.models.checkpoint import save_drafter
 from taps.models.target import TargetModel
@@ -97,6 +97,9 @@ def test_grid_records_tables_plots_and_resume(tiny, data_dir, tmp_path, capsys):
         and "prefill ms / turn" in report
         and "95% intervals" in report  # 2 prompts a cell: something to resample
     )
+    agreement = report[report.index("**Replies equal") :].split("\n\n")[1]
+    for row in rows[2:]:  # every drafting row gave plain's greedy replies (4 prompts a temperature)
+        assert f"| {row} | 4/4 |" in agreement
     for png in ("tau.png", "speedup.png", "accept_hist.png", "confidence_vs_entropy.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     csv = (tmp_path / "summary.csv").read_text().splitlines()
@@ -264,3 +267,23 @@ def test_the_timing_table_reads_records_from_before_prefill_was_kept():
     table = timing_table([dict(row="new", prefill_ms=30.0, **step), dict(row="old", **step)])
     assert "| new | 2.5 | 10.0 | 20% | 30 |" in table  # 4 steps: the prefill forward is not one
     assert "| old | 2.5 | 10.0 | 20% | – |" in table
+
+
+def test_the_agreement_table_counts_prompts_whose_every_turn_is_plains():
+    def rec(row, prompt, text, temperature=1.0):
+        return dict(row=row, benchmark="b", prompt_id=prompt, temperature=temperature, text=text)
+
+    records = [
+        rec("plain", "p1", ["a", "b"]),
+        rec("plain", "p2", ["c"]),
+        rec("tree", "p1", ["a", "b"]),
+        rec("tree", "p2", ["c"]),
+        rec("chain", "p1", ["a", "x"]),  # the second turn parted
+        rec("chain", "p2", ["c"]),
+        rec("hf", "p1", ["a", "b"]),
+        rec("tree", "p3", ["z"]),  # no plain reply to compare with
+        rec("tree", "p1", ["q"], temperature=0.0),
+    ]
+    table = agreement_table(records)
+    assert "| tree | 2/2 |" in table and "| chain | 1/2 |" in table and "hf" not in table  # T = 0: no plain
+    assert agreement_table([rec("tree", "p1", ["a"])]) == ""

@@ -248,6 +248,40 @@ def timing_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
+def agreement_table(records: list[dict]) -> str:
+    """Per row and temperature: the prompts whose replies (every turn) are plain decoding's text, the
+    lossless receipt of a run. At T = 0 speculative decoding emits the target's greedy reply; at
+    T > 0 a row of deterministic drafts samples plain's reply at the run's seed (`Draws`), where a
+    tree's rows round as a plain step's do (bf16 on a CPU; in float32 rounding can move a draw at a
+    token boundary), and sampled draft chains sample their own."""
+    plain = {
+        (r["benchmark"], r["prompt_id"], r["temperature"]): r["text"] for r in records if r["row"] == "plain"
+    }
+    counts: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        key = (r["benchmark"], r["prompt_id"], r["temperature"])
+        if r["row"] == "plain" or r["row"].startswith("hf") or key not in plain:
+            continue
+        cell = counts[(r["row"], r["temperature"])]
+        cell[0] += r["text"] == plain[key]
+        cell[1] += 1
+    if not counts:
+        return ""
+    temps = sorted({t for _, t in counts})
+    lines = [
+        "**Replies equal to plain decoding's** (prompts whose every turn is plain decoding's text, at the "
+        "same seed: at T = 0 the target's greedy reply; at T > 0 rows of deterministic drafts sample "
+        "plain's reply where a tree's rows round as plain steps do, and sampled draft chains their own)",
+        "",
+        "| row | " + " | ".join(f"T = {t:g}" for t in temps) + " |",
+        "|---|" + "---|" * len(temps),
+    ]
+    for row in dict.fromkeys(r for r, _ in counts):
+        cells = [counts.get((row, t)) for t in temps]
+        lines.append(f"| {row} | " + " | ".join(f"{c[0]}/{c[1]}" if c else "–" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def category_table(records: list[dict]) -> str:
     """Is drafter accuracy a property of the task? tau per MT-Bench category and row (T = 0)."""
     per: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -423,6 +457,7 @@ def write_report(run_dir: str | Path, with_plots: bool = True) -> str:
         table,
         interval_table(summary),
         timing_table(records),
+        agreement_table(records),
         category_table(records),
         router_table(records),
         signal_table(signals),
