@@ -202,3 +202,18 @@ def test_a_sampled_chain_is_shaped_by_its_ancestors_alone(tiny_target):
     assert auto.trees.sampling is not None
     auto.sample_drafts(0.8, torch.Generator())
     assert auto.trees.sampling is None
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 10.0])  # flat (every token sorted) to peaked (the probe alone)
+def test_the_nucleus_is_the_smallest_set_of_likeliest_tokens_reaching_top_p(scale):
+    logits = torch.randn(3, 4000, generator=torch.Generator().manual_seed(int(scale * 10))) * scale
+    for top_p in (0.5, 0.9, 0.99):
+        got = target_probs(logits, 0.8, top_p)
+        probs = torch.softmax(logits / 0.8, -1)
+        for row, p in zip(got, probs):
+            kept = row > 0
+            order = p.sort(descending=True).indices
+            size = int(kept.sum())
+            assert kept[order[:size]].all()  # the likeliest tokens, no other
+            assert p[order[: size - 1]].sum() < top_p <= p[order[:size]].sum() + 1e-6  # the fewest
+            torch.testing.assert_close(row[kept], p[kept] / p[kept].sum())
