@@ -148,7 +148,7 @@ def _row_label(name: str, shipped: list[str]) -> str:
     return name if folder in shipped and name != folder else folder
 
 
-def hf_decoder(target, kind: str, temperature: float, ignore_eos: bool = False):
+def hf_decoder(target, kind: str, temperature: float, ignore_eos: bool = False, top_p: float = 1.0):
     """A callable prompt_ids -> (tokens, seconds) over the `transformers` model of the same folder."""
     from transformers import AutoModelForCausalLM
 
@@ -156,7 +156,9 @@ def hf_decoder(target, kind: str, temperature: float, ignore_eos: bool = False):
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
     kwargs = dict(eos_token_id=list(target.eos_token_ids), pad_token_id=target.eos_token_ids[0])
     kwargs |= (
-        dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
+        dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
+        if temperature > 0
+        else dict(do_sample=False)
     )
     if kind == "hf-prompt-lookup":
         kwargs["prompt_lookup_num_tokens"] = 10
@@ -185,6 +187,7 @@ def taps_decoder(
     graphs: bool | None,
     temperature: float,
     ignore_eos: bool = False,
+    top_p: float = 1.0,
 ):
     lookup = "on" if strategy.endswith(LOOKUP) else "off"  # rows `[auto + lookup]`: `--lookup on`
     strategy = strategy.removesuffix(LOOKUP)
@@ -201,6 +204,7 @@ def taps_decoder(
         cfg = GenerationConfig(
             max_new_tokens=max_new,
             temperature=temperature,
+            top_p=top_p,
             eos_token_ids=() if ignore_eos else target.eos_token_ids,
         )
         floor, threads = target.model.row_floor, torch.get_num_threads()
@@ -355,6 +359,7 @@ def main() -> None:
         default=0.0,
         help="> 0: outputs are samples (seed 0); taps rows are still compared with taps plain's",
     )
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling at T > 0 (every row)")
     ap.add_argument("--emulate-avx2", action="store_true", help="run as an AVX2-only CPU without native bf16")
     ap.add_argument(
         "--ignore-eos", action="store_true", help="every output runs to --max-new-tokens (see the header)"
@@ -409,6 +414,7 @@ def main() -> None:
         "prompts_per_benchmark": args.prompts,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
+        "top_p": args.top_p,
         "emulated_avx2": args.emulate_avx2,
         "ignore_eos": args.ignore_eos,
         "date": time.strftime("%Y-%m-%d"),
@@ -458,11 +464,11 @@ def main() -> None:
             continue
         try:
             if strategy.startswith("hf"):
-                run = hf_decoder(target, strategy, args.temperature, args.ignore_eos)
+                run = hf_decoder(target, strategy, args.temperature, args.ignore_eos, args.top_p)
             else:
                 use_graphs = False if strategy == "plain-eager" else None
                 run = taps_decoder(
-                    target, strategy, names, shape, use_graphs, args.temperature, args.ignore_eos
+                    target, strategy, names, shape, use_graphs, args.temperature, args.ignore_eos, args.top_p
                 )
             run(prompts[0][:16], 8)  # warm-up: graph capture, compilation, first-call allocations
             decoders[name] = run
