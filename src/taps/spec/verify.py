@@ -125,9 +125,12 @@ def verify_sampling(
     a drawn child not tried yet still follows its q. (Trying drawn children last keeps a
     copied continuation, often the longer one, reachable whatever the chain drew.)"""
     drawn = tree.sampled_nodes.tolist()
-    if draws is not None and not any(drawn):  # the rows of the accepted path alone
-        return verify_by_draws(
-            tree, lambda row: target_probs(logits[row], temperature, top_p).cpu(), draws, place
+    if draws is not None and not any(drawn):
+        if logits.is_cuda:  # every row on the GPU and one transfer, not one host round trip a row
+            rows = target_probs(logits, temperature, top_p).cpu()
+            return verify_by_draws(tree, rows.__getitem__, draws, place)
+        return verify_by_draws(  # on a CPU the rows of the accepted path alone
+            tree, lambda row: target_probs(logits[row], temperature, top_p), draws, place
         )
     probs = target_probs(logits, temperature, top_p).cpu()  # the generator and the walk live on the host
     children = tree.children()
