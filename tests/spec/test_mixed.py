@@ -135,7 +135,9 @@ def test_drafter_chain_with_lookup_follows_the_target_distribution(tmp_path, sha
     auto = make_strategy("single", [str(folder)], _Loaded(target), AUTO_SHAPE, lookup="on")
     SpeculativeGenerator(target, auto).generate(prompt, GenerationConfig(max_new_tokens=2, temperature=1.0))
     assert auto.inner.members[0].trees.sampling is None
-    assert by_source[1] > 50  # drawn nodes accepted
+    # drawn nodes accepted: ~1200 of 3000 first steps under the fixed tree; under the budget, which
+    # verifies few nodes of this random tiny drafter, ~50 (a count that moves with the draws' stream)
+    assert by_source[1] > (500 if shape.budget == "fixed" else 20)
     if shape.budget == "fixed":  # (the budget verifies few copied tokens of a random tiny target)
         assert by_source[2] > 100  # and copied ones
     assert _chi2_ok(counts, p2.numpy())
