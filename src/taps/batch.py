@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from taps.data.benchmarks import numbered_json_lines
 from taps.errors import TapsError
 from taps.spec.generate import GenerationConfig
 from taps.spec.verify import derived_seed
@@ -51,7 +51,7 @@ def read_prompts(path: str | Path) -> list[BatchPrompt]:
     if not path.is_file():
         raise TapsError(f"prompt file {path} not found; pass a JSONL file of prompts to --input")
     prompts, ids = [], set()
-    for number, row in _json_lines(path):
+    for number, row in numbered_json_lines(path):
         where = f"{path} line {number}"
         if not isinstance(row, dict):
             raise TapsError(f'{where} is not a JSON object; write {{"prompt": "..."}} per line')
@@ -63,18 +63,6 @@ def read_prompts(path: str | Path) -> list[BatchPrompt]:
     if not prompts:
         raise TapsError(f"{path} holds no prompts; write one JSON object per line")
     return prompts
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TapsError(
-                        f"{path} line {number} is not valid JSON ({exc.msg}); fix or remove it"
-                    ) from exc
 
 
 def _prompt(row: dict, id_: str, where: str) -> BatchPrompt:
@@ -205,14 +193,20 @@ class BatchSummary:
 
 
 def run_batch(
-    decoder, prompts: list[BatchPrompt], out: str | Path, config: GenerationConfig, system: str | None = None
+    decoder,
+    prompts: list[BatchPrompt],
+    out: str | Path,
+    config: GenerationConfig,
+    system: str | None = None,
+    resumed: int | None = None,
 ) -> BatchSummary:
-    """Answer the prompts `out` does not answer yet, appending a line as each finishes."""
+    """Answer the prompts `out` does not answer yet, appending a line as each finishes; `resumed`:
+    how many it answers, where the caller has read that already (`resume_point`)."""
     from tqdm import tqdm
 
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = BatchSummary(resumed=resume_point(out, prompts))
+    summary = BatchSummary(resumed=resume_point(out, prompts) if resumed is None else resumed)
     todo = range(summary.resumed, len(prompts))
     with (
         open(out, "a", encoding="utf-8") as f,

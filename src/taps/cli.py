@@ -323,7 +323,8 @@ def _generate_batch(args) -> None:
     if Path(args.output).expanduser().resolve() == Path(args.input).resolve():
         raise TapsError("--output must not be the --input file; name another file")
     prompts = read_prompts(args.input)  # every line checked before the model loads
-    if resume_point(Path(args.output).expanduser(), prompts) == len(prompts):
+    done = resume_point(Path(args.output).expanduser(), prompts)
+    if done == len(prompts):
         print(
             f"[batch] {args.output} already answers all {len(prompts)} prompts; nothing to do",
             file=sys.stderr,
@@ -335,7 +336,7 @@ def _generate_batch(args) -> None:
     )
     print(f"[batch] {len(prompts)} prompts from {args.input}, {decoder.label}", file=sys.stderr)
     try:
-        summary = run_batch(decoder, prompts, args.output, config, args.system)
+        summary = run_batch(decoder, prompts, args.output, config, args.system, done)
     except KeyboardInterrupt:
         print(f"\n[batch] stopped; {args.output} keeps the replies written; rerun to resume", file=sys.stderr)
         raise SystemExit(130) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +28,21 @@ class Prompt:
     reference: str | None = None
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def numbered_json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """Each non-blank line's number and JSON value (a line that is not JSON is a one-line error)."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    yield n, json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise TapsError(
                         f"{path} line {n} is not valid JSON ({exc.msg}); fix or remove that line"
                     ) from exc
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = [row for _, row in numbered_json_lines(path)]
     if not rows:
         raise TapsError(f"{path} has no records")
     return rows
