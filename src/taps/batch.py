@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from taps.data.benchmarks import numbered_json_lines
+from taps.data.benchmarks import numbered_json_lines, prompt_kind, user_turns
 from taps.errors import TapsError
 from taps.spec.generate import GenerationConfig
 from taps.spec.verify import derived_seed
@@ -53,9 +53,7 @@ def read_prompts(path: str | Path) -> list[BatchPrompt]:
     prompts, ids = [], set()
     for number, row in numbered_json_lines(path):
         where = f"{path} line {number}"
-        if not isinstance(row, dict):
-            raise TapsError(f'{where} is not a JSON object; write {{"prompt": "..."}} per line')
-        prompt = _prompt(row, str(row.get("id", len(prompts))), where)
+        prompt = _prompt(row, len(prompts), where)
         if prompt.id in ids:
             raise TapsError(f'{where} repeats the id "{prompt.id}"; give each prompt its own id')
         ids.add(prompt.id)
@@ -65,21 +63,14 @@ def read_prompts(path: str | Path) -> list[BatchPrompt]:
     return prompts
 
 
-def _prompt(row: dict, id_: str, where: str) -> BatchPrompt:
-    kinds = [k for k in ("prompt", "turns", "messages") if k in row]
-    if len(kinds) != 1:
-        raise TapsError(f'{where} needs exactly one of "prompt", "turns" or "messages"')
-    value = row[kinds[0]]
-    if kinds[0] == "prompt":
-        value = [value]
-    if kinds[0] in ("prompt", "turns"):
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(t, str) and t.strip() for t in value)
-        ):
-            raise TapsError(f'{where}: "{kinds[0]}" must be a non-empty string or list of strings')
-        return BatchPrompt(id_, ({"role": "user", "content": value[0]},), tuple(value[1:]))
+def _prompt(row: object, index: int, where: str) -> BatchPrompt:
+    """One line as a prompt; its id is `"id"` or, without one, its place among the prompts."""
+    kind = prompt_kind(row, where, ("prompt", "turns", "messages"))
+    id_ = str(row.get("id", index))
+    if kind != "messages":
+        turns = user_turns(row, kind, where)
+        return BatchPrompt(id_, ({"role": "user", "content": turns[0]},), turns[1:])
+    value = row[kind]
     if not isinstance(value, list) or not value or not all(_is_message(m) for m in value):
         raise TapsError(
             f'{where}: "messages" must be a list of {{"role": ..., "content": "..."}} ({", ".join(ROLES)})'

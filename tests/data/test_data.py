@@ -64,6 +64,14 @@ def test_bad_benchmark_inputs(tmp_path, data_dir):
     f.write_text('{"prompt": ""}\n')
     with pytest.raises(TapsError, match="non-empty"):
         load_benchmark(f"jsonl:{f}")
+    for text, message in [
+        ('{"prompt": "hi"}\n["a"]\n', "line 2 is not a JSON object"),
+        ('{"prompt": "a", "turns": ["b"]}\n', 'exactly one of "prompt" or "turns"'),
+        ("\n\n", "holds no prompts"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(TapsError, match=message):
+            load_benchmark(f"jsonl:{f}")
 
 
 def test_truncated_or_missing_file_is_caught(tmp_path, data_dir, monkeypatch):

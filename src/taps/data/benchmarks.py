@@ -119,26 +119,39 @@ def _svamp(data_dir) -> list[Prompt]:
     return out
 
 
+def prompt_kind(row: object, where: str, kinds: tuple[str, ...] = ("prompt", "turns")) -> str:
+    """Which of `kinds` a prompt line is written in: it must be a JSON object with exactly one of
+    them (a line with both would be read one way and meant the other)."""
+    if not isinstance(row, dict):
+        raise TapsError(f'{where} is not a JSON object; write {{"prompt": "..."}} per line')
+    found = [k for k in kinds if k in row]
+    if len(found) != 1:
+        named = ", ".join(f'"{k}"' for k in kinds[:-1]) + f' or "{kinds[-1]}"'
+        raise TapsError(f"{where} needs exactly one of {named}")
+    return found[0]
+
+
+def user_turns(row: dict, kind: str, where: str) -> tuple[str, ...]:
+    """The user messages of a `"prompt"` (one string) or `"turns"` (a list of strings) line, each
+    non-empty: the one rule `taps eval --benchmarks jsonl:PATH` and `taps generate --input` share."""
+    value = [row[kind]] if kind == "prompt" else row[kind]
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) and t.strip() for t in value):
+        raise TapsError(f'{where}: "{kind}" must be a non-empty string or list of strings')
+    return tuple(value)
+
+
 def _user_jsonl(path: str) -> list[Prompt]:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise TapsError(f"prompt file {file} not found")
+        raise TapsError(f"prompt file {file} not found; pass jsonl:PATH to a file of prompts")
     out = []
-    for i, r in enumerate(read_jsonl(file)):
-        turns = r.get("turns") or ([r["prompt"]] if isinstance(r.get("prompt"), str) else None)
-        if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-            raise TapsError(
-                f'{file} record {i + 1} needs a non-empty "prompt" string or "turns" list of strings'
-            )
-        out.append(
-            Prompt(
-                str(r.get("id", f"{file.stem}/{i}")),
-                f"jsonl:{file.name}",
-                tuple(turns),
-                r.get("category"),
-                r.get("reference"),
-            )
-        )
+    for number, r in numbered_json_lines(file):
+        where = f"{file} line {number}"
+        turns = user_turns(r, prompt_kind(r, where), where)
+        prompt_id = str(r.get("id", f"{file.stem}/{len(out)}"))
+        out.append(Prompt(prompt_id, f"jsonl:{file.name}", turns, r.get("category"), r.get("reference")))
+    if not out:
+        raise TapsError(f"{file} holds no prompts; write one JSON object per line")
     return out
 
 
