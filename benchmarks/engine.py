@@ -244,8 +244,25 @@ def measure_rows(
         print(f"[engine] prompt {i + 1}/{len(prompts)} done by {len(order)} decoders", flush=True)
         if partial is not None:
             so_far = {name: summarize(done) for name, done in runs.items() if name not in failed}
-            partial.write_text(json.dumps({"prompts_done": i + 1, "rows": so_far | failed}, indent=1))
+            partial.write_text(result_json({"prompts_done": i + 1, "rows": so_far | failed}))
     return {name: summarize(done) for name, done in runs.items() if name not in failed} | failed
+
+
+def result_json(result) -> str:
+    """A run as compact JSON: every float to 6 significant digits (timings on these machines vary in
+    the second or third), no indentation. Indented, at full precision, a run of 22 rows took ~250 kB,
+    and the results are part of the repository, which has a size limit."""
+
+    def rounded(value):
+        if isinstance(value, float):
+            return float(f"{value:.6g}")
+        if isinstance(value, list | tuple):
+            return [rounded(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(rounded(result))
 
 
 def row_error(name: str, exc: Exception) -> dict:
@@ -522,15 +539,14 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(
-            json.dumps(
+            result_json(
                 {
                     "meta": meta,
                     "curve": dict(zip(map(str, curve.sizes), curve.measured)),
                     "limit_tok_s": 1000 / curve.measured[0],
                     "draft_step_ms": drafts,
                     "rows": results,
-                },
-                indent=1,
+                }
             )
         )
         if partial is not None:
