@@ -150,8 +150,10 @@ BF16_CONFIG = GenerationConfig(max_new_tokens=48)
         (["eagle2-math"], TreeShape(), "off"),  # padded: 24 fixed nodes asked, 7 verified
         (["ngram"], AUTO_SHAPE, "off"),
         (["eagle2-mixed"], AUTO_SHAPE, "on"),  # the merged tree cut to the padded rows
+        # 61 rows: wider than where a kernel changes path (AMX: from 33 rows, `packed.exact_rows`)
+        (["eagle2-math"], TreeShape(8, 6, 60), "off"),
     ],
-    ids=["eagle2-math-fixed", "ngram-auto", "eagle2-mixed-auto-lookup"],
+    ids=["eagle2-math-fixed", "ngram-auto", "eagle2-mixed-auto-lookup", "eagle2-math-60-nodes"],
 )
 def test_bf16_speculative_equals_plain(bf16_target, bf16_cases, names, shape, lookup):
     """bf16 on a CPU attends in float64 (`taps.models.padded.attention_dtype`) and its packed matmuls
@@ -170,6 +172,33 @@ def test_bf16_speculative_equals_plain(bf16_target, bf16_cases, names, shape, lo
         out = spec.generate(prompt, BF16_CONFIG)
         assert max(s.tree_size for s in out.steps) <= spec.max_nodes
         assert out.tokens == plain, f"{names} diverged from plain bf16 decoding on {benchmark}"
+
+
+def _tree_rows_and_plain_steps(model, prompt: list[int], reply: list[int]):
+    """The logits of each plain step after `prompt` while it decodes `reply` (one token a forward),
+    and of one verification forward over `reply[:-1]` as a chain (every row a tree node; a 47-token
+    chain is wider than the row count where a kernel changes path: AMX from 33 rows)."""
+    steps, cache = [], model.new_cache(len(prompt) + len(reply) + 8)
+    model(torch.tensor(prompt), cache)
+    for token in reply[:-1]:
+        steps.append(model.logits(model(torch.tensor([token]), cache)))
+    chain = torch.tensor(reply[:-1])
+    cache.length = len(prompt)
+    mask = torch.ones(len(chain), len(chain), dtype=torch.bool).tril()
+    tree = model.logits(model(chain, cache, torch.arange(len(prompt), len(prompt) + len(chain)), mask))
+    return torch.cat(steps), tree
+
+
+def test_bf16_tree_rows_round_as_plain_steps(bf16_target, bf16_cases):
+    """The root of bf16 losslessness at its finest: each row of a wide verification forward has the
+    logits of the plain step at its place, bit for bit (attention sums in float64 there; with
+    `--pad-rows 8` a 47-row forward runs unpadded). Where a kernel computes wide products by another
+    path (oneDNN's bf16 on AMX from 33 rows), the target's packed matmuls run them in chunks it
+    computes alike (`taps.models.packed.exact_rows`). (In float32 attention rounds by the row count,
+    a few ulps that greedy decoding has not been seen to notice: the tests above hold the tokens.)"""
+    _, prompt, plain = bf16_cases[0]
+    steps, tree = _tree_rows_and_plain_steps(bf16_target.model, prompt, plain)
+    assert torch.equal(tree, steps)
 
 
 def test_bf16_sampling_emits_plain_samplings_tokens(bf16_target, bf16_cases):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +50,28 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent))
+
+
+def measurement_path(folder: Path, key: dict) -> Path:
+    """Where a measurement made once per machine is kept: `folder`, named by a digest of its key."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"{digest}.json"
+
+
+def read_measurement(folder: Path, key: dict, max_age_s: float | None = None) -> dict | None:
+    """What `write_measurement` kept for exactly this key (everything the measurement depends on), or
+    None where there is none, it is older than `max_age_s`, or the file is unreadable."""
+    try:
+        saved = json.loads(measurement_path(folder, key).read_text())
+        if saved["key"] == key and (max_age_s is None or time.time() - saved["measured_at"] < max_age_s):
+            return saved
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, stale or corrupt: measure again
+    return None
+
+
+def write_measurement(folder: Path, key: dict, values: dict) -> None:
+    write_json_atomic(measurement_path(folder, key), {"key": key, "measured_at": time.time(), **values})
 
 
 def package_file(import_name: str, relpath: str, install_command: str, needed_for: str) -> Path:

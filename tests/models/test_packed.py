@@ -38,8 +38,9 @@ def test_packed_target_matches_plain_forward(tiny_dirs):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (576, 1536), (960, 576), (3072, 576)])
-def test_packed_rows_are_bit_identical_whatever_the_row_count(shape):
+def test_packed_rows_are_bit_identical_whatever_the_row_count(shape, dtype):
     """(The default target's projections; the last two are its fused q/k/v and gate/up.)
     Float32 losslessness rests on this: a row's result must not depend on how many rows share the
     matmul (1 in plain decoding, a tree's node count in verification). MKL's F.linear breaks it, and so
@@ -47,18 +48,23 @@ def test_packed_rows_are_bit_identical_whatever_the_row_count(shape):
     (a Zen 4 EPYC, 1536 inputs), which the packed layers detect and route around. A torch upgrade that
     changed the kernel would show here."""
     _require(ONEDNN)
-    weight, x = torch.randn(*shape) * 0.02, torch.randn(16, shape[1])
-    linear = torch.nn.Linear(shape[1], shape[0], bias=False)
+    if not ONEDNN.runs(dtype):
+        pytest.skip(f"oneDNN has no {dtype} path on this CPU")
+    weight, x = (torch.randn(*shape) * 0.02).to(dtype), torch.randn(16, shape[1]).to(dtype)
+    linear = torch.nn.Linear(shape[1], shape[0], bias=False, dtype=dtype)
     linear.weight.data.copy_(weight)
-    layer, fused = PackedLinear(linear, ONEDNN), PackedMatmul.of(weight, ONEDNN)
+    layer, fused = PackedLinear(linear, ONEDNN, exact=True), PackedMatmul.of(weight, ONEDNN, exact=True)
     raw = ONEDNN.matmul(x, layer.packed, None)
     apart = not torch.equal(ONEDNN.matmul(x[:1], layer.packed, None), raw[:1])
-    assert layer.widen_single == fused.widen_single == apart
+    assert layer.rows == fused.rows and (layer.rows.floor == 2) == apart
     for run in (layer, fused):
         full = run(x)
         for rows in (1, 2, 3, 5, 8, 13):
             assert torch.equal(run(x[:rows]), full[:rows]), rows
         assert torch.equal(run(x[:1].view(1, 1, -1)), full[:1].view(1, 1, -1))  # [batch, tokens, in] too
+    wide = torch.randn(packed.PROBE_ROWS, shape[1]).to(dtype)  # past where a kernel may change path (AMX: 33)
+    together = layer(wide)
+    assert all(torch.equal(layer(wide[i : i + 1]), together[i : i + 1]) for i in range(len(wide)))
 
 
 def test_a_row_floor_pads_small_matmuls_and_changes_no_bits(tiny_dirs):
@@ -98,10 +104,68 @@ def test_a_lone_row_runs_as_two_where_the_kernel_computes_it_apart():
     weight, x = torch.randn(8, 1536) * 0.02, torch.randn(1, 1536)
     packed_weight = ONEDNN.pack(weight)
     two = ONEDNN.matmul(x.repeat(2, 1), packed_weight, None)[:1]
-    assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, True), two)
+    assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, packed.RowRange(2)), two)
     alone = ONEDNN.matmul(x, packed_weight, None)
-    assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, False), alone)
-    assert not packed.single_row_apart(INT8, 1536, 8, torch.float32)  # int8 drafting is never widened
+    assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None), alone)
+    assert packed.exact_rows(INT8, 1536, 8, torch.float32) == packed.ANY_ROWS  # int8 drafting: never exact
+
+
+def _switching_kernel(lone_apart: bool, above: int) -> packed.Kernel:
+    """A kernel exact row by row, except where a real one may change path: a lone row (if
+    `lone_apart`) and products of more than `above` rows come out 1e-3 apart."""
+
+    def matmul(x, w, b):
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.stack([w @ row for row in flat])  # row by row: a row's bits never depend on the others
+        if len(flat) > above or (lone_apart and len(flat) == 1):
+            out = out + 1e-3
+        return out.reshape(*x.shape[:-1], -1)
+
+    return packed.Kernel(f"switching-{lone_apart}-{above}", lambda w: w.detach().clone(), matmul)
+
+
+def test_exact_rows_finds_where_a_kernel_changes_path_and_chunks_past_it():
+    """AMX's bf16 oneDNN products of 33+ rows round apart from 1-32 rows (an Intel Xeon, family 6
+    model 207), Zen 4's lone rows apart from 2-64: the probe finds both, and an exact packed layer
+    then gives every row of a wide product the bits it gets in a plain step, in chunks, except inside
+    `whole_matmuls` (a prefill), where it runs the product at once."""
+    kernel = _switching_kernel(lone_apart=False, above=5)
+    assert packed.exact_rows(kernel, 8, 6, torch.float32) == packed.RowRange(1, 5)
+    assert packed.exact_rows(_switching_kernel(True, 5), 8, 6, torch.float32) == packed.RowRange(2, 5)
+    assert packed.exact_rows(_switching_kernel(True, 99), 8, 6, torch.float32) == packed.RowRange(2, None)
+    linear = torch.nn.Linear(8, 6, bias=False)
+    layer, loose = PackedLinear(linear, kernel, exact=True), PackedLinear(linear, kernel)
+    assert loose.rows == packed.ANY_ROWS  # a drafter's layer is not probed
+    x = torch.randn(13, 8)
+    steps = torch.cat([layer(row[None]) for row in x])
+    assert torch.equal(layer(x), steps)  # 5 + 5 + 3 rows
+    assert not torch.equal(loose(x), steps)
+    with packed.whole_matmuls():
+        assert torch.equal(layer(x), loose(x))
+    fused = PackedMatmul.of(linear.weight, kernel, exact=True)
+    assert fused.rows == layer.rows and torch.equal(fused(x), steps)
+
+
+def test_the_target_verifies_in_exact_chunks_and_reads_prompts_whole(tiny_dirs):
+    _require(ONEDNN)
+    model = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32).pack_for_cpu()
+    seen = []  # the row count of every packed matmul, through a spy kernel
+    spy = packed.Kernel("spy", ONEDNN.pack, lambda x, w, b: seen.append(x.shape[0]) or ONEDNN.matmul(x, w, b))
+    matmuls = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    matmuls += [p for layer in model.model.layers for p in (layer.self_attn.qkv, layer.mlp.gate_up)]
+    before = []
+    for run in range(2):
+        cache = model.new_cache()
+        prompt = model(torch.arange(3, 12), cache)
+        tree = torch.ones(5, 5, dtype=torch.bool).tril()
+        before.append((prompt, model.logits(model(torch.arange(20, 25), cache, torch.arange(9, 14), tree))))
+        if run == 0:
+            for m in matmuls:
+                m.kernel, m.rows = spy, packed.RowRange(1, 2)
+    assert seen and max(seen[: len(seen) // 2]) == 9  # the prompt: 9 rows at once
+    assert max(seen[len(seen) // 2 :]) == 2  # the tree: 5 rows as 2 + 2 + 1 (logits too)
+    for a, b in zip(*before):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("kernel", [ONEDNN, INT8], ids=lambda k: k.name)

@@ -13,8 +13,11 @@ with its weight packed once at load time:
   bits whatever the row count, and exact verification needs that, so the target keeps this packing.
   Even so, on some CPUs oneDNN computes a lone row by another path than two or more: on a Zen 4 EPYC
   (AVX-512) every product with more than 1024 inputs (the target's down projection) gave 1 row other
-  bits than 2-64 rows, which agreed with each other. Each packed weight is probed once
-  (`single_row_apart`) and, where that happens, a lone row runs as two (same cost there: 68 us).
+  bits than 2-64 rows, which agreed with each other; on an Intel Xeon with AMX oneDNN's bf16
+  products of 33 or more rows took another path (AMX tiles) than 1-32 rows. Each of the target's
+  packed weights is probed once per machine (`exact_rows`) and a lone row runs as two where it is
+  computed apart (same cost there: 68 us), a wider product in chunks where it is (a prompt's
+  prefill, which plain and speculative decoding share, still runs at once: `whole_matmuls`).
 - INT8, for drafters on CPUs without native bf16 (int8 weights per output channel, activations
   quantized per call; fbgemm). A drafting level is memory-bound there: in float32 the drafter's
   weights and its 8192-row head are ~36 MB read per level. In int8 the head's matmul ran ~10x
@@ -36,9 +39,13 @@ it. Where this torch build lacks a kernel's ops, that kernel is not used (F.line
 from __future__ import annotations
 
 import functools
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,30 +80,72 @@ def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
         return False
 
 
-# Outputs probed, lone rows against the same rows together. In bf16 the kernels' differing sums mostly
-# round to the same bits: on a Zen 4 EPYC the down projection (576 outputs a row) gave 4 of 64 random
-# lone rows other bits (`benchmarks/attention_dtype.py`), so a probe of one row (as until 2026-12-05)
-# missed it and bf16 plain decoding parted from verification there. Each output is a chance to see it:
-# 64 rows of 576, fewer rows of wider weights.
-PROBE_OUTPUTS = 64 * 576
+class RowRange(NamedTuple):
+    """The row counts over which a packed matmul gives every row the bits of a plain decoding step
+    (the row alone, or padded to `floor` rows): fewer rows run padded to `floor`, more than `ceiling`
+    in chunks of at most `ceiling` (None: every count probed agreed)."""
+
+    floor: int = 1
+    ceiling: int | None = None
 
 
-def single_row_apart(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> bool:
-    """Whether `kernel` gives one row other bits alone than among others, for weights of this shape and
-    dtype (a plain decoding step against a tree's verification: losslessness rests on them agreeing).
-    Which path a kernel takes depends on shapes, not values: probed once per shape, on a random weight
-    (64 rows of each of a target's layers and of its LM head added ~4 s to each load)."""
-    if kernel is not ONEDNN:  # int8 drafting is approximate anyway, and drafting never touches exactness
-        return False
-    return _probe_apart(kernel, in_features, out_features, dtype)
+ANY_ROWS = RowRange()  # a matmul that need not be exact (drafting): as many rows as given, at once
+PROBE_ROWS = 64  # row counts probed: a default CPU tree verifies up to ~50 rows
+
+
+def exact_rows(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> RowRange:
+    """The row counts over which `kernel` gives each row of a [rows, in] x [in, out] product the bits
+    of a plain decoding step: losslessness rests on a tree's verification rounding each row as the
+    plain step at its place does. Which path a kernel takes depends on the shapes, not the values, so
+    each shape is probed once, on a random weight, at every row count up to PROBE_ROWS. Kernels
+    differ by CPU: on a Zen 4 EPYC oneDNN computed a lone row apart from 2-64 rows (every product
+    with more than 1024 inputs: floor 2); on an Intel Xeon with AMX (family 6, model 207) its bf16
+    products of 33 or more rows took another path than 1-32 rows (ceiling 32)."""
+    if kernel is INT8:  # int8 drafting is approximate anyway, and drafting never touches exactness
+        return ANY_ROWS
+    return _exact_rows(kernel, in_features, out_features, dtype, torch.get_num_threads())
 
 
 @functools.cache
-def _probe_apart(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> bool:
+def _exact_rows(
+    kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype, threads: int
+) -> RowRange:
+    """Probed once per process, and for oneDNN once per machine: the probe of a wide LM head takes
+    ~1-2 s (64 products of up to 64 rows; float32, 2 cores), kept under TAPS_HOME/rows."""
+    if kernel is not ONEDNN:
+        return _probe_rows(kernel, in_features, out_features, dtype)
+    from taps.config import taps_home
+    from taps.device import machine_description
+    from taps.files import read_measurement, write_measurement
+
+    isa = {k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}  # kernels capped
+    key = {"format": "taps-rows/1", "machine": machine_description(), "torch": torch.__version__, **isa}
+    key |= {"shape": [in_features, out_features], "dtype": str(dtype), "threads": threads}
+    saved = read_measurement(taps_home() / "rows", key)
+    if saved is not None:
+        return RowRange(*saved["rows"])
+    rows = _probe_rows(kernel, in_features, out_features, dtype)
+    write_measurement(taps_home() / "rows", key, {"rows": list(rows)})
+    return rows
+
+
+def _probe_rows(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> RowRange:
     gen = torch.Generator().manual_seed(0)
     packed = kernel.pack((torch.randn(out_features, in_features, generator=gen) * 0.02).to(dtype))
-    rows = min(64, max(4, -(-PROBE_OUTPUTS // out_features)))
-    return rows_apart(kernel, packed, torch.randn(rows, in_features, generator=gen).to(dtype)) > 0
+    x = torch.randn(PROBE_ROWS, in_features, generator=gen).to(dtype)
+    for floor in (1, 2):
+        padded = RowRange(floor, None)
+        steps = torch.cat(
+            [matmul_rows(kernel, x[i : i + 1], packed, None, padded) for i in range(PROBE_ROWS)]
+        )
+        agree = 1  # every count up to `agree` gives each row its plain step's bits
+        while agree < PROBE_ROWS and torch.equal(
+            kernel.matmul(x[: agree + 1], packed, None), steps[: agree + 1]
+        ):
+            agree += 1
+        if agree > floor or agree == PROBE_ROWS:  # floor 1 with agree 1: a lone row computed apart
+            return RowRange(floor, None if agree == PROBE_ROWS else agree)
+    return RowRange(2, 2)  # nothing beyond pairs agreed: verify in pairs
 
 
 def rows_apart(kernel: Kernel, packed: object, x: torch.Tensor) -> int:
@@ -107,18 +156,44 @@ def rows_apart(kernel: Kernel, packed: object, x: torch.Tensor) -> int:
     )
 
 
+_WHOLE = ContextVar("whole_matmuls", default=False)
+
+
+@contextmanager
+def whole_matmuls() -> Iterator[None]:
+    """Inside, packed matmuls run all their rows at once, never in chunks: for forwards that plain and
+    speculative decoding share (a prompt's prefill), whose rows need no plain step's bits, and where
+    one product is far cheaper (on the AMX Xeon, bf16: a 1150-token prefill 419 ms at once, 610 ms in
+    chunks of 32; `TargetModel.forward` enters it)."""
+    token = _WHOLE.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE.reset(token)
+
+
 def matmul_rows(
-    kernel: Kernel, x: torch.Tensor, packed: object, bias, widen_single: bool, min_rows: int = 1
+    kernel: Kernel, x: torch.Tensor, packed: object, bias, rows: RowRange = ANY_ROWS, min_rows: int = 1
 ) -> torch.Tensor:
-    """`kernel.matmul`, with fewer rows than `min_rows` padded with zero rows (a row's bits do not
-    depend on the others: the target's kernel is probed for it), and a lone row run as two where
-    `single_row_apart` found it computed apart."""
-    rows, width = x.numel() // x.shape[-1], x.shape[-1]
-    floor = max(min_rows, 2 if widen_single else 1)
-    if rows >= floor:
+    """`kernel.matmul` within the row counts `rows` where it is exact: fewer rows than its floor or
+    `min_rows` (the target's row floor) padded with zero rows (a row's bits do not depend on the
+    others there), more than its ceiling run in chunks (unless inside `whole_matmuls`)."""
+    count, width = x.numel() // x.shape[-1], x.shape[-1]
+    floor = max(min_rows, rows.floor)
+    if rows.ceiling is not None:
+        floor = min(floor, rows.ceiling)
+    if floor <= count and (rows.ceiling is None or count <= rows.ceiling or _WHOLE.get()):
         return kernel.matmul(x, packed, bias)
-    flat = x.reshape(rows, width)
-    out = kernel.matmul(torch.cat([flat, flat.new_zeros(floor - rows, width)]), packed, bias)[:rows]
+    flat = x.reshape(count, width)
+    if count < floor:
+        out = kernel.matmul(torch.cat([flat, flat.new_zeros(floor - count, width)]), packed, bias)[:count]
+    else:
+        size = rows.ceiling
+        chunks = [
+            matmul_rows(kernel, flat[i : i + size], packed, bias, rows, min_rows)
+            for i in range(0, count, size)
+        ]
+        out = torch.cat(chunks)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -167,19 +242,22 @@ def drafting_kernel(dtype: torch.dtype) -> Kernel | None:
 class PackedLinear(nn.Module):
     """A frozen nn.Linear whose forward runs on a packed copy of its weight.
 
-    `weight` / `bias` stay registered (state_dict, tied embeddings and readers see the original)."""
+    `weight` / `bias` stay registered (state_dict, tied embeddings and readers see the original).
+    `exact`: each row must get a plain decoding step's bits whatever the row count (the target's
+    layers; see `exact_rows`), not only approximately what F.linear gives (a drafter's)."""
 
-    def __init__(self, linear: nn.Linear, kernel: Kernel = ONEDNN):
+    def __init__(self, linear: nn.Linear, kernel: Kernel = ONEDNN, exact: bool = False):
         super().__init__()
         self.weight, self.bias, self.kernel = linear.weight, linear.bias, kernel
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = kernel.pack(linear.weight)  # a plain attribute: not saved, not moved
-        self.widen_single = single_row_apart(kernel, self.in_features, self.out_features, linear.weight.dtype)
+        self.exact = exact
+        dtype = linear.weight.dtype
+        self.rows = exact_rows(kernel, self.in_features, self.out_features, dtype) if exact else ANY_ROWS
         self.min_rows = 1  # the target's row floor (`TargetModel.set_row_floor`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = matmul_rows(self.kernel, x, self.packed, self.bias, self.widen_single, self.min_rows)
-        return rows.to(x.dtype)
+        return matmul_rows(self.kernel, x, self.packed, self.bias, self.rows, self.min_rows).to(x.dtype)
 
 
 class PackedMembers(nn.Module):
@@ -201,10 +279,10 @@ class PackedMembers(nn.Module):
         return torch.stack(outs).to(x.dtype)
 
 
-def pack_linears(module: nn.Module, kernel: Kernel | None = ONEDNN) -> nn.Module:
-    """Swap every nn.Linear (and stacked member linear) under `module` for its packed form, in place.
-
-    A no-op off the CPU, or with no kernel / an unavailable one; returns `module`."""
+def pack_linears(module: nn.Module, kernel: Kernel | None = ONEDNN, exact: bool = False) -> nn.Module:
+    """Swap every nn.Linear (and stacked member linear) under `module` for its packed form, in place;
+    `exact` as in `PackedLinear`. A no-op off the CPU, or with no kernel / an unavailable one;
+    returns `module`."""
     from taps.models.stacked import StackedLinear
 
     params = list(module.parameters())
@@ -214,17 +292,18 @@ def pack_linears(module: nn.Module, kernel: Kernel | None = ONEDNN) -> nn.Module
         return module
     for name, child in list(module.named_modules()):
         if name and isinstance(child, (nn.Linear, StackedLinear)):
-            module.set_submodule(name, packed(child, kernel))
+            module.set_submodule(name, packed(child, kernel, exact))
     return module
 
 
-def packed(linear: nn.Module, kernel: Kernel) -> nn.Module:
-    """The packed form of one nn.Linear or StackedLinear (callers check device and kernel)."""
+def packed(linear: nn.Module, kernel: Kernel, exact: bool = False) -> nn.Module:
+    """The packed form of one nn.Linear or StackedLinear (callers check device and kernel; stacked
+    members are drafters', never exact)."""
     from taps.models.stacked import StackedLinear
 
-    return (
-        PackedMembers(linear, kernel) if isinstance(linear, StackedLinear) else PackedLinear(linear, kernel)
-    )
+    if isinstance(linear, StackedLinear):
+        return PackedMembers(linear, kernel)
+    return PackedLinear(linear, kernel, exact)
 
 
 @dataclass
@@ -238,26 +317,32 @@ class PackedMatmul:
     members: list
     biases: list
     stacked: bool
-    widen_single: bool = False  # one weight only: see `single_row_apart`
+    rows: RowRange = ANY_ROWS  # one weight only: where it is exact, see `exact_rows`
     min_rows: int = 1  # one weight only: the target's row floor (`TargetModel.set_row_floor`)
 
     @classmethod
     def of(
-        cls, weight: torch.Tensor, kernel: Kernel | None, bias: torch.Tensor | None = None
+        cls,
+        weight: torch.Tensor,
+        kernel: Kernel | None,
+        bias: torch.Tensor | None = None,
+        exact: bool = False,
     ) -> PackedMatmul | None:
+        """`exact` as in `PackedLinear` (one weight only)."""
         if kernel is None or weight.device.type != "cpu" or not kernel.runs(weight.dtype):
             return None
         weights = weight.detach() if weight.dim() == 3 else weight.detach()[None]
         biases = [None] * len(weights) if bias is None else list(bias.detach().reshape(len(weights), -1))
         members, stacked = [kernel.pack(w) for w in weights], weight.dim() == 3
-        apart = not stacked and single_row_apart(kernel, weight.shape[-1], weight.shape[-2], weight.dtype)
-        return cls(kernel, members, biases, stacked, apart)
+        exact = exact and not stacked
+        rows = exact_rows(kernel, weight.shape[-1], weight.shape[-2], weight.dtype) if exact else ANY_ROWS
+        return cls(kernel, members, biases, stacked, rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] (one weight) or [N, ..., in] (a stack) -> [..., out] / [N, ..., out], in x's dtype."""
         if not self.stacked:
             member, bias = self.members[0], self.biases[0]
-            return matmul_rows(self.kernel, x, member, bias, self.widen_single, self.min_rows).to(x.dtype)
+            return matmul_rows(self.kernel, x, member, bias, self.rows, self.min_rows).to(x.dtype)
         pairs = zip(self.members, self.biases)
         return torch.stack([self.kernel.matmul(x[i], p, b) for i, (p, b) in enumerate(pairs)]).to(x.dtype)
 
@@ -274,12 +359,12 @@ def fuse(parts: list[nn.Module]) -> PackedMatmul | None:
     kinds, kernels = {type(p) for p in parts}, {getattr(p, "kernel", None) for p in parts}
     if len(kinds) != 1 or kinds.pop() not in (PackedLinear, PackedMembers) or len(kernels) != 1:
         return None
-    if len({p.bias is None for p in parts}) != 1:
+    if len({p.bias is None for p in parts}) != 1 or len({getattr(p, "exact", False) for p in parts}) != 1:
         return None
     stacked = isinstance(parts[0], PackedMembers)  # its weight is [N, in, out], its bias [N, 1, out]
     weight = torch.cat([p.weight for p in parts], -1).mT if stacked else torch.cat([p.weight for p in parts])
     bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts], -1)
-    fused = PackedMatmul.of(weight, kernels.pop(), bias)
+    fused = PackedMatmul.of(weight, kernels.pop(), bias, getattr(parts[0], "exact", False))
     for part in parts:
         part.packed = None
     return fused

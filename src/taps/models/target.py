@@ -7,6 +7,7 @@ norm: the features EAGLE drafters read, from which `logits` computes the next-to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 
 from taps.errors import TapsError
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, RMSNorm, Rotary, attention_mask
-from taps.models.packed import PackedLinear, pack_linears
+from taps.models.packed import PackedLinear, pack_linears, whole_matmuls
 
 
 class _Backbone(nn.Module):
@@ -79,7 +80,11 @@ class TargetModel(nn.Module):
             positions = torch.arange(start, start + n, device=tokens.device)
         cache.reserve(start + n)
         mask = attention_mask(n, start, tree_mask, tokens.device)
-        hidden = self.run_layers(tokens, positions, mask, cache, start + n)  # tree positions < start + n
+        # a prompt read in (several tokens, no tree): plain and speculative decoding read it alike, so
+        # its rows need not round as decoding steps do, and wide matmuls may run whole
+        shared = whole_matmuls() if tree_mask is None and n > 1 else contextlib.nullcontext()
+        with shared:
+            hidden = self.run_layers(tokens, positions, mask, cache, start + n)  # tree positions < start + n
         cache.length = start + n
         return hidden
 
@@ -100,7 +105,7 @@ class TargetModel(nn.Module):
     def pack_for_cpu(self) -> TargetModel:
         """Inference on the CPU: every linear layer (LM head included) runs on oneDNN-packed weights
         (see `taps.models.packed`), with q/k/v and gate/up fused; in place, and a no-op on other devices."""
-        pack_linears(self)
+        pack_linears(self, exact=True)  # verification must round each row as a plain step does
         for layer in self.model.layers:
             layer.fuse()
         return self

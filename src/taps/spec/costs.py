@@ -9,8 +9,6 @@ under `TAPS_HOME/costs/`, and re-measured when it is older than `MAX_AGE_S` or a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import sys
 import time
@@ -22,12 +20,13 @@ import torch
 
 from taps.config import taps_home
 from taps.device import machine_description, synchronize
-from taps.files import write_json_atomic
+from taps.files import read_measurement, write_measurement
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)  # tree tokens incl. the root
 CONTEXT = 256  # committed tokens under the measured passes (a typical mid-reply cache)
 MAX_AGE_S = 7 * 24 * 3600
-FORMAT = "taps-costs/2"  # 2: the raw medians are kept (the row floor reads them)
+FORMAT = "taps-costs/3"  # 2: the raw medians are kept (the row floor reads them); 3: wide
+# verifications in exact chunks where a kernel changes path (`taps.models.packed.exact_rows`)
 FLOOR_LIMIT = 8  # the largest row count small forwards are padded to (`row_floor`)
 FLOOR_GAIN = 0.10  # ... where that forward is at least this much cheaper than a 1-token one
 
@@ -155,32 +154,20 @@ def load_or_measure(model, cache_dir: Path | None = None, log=None) -> CostCurve
     The note that it measures goes to `log`, by default standard error: standard output is the reply's
     (`taps generate > reply.txt`)."""
     key = curve_key(model)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = (cache_dir or taps_home() / "costs") / f"{digest}.json"
+    folder = cache_dir or taps_home() / "costs"
     floor = getattr(model, "row_floor", 1)
-    try:
-        saved = json.loads(path.read_text())
-        if saved["key"] == key and time.time() - saved["measured_at"] < MAX_AGE_S:
-            curve = CostCurve(tuple(saved["sizes"]), tuple(saved["ms"]), tuple(saved["measured"]))
-            return curve.with_floor(floor)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing, stale or corrupt: measure again
+    saved = read_measurement(folder, key, MAX_AGE_S)
+    if saved is not None:
+        curve = CostCurve(tuple(saved["sizes"]), tuple(saved["ms"]), tuple(saved["measured"]))
+        return curve.with_floor(floor)
     (log or _note)(
         f"[taps] measuring the target's forward cost for 1..{SIZES[-1]} tree tokens on {key['device']} "
-        f"(once per machine; cached in {path.parent})"
+        f"(once per machine; cached in {folder})"
     )
     with _without_row_floor(model, floor):
         curve = measure_curve(model)
-    write_json_atomic(
-        path,
-        {
-            "key": key,
-            "measured_at": time.time(),
-            "sizes": list(curve.sizes),
-            "ms": list(curve.ms),
-            "measured": list(curve.measured),
-        },
-    )
+    sizes, ms, measured = list(curve.sizes), list(curve.ms), list(curve.measured)
+    write_measurement(folder, key, {"sizes": sizes, "ms": ms, "measured": measured})
     return curve.with_floor(floor)
 
 
