@@ -12,7 +12,7 @@ slow spell of a shared machine slows both alike; then the prefill of the longest
 Then exactness: for `--chains` random contexts, whether each row of a 6-token chain gives the bits
 of the same token run as a plain step after the rows before it (what bf16 speculative decoding's
 equality with plain decoding rests on), attending in bf16, float32 and float64; and how many of 64
-lone rows the down projection's kernel computes apart (`taps.models.packed.exact_rows`).
+lone rows the down projection's kernel computes apart (`taps.models.packed.exact_row_range`).
 Nothing here is an assertion; the tests hold what must hold
 (`tests/models/test_attention.py`, `tests/test_default_target.py`).
 """
@@ -111,7 +111,7 @@ def main() -> None:
 
 def lone_rows_apart(model) -> str:
     """How many of 64 random rows the down projection's kernel gives other bits alone than together
-    (in bf16 the difference survives rounding in few rows: why `exact_rows` probes many)."""
+    (in bf16 the difference survives rounding in few rows: why `exact_row_range` probes many)."""
     down = model.model.layers[0].mlp.down_proj
     x = torch.randn(64, down.in_features, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     apart = rows_apart(down.kernel, down.packed, x)

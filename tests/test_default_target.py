@@ -150,7 +150,7 @@ BF16_CONFIG = GenerationConfig(max_new_tokens=48)
         (["eagle2-math"], TreeShape(), "off"),  # padded: 24 fixed nodes asked, 7 verified
         (["ngram"], AUTO_SHAPE, "off"),
         (["eagle2-mixed"], AUTO_SHAPE, "on"),  # the merged tree cut to the padded rows
-        # 61 rows: wider than where a kernel changes path (AMX: from 33 rows, `packed.exact_rows`)
+        # 61 rows: wider than where a kernel changes path (AMX: from 33 rows, `packed.exact_row_range`)
         (["eagle2-math"], TreeShape(8, 6, 60), "off"),
     ],
     ids=["eagle2-math-fixed", "ngram-auto", "eagle2-mixed-auto-lookup", "eagle2-math-60-nodes"],
@@ -194,7 +194,7 @@ def test_bf16_tree_rows_round_as_plain_steps(bf16_target, bf16_cases):
     logits of the plain step at its place, bit for bit (attention sums in float64 there; with
     `--pad-rows 8` a 47-row forward runs unpadded). Where a kernel computes wide products by another
     path (oneDNN's bf16 on AMX from 33 rows), the target's packed matmuls run them in chunks it
-    computes alike (`taps.models.packed.exact_rows`). (In float32 attention rounds by the row count,
+    computes alike (`taps.models.packed.exact_row_range`). (In float32 attention rounds by the row count,
     a few ulps that greedy decoding has not been seen to notice: the tests above hold the tokens.)"""
     _, prompt, plain = bf16_cases[0]
     steps, tree = _tree_rows_and_plain_steps(bf16_target.model, prompt, plain)

@@ -107,7 +107,7 @@ def test_a_lone_row_runs_as_two_where_the_kernel_computes_it_apart():
     assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None, packed.RowRange(2)), two)
     alone = ONEDNN.matmul(x, packed_weight, None)
     assert torch.equal(packed.matmul_rows(ONEDNN, x, packed_weight, None), alone)
-    assert packed.exact_rows(INT8, 1536, 8, torch.float32) == packed.ANY_ROWS  # int8 drafting: never exact
+    assert packed.exact_row_range(INT8, 1536, 8, torch.float32) == packed.ANY_ROWS  # int8: never exact
 
 
 def _switching_kernel(lone_apart: bool, above: int) -> packed.Kernel:
@@ -124,15 +124,16 @@ def _switching_kernel(lone_apart: bool, above: int) -> packed.Kernel:
     return packed.Kernel(f"switching-{lone_apart}-{above}", lambda w: w.detach().clone(), matmul)
 
 
-def test_exact_rows_finds_where_a_kernel_changes_path_and_chunks_past_it():
+def test_exact_row_range_finds_where_a_kernel_changes_path_and_chunks_past_it():
     """AMX's bf16 oneDNN products of 33+ rows round apart from 1-32 rows (an Intel Xeon, family 6
     model 207), Zen 4's lone rows apart from 2-64: the probe finds both, and an exact packed layer
     then gives every row of a wide product the bits it gets in a plain step, in chunks, except inside
     `whole_matmuls` (a prefill), where it runs the product at once."""
     kernel = _switching_kernel(lone_apart=False, above=5)
-    assert packed.exact_rows(kernel, 8, 6, torch.float32) == packed.RowRange(1, 5)
-    assert packed.exact_rows(_switching_kernel(True, 5), 8, 6, torch.float32) == packed.RowRange(2, 5)
-    assert packed.exact_rows(_switching_kernel(True, 99), 8, 6, torch.float32) == packed.RowRange(2, None)
+    probe = packed.exact_row_range
+    assert probe(kernel, 8, 6, torch.float32) == packed.RowRange(1, 5)
+    assert probe(_switching_kernel(True, 5), 8, 6, torch.float32) == packed.RowRange(2, 5)
+    assert probe(_switching_kernel(True, 99), 8, 6, torch.float32) == packed.RowRange(2, None)
     linear = torch.nn.Linear(8, 6, bias=False)
     layer, loose = PackedLinear(linear, kernel, exact=True), PackedLinear(linear, kernel)
     assert loose.rows == packed.ANY_ROWS  # a drafter's layer is not probed

@@ -15,7 +15,7 @@ with its weight packed once at load time:
   (AVX-512) every product with more than 1024 inputs (the target's down projection) gave 1 row other
   bits than 2-64 rows, which agreed with each other; on an Intel Xeon with AMX oneDNN's bf16
   products of 33 or more rows took another path (AMX tiles) than 1-32 rows. Each of the target's
-  packed weights is probed once per machine (`exact_rows`) and a lone row runs as two where it is
+  packed weights is probed once per machine (`exact_row_range`) and a lone row runs as two where it is
   computed apart (same cost there: 68 us), a wider product in chunks where it is (a prompt's
   prefill, which plain and speculative decoding share, still runs at once: `whole_matmuls`).
 - INT8, for drafters on CPUs without native bf16 (int8 weights per output channel, activations
@@ -93,7 +93,7 @@ ANY_ROWS = RowRange()  # a matmul that need not be exact (drafting): as many row
 PROBE_ROWS = 64  # row counts probed: a default CPU tree verifies up to ~50 rows
 
 
-def exact_rows(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> RowRange:
+def exact_row_range(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> RowRange:
     """The row counts over which `kernel` gives each row of a [rows, in] x [in, out] product the bits
     of a plain decoding step: losslessness rests on a tree's verification rounding each row as the
     plain step at its place does. Which path a kernel takes depends on the shapes, not the values, so
@@ -103,11 +103,11 @@ def exact_rows(kernel: Kernel, in_features: int, out_features: int, dtype: torch
     products of 33 or more rows took another path than 1-32 rows (ceiling 32)."""
     if kernel is INT8:  # int8 drafting is approximate anyway, and drafting never touches exactness
         return ANY_ROWS
-    return _exact_rows(kernel, in_features, out_features, dtype, torch.get_num_threads())
+    return _exact_row_range(kernel, in_features, out_features, dtype, torch.get_num_threads())
 
 
 @functools.cache
-def _exact_rows(
+def _exact_row_range(
     kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype, threads: int
 ) -> RowRange:
     """Probed once per process, and for oneDNN once per machine: the probe of a wide LM head takes
@@ -244,7 +244,7 @@ class PackedLinear(nn.Module):
 
     `weight` / `bias` stay registered (state_dict, tied embeddings and readers see the original).
     `exact`: each row must get a plain decoding step's bits whatever the row count (the target's
-    layers; see `exact_rows`), not only approximately what F.linear gives (a drafter's)."""
+    layers; see `exact_row_range`), not only approximately what F.linear gives (a drafter's)."""
 
     def __init__(self, linear: nn.Linear, kernel: Kernel = ONEDNN, exact: bool = False):
         super().__init__()
@@ -253,7 +253,7 @@ class PackedLinear(nn.Module):
         self.packed = kernel.pack(linear.weight)  # a plain attribute: not saved, not moved
         self.exact = exact
         dtype = linear.weight.dtype
-        self.rows = exact_rows(kernel, self.in_features, self.out_features, dtype) if exact else ANY_ROWS
+        self.rows = exact_row_range(kernel, self.in_features, self.out_features, dtype) if exact else ANY_ROWS
         self.min_rows = 1  # the target's row floor (`TargetModel.set_row_floor`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,7 +317,7 @@ class PackedMatmul:
     members: list
     biases: list
     stacked: bool
-    rows: RowRange = ANY_ROWS  # one weight only: where it is exact, see `exact_rows`
+    rows: RowRange = ANY_ROWS  # one weight only: where it is exact, see `exact_row_range`
     min_rows: int = 1  # one weight only: the target's row floor (`TargetModel.set_row_floor`)
 
     @classmethod
@@ -334,8 +334,9 @@ class PackedMatmul:
         weights = weight.detach() if weight.dim() == 3 else weight.detach()[None]
         biases = [None] * len(weights) if bias is None else list(bias.detach().reshape(len(weights), -1))
         members, stacked = [kernel.pack(w) for w in weights], weight.dim() == 3
+        in_features, out_features = weight.shape[-1], weight.shape[-2]
         exact = exact and not stacked
-        rows = exact_rows(kernel, weight.shape[-1], weight.shape[-2], weight.dtype) if exact else ANY_ROWS
+        rows = exact_row_range(kernel, in_features, out_features, weight.dtype) if exact else ANY_ROWS
         return cls(kernel, members, biases, stacked, rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ On a CPU, unpadded (the default since 2026-12-05). Two causes, two fixes:
   computes a lone row apart where a product has more than 1024 inputs (the down projection, Zen 4),
   and that row runs as two; in bf16 the difference shows in few rows (4 of 64 random ones), which a
   probe of one row had missed until 2026-12-05. On an AMX Xeon its bf16 products of 33+ rows take
-  another path, and wider trees are verified in chunks of 32 rows (since 2026-12-06, `exact_rows`);
+  another path, and wider trees are verified in chunks of 32 rows (since 2026-12-06, `exact_row_range`);
 - attention sums in float64 (`attention_dtype`): the cache holds the bf16 keys and values exactly,
   their products with a bf16 query are exact, and sums taken in another order agree to ~1e-16, far
   below the bf16 rounding of the result (in float32 they agree to ~1e-7, which still flips bf16

@@ -26,7 +26,7 @@ SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)  # tree tokens
 CONTEXT = 256  # committed tokens under the measured passes (a typical mid-reply cache)
 MAX_AGE_S = 7 * 24 * 3600
 FORMAT = "taps-costs/3"  # 2: the raw medians are kept (the row floor reads them); 3: wide
-# verifications in exact chunks where a kernel changes path (`taps.models.packed.exact_rows`)
+# verifications in exact chunks where a kernel changes path (`taps.models.packed.exact_row_range`)
 FLOOR_LIMIT = 8  # the largest row count small forwards are padded to (`row_floor`)
 FLOOR_GAIN = 0.10  # ... where that forward is at least this much cheaper than a 1-token one
 
