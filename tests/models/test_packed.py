@@ -133,7 +133,7 @@ def test_exact_row_range_finds_where_a_kernel_changes_path_and_chunks_past_it():
     probe = packed.exact_row_range
     assert probe(kernel, 8, 6, torch.float32) == packed.RowRange(1, 5)
     assert probe(_switching_kernel(True, 5), 8, 6, torch.float32) == packed.RowRange(2, 5)
-    assert probe(_switching_kernel(True, 99), 8, 6, torch.float32) == packed.RowRange(2, None)
+    assert probe(_switching_kernel(True, 99), 8, 6, torch.float32) == packed.RowRange(2, packed.PROBE_ROWS)
     linear = torch.nn.Linear(8, 6, bias=False)
     layer, loose = PackedLinear(linear, kernel, exact=True), PackedLinear(linear, kernel)
     assert loose.rows == packed.ANY_ROWS  # a drafter's layer is not probed

@@ -83,7 +83,9 @@ def _runs(kernel: Kernel, dtype: torch.dtype) -> bool:
 class RowRange(NamedTuple):
     """The row counts over which a packed matmul gives every row the bits of a plain decoding step
     (the row alone, or padded to `floor` rows): fewer rows run padded to `floor`, more than `ceiling`
-    in chunks of at most `ceiling` (None: every count probed agreed)."""
+    in chunks of at most `ceiling`: the most rows probed to agree, PROBE_ROWS where every count did
+    (wider products were not probed, so they run in chunks too); None for a matmul that need not be
+    exact."""
 
     floor: int = 1
     ceiling: int | None = None
@@ -119,7 +121,7 @@ def _exact_row_range(
     from taps.files import read_measurement, write_measurement
 
     isa = {k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}  # kernels capped
-    key = {"format": "taps-rows/1", "machine": machine_description(), "torch": torch.__version__, **isa}
+    key = {"format": "taps-rows/2", "machine": machine_description(), "torch": torch.__version__, **isa}
     key |= {"shape": [in_features, out_features], "dtype": str(dtype), "threads": threads}
     saved = read_measurement(taps_home() / "rows", key)
     if saved is not None:
@@ -144,7 +146,7 @@ def _probe_rows(kernel: Kernel, in_features: int, out_features: int, dtype: torc
         ):
             agree += 1
         if agree > floor or agree == PROBE_ROWS:  # floor 1 with agree 1: a lone row computed apart
-            return RowRange(floor, None if agree == PROBE_ROWS else agree)
+            return RowRange(floor, agree)
     return RowRange(2, 2)  # nothing beyond pairs agreed: verify in pairs
 
 
