@@ -121,7 +121,7 @@ def _exact_row_range(
     from taps.files import read_measurement, write_measurement
 
     isa = {k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}  # kernels capped
-    key = {"format": "taps-rows/2", "machine": machine_description(), "torch": torch.__version__, **isa}
+    key = {"format": "taps-rows/3", "machine": machine_description(), "torch": torch.__version__, **isa}
     key |= {"shape": [in_features, out_features], "dtype": str(dtype), "threads": threads}
     saved = read_measurement(taps_home() / "rows", key)
     if saved is not None:
@@ -134,20 +134,34 @@ def _exact_row_range(
 def _probe_rows(kernel: Kernel, in_features: int, out_features: int, dtype: torch.dtype) -> RowRange:
     gen = torch.Generator().manual_seed(0)
     packed = kernel.pack((torch.randn(out_features, in_features, generator=gen) * 0.02).to(dtype))
-    x = torch.randn(PROBE_ROWS, in_features, generator=gen).to(dtype)
+    trials = [
+        torch.randn(PROBE_ROWS, in_features, generator=gen).to(dtype) for _ in range(_trials(out_features))
+    ]
     for floor in (1, 2):
-        padded = RowRange(floor, None)
-        steps = torch.cat(
-            [matmul_rows(kernel, x[i : i + 1], packed, None, padded) for i in range(PROBE_ROWS)]
-        )
-        agree = 1  # every count up to `agree` gives each row its plain step's bits
-        while agree < PROBE_ROWS and torch.equal(
-            kernel.matmul(x[: agree + 1], packed, None), steps[: agree + 1]
-        ):
-            agree += 1
+        agree = min(_agreeing_rows(kernel, packed, x, floor) for x in trials)
         if agree > floor or agree == PROBE_ROWS:  # floor 1 with agree 1: a lone row computed apart
             return RowRange(floor, agree)
     return RowRange(2, 2)  # nothing beyond pairs agreed: verify in pairs
+
+
+def _trials(out_features: int) -> int:
+    """Random inputs to probe a shape with. Whether another path's sums round to other bits depends on
+    the values, most of all in bf16: with AMX capped off (`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`) the
+    down projection computed a lone row apart from 2+ rows, which one input of 64 rows showed only in
+    products of 18+ rows and another from 7 (`benchmarks/row_paths.py`), so a one-input probe kept
+    floor 1, ceiling 17. Narrow weights, cheap to probe, get up to 8 inputs (that found floor 2,
+    ceiling 64 there), an LM head (whose 49k outputs a row show a change at once) one."""
+    return max(1, min(8, 49152 // out_features))
+
+
+def _agreeing_rows(kernel: Kernel, packed: object, x: torch.Tensor, floor: int) -> int:
+    """The most rows r such that every product of 1..r rows of x gives each row its plain step's bits."""
+    padded = RowRange(floor, None)
+    steps = torch.cat([matmul_rows(kernel, x[i : i + 1], packed, None, padded) for i in range(len(x))])
+    agree = 1
+    while agree < len(x) and torch.equal(kernel.matmul(x[: agree + 1], packed, None), steps[: agree + 1]):
+        agree += 1
+    return agree
 
 
 def rows_apart(kernel: Kernel, packed: object, x: torch.Tensor) -> int:
@@ -165,8 +179,8 @@ _WHOLE = ContextVar("whole_matmuls", default=False)
 def whole_matmuls() -> Iterator[None]:
     """Inside, packed matmuls run all their rows at once, never in chunks: for forwards that plain and
     speculative decoding share (a prompt's prefill), whose rows need no plain step's bits, and where
-    one product is far cheaper (on the AMX Xeon, bf16: a 1150-token prefill 419 ms at once, 610 ms in
-    chunks of 32; `TargetModel.forward` enters it)."""
+    one product is far cheaper (on the AMX Xeon, bf16, a 1150-token prefill took ~1.55x as long in
+    chunks of 32, `benchmarks/row_paths.py`; `TargetModel.forward` enters it)."""
     token = _WHOLE.set(True)
     try:
         yield
