@@ -30,7 +30,7 @@ import taps.models.target as target_module
 from taps.errors import TapsError
 from taps.models import packed
 from taps.models.catalog import load_target
-from taps.models.packed import PackedLinear, RowRange, exact_row_range, matmul_rows
+from taps.models.packed import PackedLinear, RowRange, exact_row_range, matmul_rows, plain_steps
 
 PROMPTS = (64, 256, 1150)
 
@@ -41,11 +41,10 @@ def weights(model) -> dict[tuple[int, int], object]:
     for m in model.modules():
         if isinstance(m, PackedLinear) and m.packed is not None:
             shapes[(m.in_features, m.out_features)] = (m.kernel, m.packed)
-    for layer in model.model.layers:
-        for fused in (layer.self_attn.qkv, layer.mlp.gate_up):
-            if fused is not None:
-                w = fused.members[0]
-                shapes.setdefault(_shape_of(fused, model), (fused.kernel, w))
+    first = model.model.layers[0]  # every layer has the same shapes
+    for fused in (first.self_attn.qkv, first.mlp.gate_up):
+        if fused is not None:
+            shapes.setdefault(_shape_of(fused, model), (fused.kernel, fused.members[0]))
     return shapes
 
 
@@ -59,7 +58,7 @@ def rows_apart_by_count(kernel, weight, in_features: int, dtype, floor: int) -> 
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(packed.PROBE_ROWS, in_features, generator=gen).to(dtype)
     padded = RowRange(floor, None)
-    steps = torch.cat([matmul_rows(kernel, x[i : i + 1], weight, None, padded) for i in range(len(x))])
+    steps = plain_steps(kernel, weight, x, floor)
     apart = {}
     for m in range(1, len(x) + 1):
         out = matmul_rows(kernel, x[:m], weight, None, padded)

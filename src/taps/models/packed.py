@@ -154,10 +154,15 @@ def _trials(out_features: int) -> int:
     return max(1, min(8, 49152 // out_features))
 
 
+def plain_steps(kernel: Kernel, packed: object, x: torch.Tensor, floor: int) -> torch.Tensor:
+    """Each row of x [rows, in] as a plain decoding step computes it: alone, or padded to `floor` rows."""
+    padded = RowRange(floor, None)
+    return torch.cat([matmul_rows(kernel, x[i : i + 1], packed, None, padded) for i in range(len(x))])
+
+
 def _agreeing_rows(kernel: Kernel, packed: object, x: torch.Tensor, floor: int) -> int:
     """The most rows r such that every product of 1..r rows of x gives each row its plain step's bits."""
-    padded = RowRange(floor, None)
-    steps = torch.cat([matmul_rows(kernel, x[i : i + 1], packed, None, padded) for i in range(len(x))])
+    steps = plain_steps(kernel, packed, x, floor)
     agree = 1
     while agree < len(x) and torch.equal(kernel.matmul(x[: agree + 1], packed, None), steps[: agree + 1]):
         agree += 1
