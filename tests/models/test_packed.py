@@ -85,7 +85,9 @@ def test_a_row_floor_pads_small_matmuls_and_changes_no_bits(tiny_dirs):
 
     before = run()
     seen = []  # the row count of every packed matmul, through a spy kernel
-    spy = packed.Kernel("spy", ONEDNN.pack, lambda x, w, b: seen.append(x.shape[0]) or ONEDNN.matmul(x, w, b))
+    spy = packed.Kernel(
+        "spy", ONEDNN.pack, lambda x, w, b: seen.append(x.numel() // x.shape[-1]) or ONEDNN.matmul(x, w, b)
+    )
     for p in (m for m in model.modules() if isinstance(m, PackedLinear)):
         p.kernel = spy
     for layer in model.model.layers:
@@ -147,13 +149,23 @@ def test_exact_row_range_finds_where_a_kernel_changes_path_and_chunks_past_it():
     assert fused.rows == layer.rows and torch.equal(fused(x), steps)
 
 
+def spy_on_rows(model: TargetModel, rows: packed.RowRange) -> list[int]:
+    """Make every packed matmul of `model` exact within `rows` and record the row count of each
+    product it runs (through a spy kernel); returns the record."""
+    seen: list[int] = []
+    spy = packed.Kernel(
+        "spy", ONEDNN.pack, lambda x, w, b: seen.append(x.numel() // x.shape[-1]) or ONEDNN.matmul(x, w, b)
+    )
+    matmuls = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    matmuls += [p for layer in model.model.layers for p in (layer.self_attn.qkv, layer.mlp.gate_up)]
+    for m in matmuls:
+        m.kernel, m.rows = spy, rows
+    return seen
+
+
 def test_the_target_verifies_in_exact_chunks_and_reads_prompts_whole(tiny_dirs):
     _require(ONEDNN)
     model = TargetModel.from_dir(tiny_dirs["qwen2"], dtype=torch.float32).pack_for_cpu()
-    seen = []  # the row count of every packed matmul, through a spy kernel
-    spy = packed.Kernel("spy", ONEDNN.pack, lambda x, w, b: seen.append(x.shape[0]) or ONEDNN.matmul(x, w, b))
-    matmuls = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    matmuls += [p for layer in model.model.layers for p in (layer.self_attn.qkv, layer.mlp.gate_up)]
     before = []
     for run in range(2):
         cache = model.new_cache()
@@ -161,12 +173,23 @@ def test_the_target_verifies_in_exact_chunks_and_reads_prompts_whole(tiny_dirs):
         tree = torch.ones(5, 5, dtype=torch.bool).tril()
         before.append((prompt, model.logits(model(torch.arange(20, 25), cache, torch.arange(9, 14), tree))))
         if run == 0:
-            for m in matmuls:
-                m.kernel, m.rows = spy, packed.RowRange(1, 2)
+            seen = spy_on_rows(model, packed.RowRange(1, 2))
     assert seen and max(seen[: len(seen) // 2]) == 9  # the prompt: 9 rows at once
     assert max(seen[len(seen) // 2 :]) == 2  # the tree: 5 rows as 2 + 2 + 1 (logits too)
     for a, b in zip(*before):
         assert torch.equal(a, b)
+
+
+def test_a_padded_target_reads_a_long_prompt_whole(tiny_dirs):
+    """`--pad-rows` on a CPU: a prompt longer than the bucket runs eagerly, its matmuls whole."""
+    from taps.models.graphs import GraphedTarget
+
+    _require(ONEDNN)
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32).pack_for_cpu()
+    padded = GraphedTarget(model, buckets=(8,), capture=False)
+    seen = spy_on_rows(model, packed.RowRange(1, 2))
+    padded(torch.arange(3, 23), padded.new_cache(64))
+    assert seen and min(seen) == 20
 
 
 @pytest.mark.parametrize("kernel", [ONEDNN, INT8], ids=lambda k: k.name)

@@ -307,6 +307,23 @@ def test_online_features_equal_the_targets_own_forward(features):
         torch.testing.assert_close(online[b, : len(s.tokens)], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_online_features_run_the_packed_targets_matmuls_whole(tiny_dirs):
+    """Features need no plain step's bits: an exact packed target makes them in one product per
+    matmul, not in chunks of its row ceiling (32 rows on an AMX Xeon in bf16)."""
+    from taps.models.packed import ONEDNN, RowRange
+    from taps.models.target import TargetModel
+    from tests.models.test_packed import spy_on_rows
+
+    if not ONEDNN.available:
+        pytest.skip("no oneDNN packing in this torch build")
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.float32).pack_for_cpu()
+    tokens = torch.arange(5, 17).reshape(2, 6)
+    whole = online_features(model, tokens)
+    seen = spy_on_rows(model, RowRange(1, 2))
+    assert torch.equal(online_features(model, tokens), whole)
+    assert seen and min(seen) == 12  # 2 x 6 rows at once
+
+
 def test_online_training_learns_without_feature_shards(features, tmp_path):
     import json
 

@@ -36,6 +36,7 @@ import torch
 
 from taps.errors import TapsError
 from taps.models.layers import KVCache
+from taps.models.packed import reading_in
 from taps.models.padded import attention_dtype, invariant_rows, padded_logits
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -213,7 +214,8 @@ class GraphedTarget(_BucketGraphs):
         inputs.tokens, inputs.positions = tokens, positions
         inputs.slots = torch.arange(start, start + n, device=self.device)
         fill_mask(inputs.mask, tree_mask, start, n)
-        return self._run(inputs)
+        with reading_in(n, tree_mask):  # packed CPU matmuls (`--pad-rows` on a CPU) run a prompt whole
+            return self._run(inputs)
 
 
 def capture(

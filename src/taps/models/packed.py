@@ -32,12 +32,14 @@ with its weight packed once at load time:
 
 The plain weights stay beside the packed ones for everything that reads them (fingerprints, export,
 stacking). Packing is inference-only and CPU-only (no autograd, no `.to(device)` afterwards):
-`load_target` packs the target and `TreeDrafter` its own copy of the drafters; training never sees
-it. Where this torch build lacks a kernel's ops, that kernel is not used (F.linear runs).
+`load_target` packs the target and `TreeDrafter` its own copy of the drafters; a drafter in training
+never sees it (the frozen target makes online features on it, whole: `whole_matmuls`). Where this
+torch build lacks a kernel's ops, that kernel is not used (F.linear runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -191,6 +193,13 @@ def whole_matmuls() -> Iterator[None]:
         yield
     finally:
         _WHOLE.reset(token)
+
+
+def reading_in(n: int, tree_mask) -> contextlib.AbstractContextManager:
+    """`whole_matmuls` for a forward that reads `n` > 1 tokens in without a tree (a prompt, or the
+    next turn of a conversation): plain and speculative decoding read them alike, so their rows need
+    not round as decoding steps do; else nothing."""
+    return whole_matmuls() if tree_mask is None and n > 1 else contextlib.nullcontext()
 
 
 def matmul_rows(

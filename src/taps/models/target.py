@@ -7,7 +7,6 @@ norm: the features EAGLE drafters read, from which `logits` computes the next-to
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from taps.errors import TapsError
 from taps.models.layers import DecoderLayer, KVCache, ModelShape, RMSNorm, Rotary, attention_mask
-from taps.models.packed import PackedLinear, pack_linears, whole_matmuls
+from taps.models.packed import PackedLinear, pack_linears, reading_in
 
 
 class _Backbone(nn.Module):
@@ -80,10 +79,7 @@ class TargetModel(nn.Module):
             positions = torch.arange(start, start + n, device=tokens.device)
         cache.reserve(start + n)
         mask = attention_mask(n, start, tree_mask, tokens.device)
-        # a prompt read in (several tokens, no tree): plain and speculative decoding read it alike, so
-        # its rows need not round as decoding steps do, and wide matmuls may run whole
-        shared = whole_matmuls() if tree_mask is None and n > 1 else contextlib.nullcontext()
-        with shared:
+        with reading_in(n, tree_mask):  # a prompt's wide matmuls run whole
             hidden = self.run_layers(tokens, positions, mask, cache, start + n)  # tree positions < start + n
         cache.length = start + n
         return hidden
