@@ -187,7 +187,8 @@ def whole_matmuls() -> Iterator[None]:
     """Inside, packed matmuls run all their rows at once, never in chunks: for forwards that plain and
     speculative decoding share (a prompt's prefill), whose rows need no plain step's bits, and where
     one product is far cheaper (on the AMX Xeon, bf16, a 1150-token prefill took ~1.55x as long in
-    chunks of 32, `benchmarks/row_paths.py`; `TargetModel.forward` enters it)."""
+    chunks of 32, `benchmarks/row_paths.py`). Entered through `reading_in` by the target's forwards
+    that read tokens in, and by online training's features (`taps.training.trainer.online_features`)."""
     token = _WHOLE.set(True)
     try:
         yield
