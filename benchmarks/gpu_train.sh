@@ -35,7 +35,9 @@ budget=${BUDGET:-500}
 overhead=${OVERHEAD:-45}
 min_train=${MIN_TRAIN:-60}
 device=${DEVICE:-cuda}
-runs=(${RUNS:-eagle2-chat hass-chat eagle2-math hass-math eagle2-mixed hass-mixed})
+# math and mixed first: the chat pair has had its GPU lease (41M / 16.6M tokens, 2026-12-04), and a
+# fourth pass over ShareGPT's replies left eagle2-chat level (docs/drafters.md, 2026-12-06)
+runs=(${RUNS:-hass-math eagle2-math hass-mixed eagle2-mixed eagle2-chat hass-chat})
 begin=$(date +%s)
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
