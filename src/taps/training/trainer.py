@@ -287,10 +287,8 @@ def train(
     from accelerate import Accelerator
 
     out_dir = Path(out_dir)
-    state_dir = out_dir.parent / f".{out_dir.name}.train"
     if not seqs:
         raise TapsError("no training sequences; raise --tokens or check the corpus")
-    online = seqs[0].features is None
     torch.manual_seed(cfg.seed)
     precision = resolve_mixed_precision(cfg.mixed_precision, target.model.device)
     accelerator = Accelerator(mixed_precision=precision, cpu=target.model.device.type == "cpu")
@@ -299,106 +297,235 @@ def train(
     drafter = initial_drafter(target, seqs, cfg)
     d2t = drafter.d2t
     drafter.to(device).attach(target.model)
-    head = target.model.lm_head.weight.detach()[d2t.to(device)].float()
     optimizer = torch.optim.AdamW(
         drafter.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
     )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = max(1, len(make_batches(seqs, cfg.batch_tokens, cfg.seed, 0)) // world)
-    total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
-    warmup = effective_warmup(cfg.warmup_steps, total_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
+    batches = EpochBatches(seqs, cfg, accelerator.num_processes, accelerator.process_index)
+    planned = max(1, math.ceil(batches.per_epoch * cfg.epochs))
+    run = Progress(planned, effective_warmup(cfg.warmup_steps, planned))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, run.warmup, run.total_steps)
+    )
     drafter, optimizer = accelerator.prepare(drafter, optimizer)
-    step, log, earlier_s, saved_total = 0, [], 0.0, None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if resume and (state_dir / "state.pt").is_file():
-        step, log, earlier_s, saved_total = _load_state(
-            state_dir, drafter, optimizer, schedule, generator, d2t
-        )
-        if saved_total:  # a run fitted to a time limit resumes to its fitted length
-            total_steps, warmup = saved_total, effective_warmup(cfg.warmup_steps, saved_total)
-        print(f"[train] resumed at step {step}/{total_steps}", flush=True)
-    start, stop_at, first, seen = time.perf_counter(), min(total_steps, cfg.max_steps or total_steps), step, 0
+    training = Training(
+        accelerator,
+        target.model,
+        drafter,
+        target.model.lm_head.weight.detach()[d2t.to(device)].float(),
+        optimizer,
+        schedule,
+        torch.Generator().manual_seed(cfg.seed),
+        cfg,
+        online=seqs[0].features is None,
+        state_dir=out_dir.parent / f".{out_dir.name}.train",
+        d2t=d2t,
+    )
+    if resume and training.saved():
+        training.restore(run)
+        print(f"[train] resumed at step {run.step}/{run.total_steps}", flush=True)
+    start, first = time.perf_counter(), run.step
+    seen = _run_steps(training, batches, run)
+    wall = time.perf_counter() - start
+    print(  # the rate a budget is planned from (benchmarks/gpu_train.sh reads it)
+        f"[train] {run.step - first} steps in {wall:.1f} s: {seen / max(wall, 1e-9):.0f} tokens/s",
+        flush=True,
+    )
+    if run.step < run.total_steps:
+        print(f"[train] stopped at step {run.step}/{run.total_steps}; continue with --resume", flush=True)
+        return training.state_dir
+    recent = run.log[-min(50, len(run.log)) :]
+    summary = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0] if k not in ("step", "lr")}
+    card = dict(card or {}) | {
+        "config": asdict(cfg),
+        "steps": run.total_steps,
+        "epochs_trained": round(run.total_steps / batches.per_epoch, 3),
+        "warmup_steps": run.warmup,
+        "mixed_precision": precision,
+        "features": "online (the target ran in the loop)" if training.online else "offline (cached shards)",
+        "device": str(device),
+        "processes": accelerator.num_processes,
+        "train_tokens": sum(len(s.tokens) for s in seqs),
+        "final_losses_last50": summary,
+        "wall_s_last_run": round(wall, 1),
+        # every run of this training, resumes included (unknown for states saved before it was kept)
+        "wall_s": run.wall_s(wall, digits=1),
+    }
+    if accelerator.is_main_process:  # one writer under `accelerate launch`
+        drafter = accelerator.unwrap_model(drafter).eval()
+        save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
+        write_json_atomic(training.state_dir / "log.json", run.log, indent=None)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _run_steps(training: Training, batches: EpochBatches, run: Progress) -> int:
+    """Steps from `run.step` to the end of the schedule (or `--max-steps`), fitting the schedule to
+    `--time-limit` on a fresh run and checkpointing as it goes; returns the tokens it trained on."""
+    cfg = training.cfg
+    start, seen = time.perf_counter(), 0
+    stop_at = min(run.total_steps, cfg.max_steps or run.total_steps)
+    timer = TimeLimit(cfg.time_limit_s, start) if cfg.time_limit_s and run.step == 0 else None
     bar = tqdm(
-        total=total_steps,
-        initial=step,
+        total=run.total_steps,
+        initial=run.step,
         desc=f"train[{cfg.method}]",
         unit="step",
         dynamic_ncols=True,
         mininterval=20,
     )
-    drafter.train()
-    batches, batches_epoch = [], -1
-    timer = TimeLimit(cfg.time_limit_s, start) if cfg.time_limit_s and step == 0 else None
-    while step < stop_at:
-        epoch, idx = divmod(step, per_epoch)
-        if epoch != batches_epoch:  # the epoch's shuffled batches, made once per epoch
-            batches, batches_epoch = make_batches(seqs, cfg.batch_tokens, cfg.seed, epoch), epoch
-        picked = [seqs[i] for i in batches[(idx * world + rank) % len(batches)]]
+    training.drafter.train()
+    while run.step < stop_at:
+        picked = batches.at(run.step)
+        seen += sum(len(s.tokens) for s in picked)
+        loss, parts = training.step(picked)
+        run.step += 1
+        run.log.append({"step": run.step, "loss": loss, **parts, "lr": training.schedule.get_last_lr()[0]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", top1=f"{parts['top1']:.3f}")
+        fitted = timer.fitted(run.step, run.total_steps) if timer else None
+        if fitted is not None and fitted < run.total_steps:
+            run.refit(fitted, cfg.warmup_steps)
+            stop_at, bar.total = min(stop_at, run.total_steps), run.total_steps
+            print(
+                f"\n[train] --time-limit: {fitted} steps fit ({fitted / batches.per_epoch:.2f} epochs)",
+                flush=True,
+            )
+        if run.step % cfg.checkpoint_every == 0 or run.step == stop_at:
+            training.save(run, time.perf_counter() - start)
+    bar.close()
+    return seen
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint saves and `--resume` restores. The learning-rate schedule
+    reads `total_steps` and `warmup` from here, so a `--time-limit` fit (or resuming a fitted run)
+    reshapes it."""
+
+    total_steps: int
+    warmup: int
+    step: int = 0
+    log: list = field(default_factory=list)
+    earlier_s: float | None = 0.0  # training seconds of earlier runs; None for states saved before
+    fitted_total: int | None = None  # the total steps a --time-limit fit cut the schedule to
+
+    def refit(self, total_steps: int, configured_warmup: int) -> None:
+        self.total_steps = self.fitted_total = total_steps
+        self.warmup = effective_warmup(configured_warmup, total_steps)
+
+    def wall_s(self, this_run_s: float, digits: int | None = None) -> float | None:
+        """Training seconds over every run so far (None stays None: a state saved before time was
+        kept cannot give a total)."""
+        if self.earlier_s is None:
+            return None
+        total = self.earlier_s + this_run_s
+        return total if digits is None else round(total, digits)
+
+
+class EpochBatches:
+    """Each epoch's shuffled batches, made once per epoch; under data parallel this process's share
+    (every `world`-th batch from `rank`)."""
+
+    def __init__(self, seqs: list[Sequence], cfg: TrainConfig, world: int, rank: int):
+        self.seqs, self.cfg, self.world, self.rank = seqs, cfg, world, rank
+        self.batches, self.epoch = make_batches(seqs, cfg.batch_tokens, cfg.seed, 0), 0
+        self.per_epoch = max(1, len(self.batches) // world)
+
+    def at(self, step: int) -> list[Sequence]:
+        epoch, idx = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            self.batches, self.epoch = (
+                make_batches(self.seqs, self.cfg.batch_tokens, self.cfg.seed, epoch),
+                epoch,
+            )
+        return [self.seqs[i] for i in self.batches[(idx * self.world + self.rank) % len(self.batches)]]
+
+
+@dataclass
+class Training:
+    """What a training step touches, built once by `train`: one step, and the checkpoint that saves
+    and restores it (atomically, in `state_dir`)."""
+
+    accelerator: object
+    model: object  # the frozen target (online features)
+    drafter: Drafter
+    head: torch.Tensor  # the target's LM head rows of the draft vocabulary, float32
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator  # feature noise, saved with the checkpoint so resumes stay reproducible
+    cfg: TrainConfig
+    online: bool
+    state_dir: Path
+    d2t: torch.Tensor  # the draft vocabulary, on the host: a state made with other features is refused
+
+    def step(self, picked: list[Sequence]) -> tuple[float, dict]:
+        """One optimiser step on a batch; its loss and the loss's parts."""
+        device = self.accelerator.device
         with phase("batch"):
             tokens, feats, mask = collate(picked)
-            seen += sum(len(s.tokens) for s in picked)
             tokens, mask = tokens.to(device), mask.to(device)
-            feats = feats if online else feats.to(device)
-        if online:
+            feats = feats if self.online else feats.to(device)
+        if self.online:
             with phase("target features"):
-                feats = online_features(target.model, tokens)
-        with phase("loss"), accelerator.autocast():  # the loss's head matmuls too, not only the drafter
-            loss, parts = training_loss(drafter, head, (tokens, feats, mask), cfg, generator)
-        with phase("backward"):
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-        with phase("optimizer"):
-            accelerator.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-        step += 1
-        log.append({"step": step, "loss": loss.item(), **parts, "lr": schedule.get_last_lr()[0]})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{parts['top1']:.3f}")
-        fitted = timer.fitted(step, total_steps) if timer else None
-        if fitted is not None and fitted < total_steps:
-            total_steps, warmup, saved_total = fitted, effective_warmup(cfg.warmup_steps, fitted), fitted
-            stop_at, bar.total = min(stop_at, total_steps), total_steps
-            print(f"\n[train] --time-limit: {fitted} steps fit ({fitted / per_epoch:.2f} epochs)", flush=True)
-        if (step % cfg.checkpoint_every == 0 or step == stop_at) and accelerator.is_main_process:
-            # None stays None: a state saved before time was kept cannot give a total
-            wall_s = None if earlier_s is None else earlier_s + time.perf_counter() - start
-            _save_state(
-                state_dir, drafter, optimizer, schedule, generator, step, log, d2t, wall_s, saved_total
+                feats = online_features(self.model, tokens)
+        with phase("loss"), self.accelerator.autocast():  # the loss's head matmuls too, not only the drafter
+            loss, parts = training_loss(
+                self.drafter, self.head, (tokens, feats, mask), self.cfg, self.generator
             )
-    bar.close()
-    wall = time.perf_counter() - start
-    print(  # the rate a budget is planned from (benchmarks/gpu_train.sh reads it)
-        f"[train] {step - first} steps in {wall:.1f} s: {seen / max(wall, 1e-9):.0f} tokens/s",
-        flush=True,
-    )
-    if step < total_steps:
-        print(f"[train] stopped at step {step}/{total_steps}; continue with --resume", flush=True)
-        return state_dir
-    drafter = accelerator.unwrap_model(drafter).eval()
-    recent = log[-min(50, len(log)) :]
-    summary = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0] if k not in ("step", "lr")}
-    card = dict(card or {}) | {
-        "config": asdict(cfg),
-        "steps": total_steps,
-        "epochs_trained": round(total_steps / per_epoch, 3),
-        "warmup_steps": warmup,
-        "mixed_precision": precision,
-        "features": "online (the target ran in the loop)" if online else "offline (cached shards)",
-        "device": str(device),
-        "processes": world,
-        "train_tokens": sum(len(s.tokens) for s in seqs),
-        "final_losses_last50": summary,
-        "wall_s_last_run": round(wall, 1),
-        # every run of this training, resumes included (unknown for states saved before it was kept)
-        "wall_s": None if earlier_s is None else round(earlier_s + wall, 1),
-    }
-    if accelerator.is_main_process:  # one writer under `accelerate launch`
-        save_drafter(drafter.to(torch.bfloat16), out_dir, target.model.fingerprint(), card)
-        write_json_atomic(state_dir / "log.json", log, indent=None)
-    accelerator.wait_for_everyone()
-    return out_dir
+        with phase("backward"):
+            self.optimizer.zero_grad()
+            self.accelerator.backward(loss)
+        with phase("optimizer"):
+            self.accelerator.clip_grad_norm_(self.drafter.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+        return loss.item(), parts
+
+    def saved(self) -> bool:
+        return (self.state_dir / "state.pt").is_file()
+
+    def save(self, run: Progress, this_run_s: float) -> None:
+        if not self.accelerator.is_main_process:  # one writer under `accelerate launch`
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / ".state.pt.tmp"
+        torch.save(
+            {
+                "drafter": self.drafter.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": run.step,
+                "log": run.log,
+                "d2t": self.d2t,
+                "wall_s": run.wall_s(this_run_s),
+                "fitted_total": run.fitted_total,  # None unless --time-limit cut the schedule
+            },
+            tmp,
+        )
+        os.replace(tmp, self.state_dir / "state.pt")
+
+    def restore(self, run: Progress) -> None:
+        """Load the saved model, optimiser and random state, and `run`'s place; a run fitted to a time
+        limit resumes to its fitted length."""
+        path = self.state_dir / "state.pt"
+        try:
+            state = torch.load(path, weights_only=False, map_location="cpu")
+        except Exception as exc:
+            raise TapsError(f"training state {path} is unreadable ({exc}); delete it to start over") from exc
+        if not torch.equal(state["d2t"], self.d2t):
+            raise TapsError(
+                f"training state in {self.state_dir} was made with other features; delete it to start over"
+            )
+        self.drafter.load_state_dict(state["drafter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        run.step, run.log, run.earlier_s = state["step"], state["log"], state.get("wall_s")
+        if state.get("fitted_total"):
+            run.refit(state["fitted_total"], self.cfg.warmup_steps)
 
 
 # a --time-limit run is fitted after FIT_AFTER steps at the rate of those after FIT_SKIP: on the first
@@ -440,58 +567,3 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def _save_state(
-    state_dir: Path,
-    drafter,
-    optimizer,
-    schedule,
-    generator,
-    step: int,
-    log: list,
-    d2t,
-    wall_s: float | None,
-    fitted_total: int | None,
-) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / ".state.pt.tmp"
-    torch.save(
-        {
-            "drafter": drafter.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "log": log,
-            "d2t": d2t,
-            "wall_s": wall_s,
-            "fitted_total": fitted_total,  # None unless --time-limit cut the schedule
-        },
-        tmp,
-    )
-    os.replace(tmp, state_dir / "state.pt")
-
-
-def _load_state(
-    state_dir: Path, drafter, optimizer, schedule, generator, d2t
-) -> tuple[int, list, float | None, int | None]:
-    """(step, log, training seconds so far, total steps) of a saved run, its model and optimiser state
-    restored."""
-    try:
-        state = torch.load(state_dir / "state.pt", weights_only=False, map_location="cpu")
-    except Exception as exc:
-        raise TapsError(
-            f"training state {state_dir / 'state.pt'} is unreadable ({exc}); delete it to start over"
-        ) from exc
-    if not torch.equal(state["d2t"], d2t):
-        raise TapsError(
-            f"training state in {state_dir} was made with other features; delete it to start over"
-        )
-    drafter.load_state_dict(state["drafter"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["step"], state["log"], state.get("wall_s"), state.get("fitted_total")
