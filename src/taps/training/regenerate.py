@@ -59,7 +59,6 @@ def regenerate(
         return _replied(done, len(convs))
     todo.sort(key=lambda i: len(prompts[i]))
     model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=target.model.dtype).to(device).eval()
-    pad = target.eos_token_ids[0]
     bar = tqdm(
         total=len(convs),
         initial=len(convs) - len(todo),
@@ -71,23 +70,9 @@ def regenerate(
     began, generated = time.perf_counter(), 0
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=list(target.eos_token_ids),
-                pad_token_id=pad,
-            )
-        rows = {}
-        for i, seq in zip(batch, out[:, width:].tolist()):
-            generated += sum(t != pad for t in seq)
-            text = target.tokenizer.decode(seq, skip_special_tokens=True).strip()
-            rows[i] = [convs[i][0], {"role": "assistant", "content": text}]
+        replies, tokens = _greedy_replies(model, target, [prompts[i] for i in batch], max_new_tokens)
+        generated += tokens
+        rows = {i: [convs[i][0], {"role": "assistant", "content": text}] for i, text in zip(batch, replies)}
         _append(out_file, rows)
         done.update(rows)
         bar.update(len(batch))
@@ -99,6 +84,26 @@ def regenerate(
         flush=True,
     )
     return _replied(done, len(convs))
+
+
+def _greedy_replies(model, target, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
+    """One batch of greedy replies with HF `generate` (prompts left-padded with the first end token):
+    the replies' texts and how many tokens they hold."""
+    pad, width, device = target.eos_token_ids[0], max(len(p) for p in prompts), model.device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(target.eos_token_ids),
+            pad_token_id=pad,
+        )
+    seqs = out[:, width:].tolist()
+    texts = [target.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in seqs]
+    return texts, sum(t != pad for seq in seqs for t in seq)
 
 
 def _replied(done: dict, count: int) -> list:
