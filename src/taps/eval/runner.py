@@ -193,18 +193,10 @@ def cell_path(out_dir: Path, row: Row, benchmark: str, temperature: float) -> Pa
     return out_dir / "records" / f"{row.slug}__{bench}__T{temperature:g}.jsonl"
 
 
-def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> Path:
-    """Every (row, benchmark, temperature) cell not yet finished in `out_dir`. Within a benchmark and
-    temperature the rows take turns prompt by prompt, so that their speed ratios are measured side by
-    side; each cell's file is written, complete, once its prompts are done (resuming redoes at most
-    the unfinished cells)."""
-    out_dir = Path(out_dir)
-    rows = [parse_row(r) for r in grid.rows]
-    prompts = {
-        b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
-        for b in grid.benchmarks
-    }
-    meta = {
+def _run_meta(target, grid: GridConfig) -> dict:
+    """What a run folder's `meta.json` records: the grid and everything its speeds and outputs depend
+    on (machine, torch, dtype, padding, attention precision)."""
+    return {
         "target": target.name,
         "threads": grid.threads,
         "torch": torch.__version__,
@@ -216,7 +208,20 @@ def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> P
         "row_floor": target.model.row_floor,  # speed only: outputs do not change
         "grid": asdict(grid) | {"shape": asdict(grid.shape)},
     }
-    meta = _resumable_meta(out_dir, meta)
+
+
+def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> Path:
+    """Every (row, benchmark, temperature) cell not yet finished in `out_dir`. Within a benchmark and
+    temperature the rows take turns prompt by prompt, so that their speed ratios are measured side by
+    side; each cell's file is written, complete, once its prompts are done (resuming redoes at most
+    the unfinished cells)."""
+    out_dir = Path(out_dir)
+    rows = [parse_row(r) for r in grid.rows]
+    prompts = {
+        b: load_benchmark(b, grid.data_dir, limit=grid.prompts, seed=grid.seed if grid.prompts else None)
+        for b in grid.benchmarks
+    }
+    meta = _resumable_meta(out_dir, _run_meta(target, grid))
     todo = [
         (r, b, t)
         for r in rows
