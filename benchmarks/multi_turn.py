@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from taps.api import Decoder
-from taps.cli import _add_engine_args, load_target_from_args
+from taps.cli import load_target_from_args
+from taps.cli_parser import add_engine_args
 from taps.data.benchmarks import load_benchmark
 from taps.eval.intervals import ratio_interval
 
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None, help="write every turn's figures to this JSON file")
     parser.add_argument("--report", default=None, help="print the tables of a saved --out file instead")
-    _add_engine_args(parser)
+    add_engine_args(parser)
     args = parser.parse_args()
     if args.report:
         saved = json.loads(Path(args.report).read_text())

@@ -2,8 +2,16 @@
 
 import pytest
 
-from taps.cli import build_parser, main
+from taps.cli import COMMANDS, build_parser, main
 from tests.conftest import plain_reply
+
+
+def test_every_parsed_command_runs_something():
+    """The parser (cli_parser.py) and the commands (cli.py) are apart: each name the parser accepts
+    has a command, and no command is unreachable."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    assert all(callable(cmd) for cmd in COMMANDS.values())
 
 
 @pytest.mark.parametrize(
