@@ -376,36 +376,40 @@ def signal_table(signals: dict) -> str:
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
-def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    written = []
-    rows = [r for r in dict.fromkeys(k[0] for k in summary) if not r.startswith("hf")]
-    for metric, label, fname in (
-        ("tau", "acceptance length tau (tokens / target forward)", "tau.png"),
-        ("speedup", "speed-up over plain decoding (tokens/s ratio)", "speedup.png"),
-    ):
-        temps = sorted({k[2] for k in summary})
-        benches = list(dict.fromkeys(k[1] for k in summary))
-        fig, axes = plt.subplots(1, len(temps), figsize=(5 + 3 * len(temps), 4.5), squeeze=False)
-        for ax, t in zip(axes[0], temps):
-            width = 0.8 / max(1, len(rows))
-            for i, row in enumerate(rows):
-                vals = [summary.get((row, b, t), {}).get(metric, np.nan) for b in benches]
-                ax.bar(np.arange(len(benches)) + i * width, vals, width, label=row)
-            ax.set_xticks(np.arange(len(benches)) + 0.4 - width / 2, benches)
-            ax.set_title(f"T = {t:g}")
-            ax.set_ylabel(label)
-            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.suptitle(label)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110)
-        plt.close(fig)
-        written.append(out_dir / fname)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _bars(summary: dict, rows: list[str], metric: str, label: str, path: Path) -> Path:
+    """One panel per temperature: each row's `metric` on each benchmark, beside 1.0 (plain decoding)."""
+    import matplotlib.pyplot as plt
+
+    temps = sorted({k[2] for k in summary})
+    benches = list(dict.fromkeys(k[1] for k in summary))
+    fig, axes = plt.subplots(1, len(temps), figsize=(5 + 3 * len(temps), 4.5), squeeze=False)
+    width = 0.8 / max(1, len(rows))
+    for ax, t in zip(axes[0], temps):
+        for i, row in enumerate(rows):
+            vals = [summary.get((row, b, t), {}).get(metric, np.nan) for b in benches]
+            ax.bar(np.arange(len(benches)) + i * width, vals, width, label=row)
+        ax.set_xticks(np.arange(len(benches)) + 0.4 - width / 2, benches)
+        ax.set_title(f"T = {t:g}")
+        ax.set_ylabel(label)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(label)
+    return _save(fig, path)
+
+
+def _accept_histogram(records: list[dict], rows: list[str], path: Path) -> Path:
+    """How many tokens each greedy step emitted, row by row."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         acc = [
@@ -417,32 +421,50 @@ def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> l
     ax.set_ylabel("share of steps")
     ax.set_title("Accepted length per step (T = 0)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "accept_hist.png", dpi=110)
-    plt.close(fig)
-    written.append(out_dir / "accept_hist.png")
+    return _save(fig, path)
+
+
+def _signal_histograms(signals: dict, path: Path) -> Path:
+    """Confidence and entropy of drafted nodes, accepted against rejected, each with its AUROC."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    conf = np.concatenate([d["confidence"] for d in signals.values()])
+    ent = np.concatenate([d["entropy"] for d in signals.values()])
+    acc = np.concatenate([d["accepted"] for d in signals.values()]).astype(bool)
+    for ax, values, name, score in (
+        (axes[0], conf, "cumulative confidence exp(s)", conf),
+        (axes[1], ent, "draft entropy at the parent (nats)", -ent),
+    ):
+        ok = np.isfinite(values)
+        ax.hist(values[ok & acc], bins=40, alpha=0.6, density=True, label="accepted")
+        ax.hist(values[ok & ~acc], bins=40, alpha=0.6, density=True, label="rejected")
+        ax.set_xlabel(name)
+        ax.set_ylabel("density")
+        ax.set_title(f"AUROC {auroc(score[ok], acc[ok]):.3f}")
+        ax.legend()
+    fig.suptitle(f"Drafted nodes, all rows ({int(np.isfinite(ent).sum())} with entropy)")
+    return _save(fig, path)
+
+
+def plots(summary: dict, records: list[dict], signals: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [r for r in dict.fromkeys(k[0] for k in summary) if not r.startswith("hf")]
+    written = [
+        _bars(summary, rows, "tau", "acceptance length tau (tokens / target forward)", out_dir / "tau.png"),
+        _bars(
+            summary,
+            rows,
+            "speedup",
+            "speed-up over plain decoding (tokens/s ratio)",
+            out_dir / "speedup.png",
+        ),
+        _accept_histogram(records, rows, out_dir / "accept_hist.png"),
+    ]
     if signals:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        conf = np.concatenate([d["confidence"] for d in signals.values()])
-        ent = np.concatenate([d["entropy"] for d in signals.values()])
-        acc = np.concatenate([d["accepted"] for d in signals.values()]).astype(bool)
-        fin = np.isfinite(ent)
-        for ax, values, name, score in (
-            (axes[0], conf, "cumulative confidence exp(s)", conf),
-            (axes[1], ent, "draft entropy at the parent (nats)", -ent),
-        ):
-            ok = np.isfinite(values)
-            ax.hist(values[ok & acc], bins=40, alpha=0.6, density=True, label="accepted")
-            ax.hist(values[ok & ~acc], bins=40, alpha=0.6, density=True, label="rejected")
-            ax.set_xlabel(name)
-            ax.set_ylabel("density")
-            ax.set_title(f"AUROC {auroc(score[ok], acc[ok]):.3f}")
-            ax.legend()
-        fig.suptitle(f"Drafted nodes, all rows ({int(fin.sum())} with entropy)")
-        fig.tight_layout()
-        fig.savefig(out_dir / "confidence_vs_entropy.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "confidence_vs_entropy.png")
+        written.append(_signal_histograms(signals, out_dir / "confidence_vs_entropy.png"))
     return written
 
 
