@@ -162,6 +162,37 @@ def test_a_bf16_cpu_run_from_before_float64_attention_does_not_resume(tmp_path):
     assert resumed["grid"]["rows"] == ["plain"]
 
 
+def test_a_run_folder_does_not_resume_with_a_retrained_drafter(tmp_path):
+    """A drafter retrained under the same name (or a shipped one updated) must not resume a run
+    folder whose finished cells its old weights drafted; unchanged drafters resume, and a folder
+    from before the weights were recorded is trusted."""
+    import json
+
+    from taps.eval.runner import _resumable_meta, drafter_digests
+
+    drafter = tmp_path / "d-new"
+    drafter.mkdir()
+    (drafter / "config.json").write_text("{}")
+    (drafter / "model.safetensors").write_bytes(b"first weights")
+    rows = ["plain", f"merged={drafter},ngram", "ngram"]
+    first = drafter_digests(rows, "t")
+    assert list(first) == [str(drafter)]  # ngram has no weights
+    shape = {"vocabulary": "auto", "drafts": "top-k"}
+    grid = {"rows": rows, "benchmarks": ["gsm8k"], "temperatures": [0.0], "prompts": 1, "max_new_tokens": 8}
+    grid |= {"seed": 0, "shape": shape}
+    now = {"target": "t", "threads": 1, "device": "cpu", "dtype": "f", "pad_rows": 0, "attention": "f"}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps(now | {"drafters": first, "grid": grid}))
+    assert _resumable_meta(run, now | {"drafters": first, "grid": dict(grid)})["drafters"] == first
+    (drafter / "model.safetensors").write_bytes(b"retrained weights")
+    retrained = drafter_digests(rows, "t")
+    with pytest.raises(TapsError, match=f"drafter {drafter}: other weights"):
+        _resumable_meta(run, now | {"drafters": retrained, "grid": dict(grid)})
+    (run / "meta.json").write_text(json.dumps(now | {"grid": grid}))  # recorded before digests
+    assert _resumable_meta(run, now | {"drafters": retrained, "grid": dict(grid)})["drafters"] == retrained
+
+
 def test_rows_take_turns_and_each_decoder_is_made_once(tiny, data_dir, tmp_path, monkeypatch):
     """Within a benchmark and temperature every row runs prompt by prompt in turn (speed side by side),
     and a row's decoder (its drafters, its cost curve) is made once for the whole grid."""

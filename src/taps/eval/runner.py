@@ -206,8 +206,26 @@ def _run_meta(target, grid: GridConfig) -> dict:
         "pad_rows": invariant_rows(target.model),
         "attention": str(accelerated(target.model).attention_dtype),
         "row_floor": target.model.row_floor,  # speed only: outputs do not change
+        "drafters": drafter_digests(grid.rows, target.name),
         "grid": asdict(grid) | {"shape": asdict(grid.shape)},
     }
+
+
+def drafter_digests(rows: list[str], target_name: str) -> dict[str, str]:
+    """A short hash of the weights of every drafter the rows name: a drafter retrained, or a shipped
+    one updated, under the same name must not resume a run folder whose cells it did not draft."""
+    import hashlib
+
+    from taps.drafters import drafter_path
+
+    names = dict.fromkeys(n for r in rows for n in parse_row(r).drafters if n != "ngram")
+    digests = {}
+    for name in names:
+        weights = drafter_path(name, target_name) / "model.safetensors"
+        if weights.is_file():  # else loading the drafter says what is wrong with the folder
+            with open(weights, "rb") as f:
+                digests[name] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return digests
 
 
 def run_grid(target, grid: GridConfig, out_dir: str | Path, assistant=None) -> Path:
@@ -289,8 +307,9 @@ _CELL_SETTINGS = ("prompts", "max_new_tokens", "seed", "shape")
 
 
 def _resumable_meta(out_dir: Path, meta: dict) -> dict:
-    """Refuse to resume a run folder made with other settings (its finished cells would be mixed into
-    this run's tables); otherwise list the union of both runs' rows, benchmarks and temperatures."""
+    """Refuse to resume a run folder made with other settings or other weights of a drafter (its
+    finished cells would be mixed into this run's tables); otherwise list the union of both runs'
+    rows, benchmarks and temperatures (and drafters)."""
     path = out_dir / "meta.json"
     if not path.is_file():
         return meta
@@ -319,6 +338,12 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
         for k in _CELL_SETTINGS
         if old_grid.get(k) != meta["grid"][k]
     ]
+    old_drafters = old.get("drafters", {})  # runs from before they were recorded: trusted
+    changed += [
+        f"drafter {name}: other weights"
+        for name, digest in meta.get("drafters", {}).items()
+        if old_drafters.get(name, digest) != digest
+    ]
     if changed:
         raise TapsError(
             f"{out_dir} holds a run made with other settings ({'; '.join(changed)}); "
@@ -326,6 +351,7 @@ def _resumable_meta(out_dir: Path, meta: dict) -> dict:
         )
     for key in ("rows", "benchmarks", "temperatures"):
         meta["grid"][key] = list(dict.fromkeys([*old_grid.get(key, []), *meta["grid"][key]]))
+    meta["drafters"] = old_drafters | meta.get("drafters", {})
     return meta
 
 
