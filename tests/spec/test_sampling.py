@@ -217,3 +217,19 @@ def test_the_nucleus_is_the_smallest_set_of_likeliest_tokens_reaching_top_p(scal
             assert kept[order[:size]].all()  # the likeliest tokens, no other
             assert p[order[: size - 1]].sum() < top_p <= p[order[:size]].sum() + 1e-6  # the fewest
             torch.testing.assert_close(row[kept], p[kept] / p[kept].sum())
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_a_keyed_draw_is_the_same_from_a_tree_s_rows_as_from_its_own_row(top_p):
+    """On CUDA `verify_sampling` computes every tree row's distribution at once and draws from its row
+    (one transfer); a plain step computes one row alone. Keyed draws give the target's own reply only
+    if both ways draw the same token: rows of mixed flatness (with top_p, the flat ones make the batch
+    sort everything where a peaked row alone sorts its probe) must give each row the same bits."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 49152, generator=gen) * torch.tensor([0.3, 1, 3, 10, 0.5, 2, 8, 1, 0.2])[:, None]
+    batch = target_probs(logits, 0.8, top_p)
+    for row in range(len(logits)):
+        alone = target_probs(logits[row], 0.8, top_p)
+        assert torch.equal(batch[row], alone), f"row {row}"
+        for place in range(5):
+            assert Draws(7).token(batch[row], place) == Draws(7).token(alone, place)

@@ -73,18 +73,35 @@ def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -
     The nucleus is the smallest set of likeliest tokens whose mass reaches top_p. Where the
     `NUCLEUS_PROBE` likeliest already reach it (a peaked distribution, the usual case) no other token
     can be in it, and their top-k is all that is sorted: ~0.3 ms a row over 49k tokens on a CPU where
-    sorting them all took ~4 ms (a plain step is ~30 ms); a flatter row sorts everything."""
+    sorting them all took ~4 ms (a plain step is ~30 ms); a flatter row sorts everything.
+
+    Each row's bits depend on that row alone, whatever rows it comes with: keyed draws give the
+    target's own reply only if a row computed among a tree's rows (on CUDA, all at once) draws as it
+    does alone in a plain step. So a peaked row keeps its probe's arithmetic even where a flat row
+    beside it makes the batch sort everything, and a row is renormalised by its kept prefix's running
+    sum, not by a sum over the row, whose order of addition changes with the number of rows (it did
+    on a CPU: 1 ulp in every kept entry of a flat row among 9)."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.topk(min(NUCLEUS_PROBE, probs.shape[-1]), dim=-1)
-        if not bool((sorted_p.sum(-1) >= top_p).all()):
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+    if top_p >= 1.0:
+        return probs
+    head, order = probs.topk(min(NUCLEUS_PROBE, probs.shape[-1]), dim=-1)
+    nucleus = _renormalised_prefix(head, order, top_p, probs)
+    wide = head.cumsum(-1)[..., -1:] < top_p  # rows whose nucleus reaches past the probe
+    if bool(wide.any()):
+        full = _renormalised_prefix(*probs.sort(dim=-1, descending=True), top_p, probs)
+        nucleus = torch.where(wide, full, nucleus)
+    return nucleus
+
+
+def _renormalised_prefix(
+    sorted_p: torch.Tensor, order: torch.Tensor, top_p: float, probs: torch.Tensor
+) -> torch.Tensor:
+    """The smallest prefix of `sorted_p` whose mass reaches top_p (the first token always stays),
+    divided by that mass and scattered back to vocabulary order."""
+    mass = sorted_p.cumsum(-1)
+    drop = (mass - sorted_p) >= top_p
+    kept = mass.gather(-1, (~drop).sum(-1, keepdim=True) - 1)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(drop, 0.0) / kept)
 
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
