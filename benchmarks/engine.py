@@ -2,7 +2,7 @@
 
     python benchmarks/engine.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads 1]
         [--prompts 4] [--benchmarks gsm8k,mt_bench] [--max-new-tokens 64] [--temperature 0]
-        [--emulate-avx2] [--pad-rows N] [--attention auto|model] [--ignore-eos] [--rows WORDS]
+        [--emulate-avx2] [--pad-rows N] [--attention auto|model|float32|float64] [--ignore-eos] [--rows WORDS]
         [--drafters FOLDERS] [--vocabularies trained,context,whole] [--lookup] [--out FILE.json]
 
 Prints, and writes as JSON with `--out`:
@@ -59,7 +59,7 @@ from taps.errors import TapsError
 from taps.eval.runner import LOOKUP_SUFFIX as LOOKUP  # as in eval rows: prompt lookup merged in
 from taps.models import packed
 from taps.models.graphs import accelerated
-from taps.models.padded import invariant_rows
+from taps.models.padded import ATTENTION_CHOICES, invariant_rows
 from taps.models.stacked import stack_drafters
 from taps.spec.costs import measure_curve
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
@@ -365,7 +365,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pad-rows", type=int, default=None, help="as `taps generate --pad-rows`")
     ap.add_argument(
-        "--attention", default="auto", choices=["auto", "model"], help="as `taps generate --attention`"
+        "--attention", default="auto", choices=list(ATTENTION_CHOICES), help="as `taps generate --attention`"
     )
     ap.add_argument("--prompts", type=int, default=4, help="prompts per benchmark")
     ap.add_argument("--benchmarks", default="gsm8k,mt_bench")

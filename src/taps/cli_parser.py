@@ -7,6 +7,7 @@ import argparse
 
 from taps import cli_values as values
 from taps.models.catalog import DEFAULT_TARGET, TARGETS
+from taps.models.padded import ATTENTION_CHOICES
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -88,11 +89,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--attention",
-        choices=["auto", "model"],
+        choices=list(ATTENTION_CHOICES),
         default="auto",
         help="the dtype a bf16 target attends in: auto = float64 on a CPU (bf16 output then equals plain "
         "decoding; ~10%% of a step at a few hundred tokens of context, more on long ones) and float32 "
-        "on CUDA where padded; model = bf16 itself, faster, outputs part more often (default: %(default)s)",
+        "on CUDA where padded; model = bf16 itself, faster, outputs part more often; float32 / float64: "
+        "that dtype on any device (default: %(default)s)",
     )
 
 

@@ -80,8 +80,25 @@ def test_attention_model_keeps_bf16_attention(tiny_dirs):
     assert accelerated(model, rows=8).attention_dtype == torch.bfloat16
     cuda = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0), attention="model")
     assert attention_dtype(cuda, padded=True) == torch.bfloat16
-    with pytest.raises(TapsError, match="--attention must be auto or model"):
+    with pytest.raises(TapsError, match="--attention must be one of auto, model, float32, float64"):
         load_target("smollm2-135m", attention="fast")
+
+
+@pytest.mark.parametrize("choice", ["float32", "float64"])
+def test_attention_in_a_chosen_dtype_on_any_device(tiny_dirs, choice):
+    """`--attention float32|float64`: that dtype for a bf16 target's cache and attention, on a CPU
+    (whose default is float64) and on CUDA (float32 where padded, else bf16), so that a lent GPU can
+    measure float64 beside its default; float32 and float64 models keep their own."""
+    wanted = getattr(torch, choice)
+    model = TargetModel.from_dir(tiny_dirs["llama"], dtype=torch.bfloat16)
+    model.attention = choice
+    assert model.new_cache(8).keys[0].dtype == wanted
+    assert accelerated(model, rows=8).attention_dtype == wanted
+    for padded in (False, True):
+        cuda = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0), attention=choice)
+        assert attention_dtype(cuda, padded=padded) == wanted
+    exact = SimpleNamespace(dtype=torch.float32, device=torch.device("cpu"), attention=choice)
+    assert attention_dtype(exact) == torch.float32
 
 
 def test_pad_rows_set_at_load_wins(tiny_dirs):

@@ -184,21 +184,22 @@ def load_target(
 ) -> LoadedTarget:
     """Resolve, load weights onto `device` (auto: CUDA when present) in `dtype` (by default the
     device's fast dtype, see `fast_dtype`), and the tokenizer. `pad_rows` overrides the row count
-    decoding forwards are padded to, `attention="model"` has a bf16 target attend in bf16 rather than
-    a wider dtype (`taps.models.padded`; pad_rows 0 = none). On a CPU the target's small forwards run
-    on the cheapest row count its measured cost curve shows (`taps.spec.costs.settle_row_floor`; the
-    curve is measured once per machine), unless `row_floor` is False."""
+    decoding forwards are padded to (0 = none), `attention="model"` has a bf16 target attend in bf16
+    rather than a wider dtype, "float32" / "float64" in that one (`taps.models.padded`). On a CPU the
+    target's small forwards run on the cheapest row count its measured cost curve shows
+    (`taps.spec.costs.settle_row_floor`; the curve is measured once per machine), unless `row_floor`
+    is False."""
     from transformers import AutoTokenizer
 
     from taps.device import fast_dtype, resolve_device
-    from taps.models.padded import invariant_rows
+    from taps.models.padded import ATTENTION_CHOICES, invariant_rows
     from taps.models.target import TargetModel
     from taps.spec.costs import settle_row_floor
 
     if pad_rows is not None and pad_rows < 0:
         raise TapsError(f"--pad-rows must be 0 (no padding) or a row count, got {pad_rows}")
-    if attention not in ("auto", "model"):
-        raise TapsError(f"--attention must be auto or model, got {attention!r}")
+    if attention not in ATTENTION_CHOICES:
+        raise TapsError(f"--attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
     device = resolve_device(device)
     path = resolve_target(spec)
     model = TargetModel.from_dir(path, dtype=dtype or fast_dtype(device), device=device).pack_for_cpu()

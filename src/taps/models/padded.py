@@ -55,14 +55,21 @@ def default_rows(model) -> int:
     return CUDA_ROWS if model.device.type == "cuda" and not exact else 0
 
 
+ATTENTION_CHOICES = ("auto", "model", "float32", "float64")  # `--attention`
+
+
 def attention_dtype(model, padded: bool = False) -> torch.dtype:
     """The dtype a bf16/fp16 model's KV cache holds and its attention sums in: float64 on a CPU (see
     above: bf16 rounds a plain step as verification then; its cost is there), float32 on CUDA
     where forwards are `padded` alike (float64 attention has not run on a GPU here), else the model's
     own dtype, as for float32 and float64 models everywhere and wherever `--attention model` was asked
-    (`model.attention`)."""
-    if model.dtype not in (torch.bfloat16, torch.float16) or getattr(model, "attention", "auto") == "model":
+    (`model.attention`). `--attention float32|float64` asks for that dtype on any device: so that one
+    lent GPU can measure float64's speed and equality beside the default's (`benchmarks/gpu_check.sh`)."""
+    choice = getattr(model, "attention", "auto")
+    if model.dtype not in (torch.bfloat16, torch.float16) or choice == "model":
         return model.dtype
+    if choice in ("float32", "float64"):
+        return getattr(torch, choice)
     if model.device.type == "cpu":
         return torch.float64
     return torch.float32 if padded else model.dtype
