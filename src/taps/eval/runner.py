@@ -214,17 +214,15 @@ def _run_meta(target, grid: GridConfig) -> dict:
 def drafter_digests(rows: list[str], target_name: str) -> dict[str, str]:
     """A short hash of the weights of every drafter the rows name: a drafter retrained, or a shipped
     one updated, under the same name must not resume a run folder whose cells it did not draft."""
-    import hashlib
-
     from taps.drafters import drafter_path
+    from taps.models.catalog import file_sha256
 
     names = dict.fromkeys(n for r in rows for n in parse_row(r).drafters if n != "ngram")
     digests = {}
     for name in names:
         weights = drafter_path(name, target_name) / "model.safetensors"
         if weights.is_file():  # else loading the drafter says what is wrong with the folder
-            with open(weights, "rb") as f:
-                digests[name] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+            digests[name] = file_sha256(weights)[:16]
     return digests
 
 
