@@ -119,7 +119,10 @@ class Rotary:
 
     def __init__(self, shape: ModelShape):
         dim = shape.head_dim
-        inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        # on the host whatever device is current (a meta arange would import torch._dynamo, see
+        # `target._Backbone`); `_build` moves the tables to the positions' device
+        steps = torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")
+        inv_freq = 1.0 / (shape.rope_theta ** (steps / dim))
         if shape.rope_scaling is not None:
             inv_freq = _llama3_scaled(inv_freq, shape.rope_scaling)
         self.inv_freq = inv_freq.float()

@@ -23,7 +23,11 @@ from taps.models.packed import PackedLinear, pack_linears, reading_in
 class _Backbone(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
-        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        # Left uninitialised: the weights always come from a checkpoint (`TargetModel.from_dir` builds
+        # on the meta device), and a meta normal_ runs through torch._refs, whose first use imports
+        # torch._dynamo: ~1.5 s of every command's start on a 2-core CPU.
+        size = (shape.vocab_size, shape.hidden_size)
+        self.embed_tokens = nn.Embedding(*size, _weight=torch.empty(size))
         self.layers = nn.ModuleList(DecoderLayer(shape) for _ in range(shape.num_layers))
         self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
 
