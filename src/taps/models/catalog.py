@@ -147,6 +147,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         raise TapsError(
             f"cannot convert {gguf} ({exc}); is it a GGUF file of a supported family ({families})?"
         ) from exc
+    align_tokenizer(tokenizer, gguf)
     # save_pretrained refuses a GGUF-quantized model, so write the plain checkpoint ourselves.
     config = model.config.to_dict()
     config.pop("quantization_config", None)
@@ -157,6 +158,43 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         state.pop("lm_head.weight", None)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(out_dir))
+
+
+def align_tokenizer(tokenizer, gguf: Path) -> None:
+    """Make the tokenizer transformers read from `gguf` end where the file's metadata says; refuse one
+    that adds a BOS token the file leaves out.
+
+    Why: transformers before 5.18 (5.17 is what the lent GPU machines carry) gave SmolLM2's GGUF
+    tokenizer <|im_start|> as its end-of-sequence token, not the file's <|im_end|>; 5.0 also put a
+    BOS token before every text. A target converted so would stop on another token and read other
+    prompts than its own tokenizer makes, silently and for good (the conversion is cached). The first
+    is the file's own id to set; the second is no setting, so the fix is a newer transformers."""
+    from transformers import __version__
+
+    meta = gguf_special_tokens(gguf)
+    if meta["eos"] is not None and tokenizer.eos_token_id != meta["eos"]:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(meta["eos"])
+    if meta["add_bos"] is False and meta["bos"] is not None:
+        if tokenizer("a")["input_ids"][:1] == [meta["bos"]]:
+            raise TapsError(
+                f"transformers {__version__} reads the tokenizer of {gguf.name} with a BOS token "
+                f"({meta['bos']}) before every text, which the file leaves out; upgrade it "
+                "(pip install -U 'transformers>=5.17') and run `taps setup` again"
+            )
+
+
+def gguf_special_tokens(gguf: Path) -> dict:
+    """The special tokens a GGUF file names in its metadata: eos and bos ids, whether to add bos
+    (None where the file is silent)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return None if field is None else field.parts[field.data[0]].tolist()[0]
+
+    return {"eos": value("eos_token_id"), "bos": value("bos_token_id"), "add_bos": value("add_bos_token")}
 
 
 @dataclass
