@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from taps.cli import load_target_from_args
+from taps.config import ATTENTION_CHOICES
 from taps.data.benchmarks import load_benchmark
 from taps.data.chat import encode_first_turn
 from taps.device import machine_description, synchronize
@@ -59,7 +60,7 @@ from taps.errors import TapsError
 from taps.eval.runner import LOOKUP_SUFFIX as LOOKUP  # as in eval rows: prompt lookup merged in
 from taps.models import packed
 from taps.models.graphs import accelerated
-from taps.models.padded import ATTENTION_CHOICES, invariant_rows
+from taps.models.padded import invariant_rows
 from taps.models.stacked import stack_drafters
 from taps.spec.costs import measure_curve
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator

@@ -74,6 +74,27 @@ def test_serve_refuses_an_address_in_use_before_loading_the_model(capsys):
     assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+def test_the_command_line_is_read_without_importing_torch():
+    """`taps --help` and a refused value answer at once: importing torch took ~2 s of each on a 2-core
+    CPU, before anything needed it. A command imports what it runs."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from taps.cli import build_parser
+for argv in (["generate", "--help"], ["generate", "hi", "--top-k", "0"]):
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit:
+        pass
+print("imported:", sorted(m for m in ("torch", "transformers", "safetensors") if m in sys.modules))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "expected a whole number >= 1, got 0" in run.stderr  # the refusal was reached
+    assert run.stdout.strip().endswith("imported: []")
+
+
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from taps import cli_values as values
+from taps.config import ATTENTION_CHOICES
 from taps.models.catalog import DEFAULT_TARGET, TARGETS
-from taps.models.padded import ATTENTION_CHOICES
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:

@@ -15,8 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from taps.config import taps_home
 from taps.errors import TapsError
 from taps.files import atomic_dir, package_file
@@ -133,6 +131,7 @@ def _converted(name: str, locate_gguf, source: dict) -> Path:
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantize a GGUF checkpoint into a float32 safetensors HF directory (config, weights, tokenizer)."""
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -229,8 +228,9 @@ def load_target(
     is False."""
     from transformers import AutoTokenizer
 
+    from taps.config import ATTENTION_CHOICES
     from taps.device import fast_dtype, resolve_device
-    from taps.models.padded import ATTENTION_CHOICES, invariant_rows
+    from taps.models.padded import invariant_rows
     from taps.models.target import TargetModel
     from taps.spec.costs import settle_row_floor
 

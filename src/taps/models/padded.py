@@ -55,9 +55,6 @@ def default_rows(model) -> int:
     return CUDA_ROWS if model.device.type == "cuda" and not exact else 0
 
 
-ATTENTION_CHOICES = ("auto", "model", "float32", "float64")  # `--attention`
-
-
 def attention_dtype(model, padded: bool = False) -> torch.dtype:
     """The dtype a bf16/fp16 model's KV cache holds and its attention sums in: float64 on a CPU (see
     above: bf16 rounds a plain step as verification then; its cost is there), float32 on CUDA
