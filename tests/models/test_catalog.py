@@ -60,7 +60,7 @@ def test_a_tokenizer_read_unlike_its_gguf_is_set_right_or_refused(tmp_path):
         align_tokenizer(_Tokenizer(eos=2, prefix=[1]), path)
 
 
-def test_a_gguf_silent_on_special_tokens_checks_nothing(tmp_path):
+def test_a_tokenizer_is_left_as_read_where_its_gguf_names_no_special_tokens(tmp_path):
     path = _gguf(tmp_path / "u.gguf")
     assert gguf_special_tokens(path) == {"eos": None, "bos": None, "add_bos": None}
     tokenizer = _Tokenizer(eos=7, prefix=[1])
