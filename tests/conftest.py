@@ -14,7 +14,8 @@ from taps.models.target import TargetModel
 # Two torch threads, or the cores shared out among pytest-xdist's workers (`-n auto`), so that the
 # workers do not oversubscribe the machine.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+TEST_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(TEST_THREADS)
 MAX_WORKERS = 4  # each worker loads its own models (the default target: ~0.6 GB in float32)
 
 

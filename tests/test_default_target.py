@@ -17,7 +17,7 @@ from taps.drafters import looks_up, make_proposer, make_strategy, resolve_drafte
 from taps.models.drafter import Drafter, DrafterConfig
 from taps.spec.generate import GenerationConfig, SpeculativeGenerator
 from taps.spec.propose import AUTO_SHAPE, DrafterProposer, TreeShape
-from tests.conftest import require_default_target
+from tests.conftest import TEST_THREADS, require_default_target
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def default_target():
     require_default_target()
     from taps.models.catalog import load_target
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)  # in-process CLI tests set torch's threads from their --threads
     return load_target("smollm2-135m", dtype=torch.float32)
 
 
