@@ -22,7 +22,7 @@ MAX_WORKERS = 4  # each worker loads its own models (the default target: ~0.6 GB
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker a core, at most MAX_WORKERS. Most tests are Python-bound on tiny models
-    (one core each), so on the 2-core CI machine two workers cut the suite from ~14 to ~10 minutes."""
+    (one core each), so on the 2-core CI machine two workers cut the suite from 14 to 8.5 minutes."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
