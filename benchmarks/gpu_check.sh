@@ -3,8 +3,9 @@
 #
 # Before the session, here (see ../shared/tools/device/prepare and the device tool's README):
 #   ../shared/tools/device/prepare slim && ../shared/tools/device/prepare pack --data
-# Then send the parts in the printed order, and last (carry .device/final):
-#   source .device/final/unpack.sh && taps setup && bash benchmarks/gpu_check.sh
+# Then send the parts in the printed order, the drafters' weights in a call of their own (`slim` leaves
+# them behind; docs/gpu.md, "The next lent GPU", gives the calls), and last (carry .device/final):
+#   cp -r /tmp/keep/drafters/. src/taps/drafters/smollm2-135m/ && source .device/final/unpack.sh && taps setup && bash benchmarks/gpu_check.sh
 # and `prepare restore` before any commit. The machine's image has pytest.
 #
 # Writes under $OUT (default ./gpu-out), within BUDGET seconds (default 400; each step is cut at
@@ -27,6 +28,8 @@ left() { echo $(( budget - ($(date +%s) - begin) )); }
 cap() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }  # a step's limit: its own, or what is left
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+# the shipped drafters' weights travel apart from the tree: stop now if they did not come
+bash benchmarks/drafter_weights.sh gpu_check.sh || exit 2
 # the machine heads the CUDA tests' log: at most 8 files come back from a lent machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/pytest-gpu.log"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \

@@ -4,8 +4,9 @@
 #
 # Before the session, here: as in benchmarks/gpu_check.sh, but pack the chat corpus too:
 #   ../shared/tools/device/prepare slim && ../shared/tools/device/prepare pack --sharegpt --data
-# Then send the parts in the printed order, and last (carry .device/final):
-#   source .device/final/unpack.sh && taps setup && BUDGET=500 bash benchmarks/gpu_train.sh
+# Then send the parts in the printed order, the drafters' weights in a call of their own (`slim` leaves
+# them behind; docs/gpu.md, "The next lent GPU", gives the calls), and last (carry .device/final):
+#   cp -r /tmp/keep/drafters/. src/taps/drafters/smollm2-135m/ && source .device/final/unpack.sh && taps setup && BUDGET=500 bash benchmarks/gpu_train.sh
 # `prepare restore` before any commit; then unpack each tar into src/taps/drafters/smollm2-135m/
 # where `taps eval` shows it beats the shipped drafter.
 #
@@ -41,6 +42,8 @@ runs=(${RUNS:-hass-math eagle2-math hass-mixed eagle2-mixed eagle2-chat hass-cha
 begin=$(date +%s)
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
+# going on from the shipped drafters (INIT) needs their weights: stop now if they did not come
+[ -z "${INIT:-}" ] || bash benchmarks/drafter_weights.sh gpu_train.sh || exit 2
 if [ -n "${PROFILE:-}" ]; then  # where a step's time goes, per phase, for each method (8 steps each)
   for method in eagle2 hass; do
     timeout 120 python3 -m taps.cli train --online --device "$device" --corpus math --replies corpus \
